@@ -1,0 +1,173 @@
+"""CenterMask's RoI branch: adaptive RoI level assignment, SAG-Mask head and MaskIoU head."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+MASK_LEVELS = ("p3", "p4", "p5")
+
+
+def assign_levels(boxes: list[torch.Tensor], image_sizes: list[tuple[int, int]], min_level: int = 3, max_level: int = 5):
+    """CenterMask Eq. 2: level k = ceil(k_max − log2(A_image / A_box)), clamped to [min_level, max_level].
+
+    boxes: per image (M_i, 4) in resized-image pixels; image_sizes: resized, unpadded (h, w).
+    Returns (ΣM_i,) int64 indices into the pooled levels (0 = min_level).
+    """
+    box_areas = torch.cat([(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b in boxes])
+    image_areas = torch.cat(
+        [
+            torch.tensor(float(h * w), dtype=torch.float32, device=b.device).repeat(len(b))
+            for b, (h, w) in zip(boxes, image_sizes, strict=True)
+        ]
+    )
+    levels = torch.ceil(max_level - torch.log2(image_areas / box_areas + sys.float_info.epsilon))
+    return torch.clamp(levels, min=min_level, max=max_level).to(torch.int64) - min_level
+
+
+def pool_rois(
+    features: list[torch.Tensor],
+    boxes: list[torch.Tensor],
+    image_sizes: list[tuple[int, int]],
+    output_size: int,
+    strides: tuple[int, ...] = (8, 16, 32),
+) -> torch.Tensor:
+    """ROIAlignV2 (aligned, adaptive sampling) of each box from its assigned level.
+
+    features: the P3..P5 maps (N, C, H_l, W_l). Returns (ΣM_i, C, output_size, output_size), rows in box order.
+    """
+    rois = torch.cat(
+        [torch.cat((torch.full_like(b[:, :1], index), b), dim=1) for index, b in enumerate(boxes)]
+    )
+    levels = assign_levels(boxes, image_sizes, min_level=3, max_level=3 + len(features) - 1)
+    channels = features[0].shape[1]
+    pooled = features[0].new_zeros((rois.shape[0], channels, output_size, output_size))
+    for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
+        index = torch.nonzero(levels == level, as_tuple=True)[0]
+        if index.numel():
+            pooled[index] = roi_align(
+                feature, rois[index], output_size, spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True
+            )
+    return pooled
+
+
+class SpatialAttention(nn.Module):
+    """Channel-wise mean and max maps → 3×3 conv (no bias) → sigmoid → rescale the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat((x.mean(dim=1, keepdim=True), x.max(dim=1, keepdim=True)[0]), dim=1)
+        return x * torch.sigmoid(self.conv(pooled))
+
+
+class SAGMaskHead(nn.Module):
+    """Spatial-attention-guided mask head. (M, C, 14, 14) RoI features → (M, K, 28, 28) mask logits."""
+
+    def __init__(self, in_channels: int, conv_dim: int, num_convs: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_convs = num_convs
+        for k in range(1, num_convs + 1):
+            self.add_module(f"mask_fcn{k}", nn.Conv2d(in_channels if k == 1 else conv_dim, conv_dim, 3, 1, 1))
+        self.spatialAtt = SpatialAttention()
+        self.deconv = nn.ConvTranspose2d(conv_dim, conv_dim, 2, 2, 0)
+        self.predictor = nn.Conv2d(conv_dim, num_classes, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for k in range(1, self.num_convs + 1):
+            conv = getattr(self, f"mask_fcn{k}")
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        nn.init.kaiming_normal_(self.deconv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.deconv.bias)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.zeros_(self.predictor.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for k in range(1, self.num_convs + 1):
+            x = F.relu(getattr(self, f"mask_fcn{k}")(x))
+        x = self.spatialAtt(x)
+        return self.predictor(F.relu(self.deconv(x)))
+
+
+class MaskIoUHead(nn.Module):
+    """Predicts each mask's IoU with its object. Input: RoI features (M, C, 14, 14) and mask probabilities
+    (M, 1, 28, 28) → (M, K) IoU estimates per class."""
+
+    def __init__(self, in_channels: int, conv_dim: int, num_convs: int, num_classes: int, resolution: int = 14):
+        super().__init__()
+        self.num_convs = num_convs
+        for k in range(1, num_convs + 1):
+            stride = 2 if k == num_convs else 1
+            conv = nn.Conv2d(in_channels + 1 if k == 1 else conv_dim, conv_dim, 3, stride, 1)
+            self.add_module(f"maskiou_fcn{k}", conv)
+        pooled = resolution // 2
+        self.maskiou_fc1 = nn.Linear(conv_dim * pooled * pooled, 1024)
+        self.maskiou_fc2 = nn.Linear(1024, 1024)
+        self.maskiou = nn.Linear(1024, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for k in range(1, self.num_convs + 1):
+            conv = getattr(self, f"maskiou_fcn{k}")
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        for fc in (self.maskiou_fc1, self.maskiou_fc2):
+            nn.init.kaiming_uniform_(fc.weight, a=1)
+            nn.init.zeros_(fc.bias)
+        nn.init.normal_(self.maskiou.weight, std=0.01)
+        nn.init.zeros_(self.maskiou.bias)
+
+    def forward(self, features: torch.Tensor, mask_probs: torch.Tensor) -> torch.Tensor:
+        x = torch.cat((features, F.max_pool2d(mask_probs, kernel_size=2, stride=2)), dim=1)
+        for k in range(1, self.num_convs + 1):
+            x = F.relu(getattr(self, f"maskiou_fcn{k}")(x))
+        x = F.relu(self.maskiou_fc1(torch.flatten(x, 1)))
+        x = F.relu(self.maskiou_fc2(x))
+        return self.maskiou(x)
+
+
+class CenterROIHeads(nn.Module):
+    """Mask and MaskIoU branches on the FCOS boxes."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        mask_conv_dim: int,
+        mask_num_convs: int,
+        maskiou_conv_dim: int,
+        maskiou_num_convs: int,
+        resolution: int = 14,
+    ) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.mask_head = SAGMaskHead(in_channels, mask_conv_dim, mask_num_convs, num_classes)
+        self.maskiou_head = MaskIoUHead(in_channels, maskiou_conv_dim, maskiou_num_convs, num_classes, resolution)
+
+    def pool(
+        self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_sizes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """(ΣM_i, C, 14, 14) RoI features from P3-P5 for the given per-image boxes."""
+        return pool_rois([features[level] for level in MASK_LEVELS], boxes, image_sizes, self.resolution)
+
+    def predict(
+        self, roi_features: torch.Tensor, classes: torch.Tensor, scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks and mask scores of detections with known classes.
+
+        Returns mask probabilities (M, 28, 28) of each detection's own class and
+        mask_scores (M,) = score × predicted IoU of that class.
+        """
+        rows = torch.arange(classes.numel(), device=classes.device)
+        logits = self.mask_head(roi_features)
+        mask_probs = logits[rows, classes][:, None].sigmoid()
+        iou = self.maskiou_head(roi_features, mask_probs)
+        return mask_probs[:, 0], scores * iou[rows, classes]

@@ -1,0 +1,230 @@
+"""Tests for the COCO instance dataset: round trip, detectron2 resize rounding, flips, polygons, crowds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+
+from model.data import shapes
+from model.data.coco import CocoInstances, collate, load_rgb, masks_to_boxes, resized_shape
+
+
+@pytest.fixture(scope="module")
+def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("shapes")
+    return shapes.generate(root, 4, seed=3), root / "images"
+
+
+@pytest.mark.parametrize(
+    ("size", "short", "max_size", "expected"),
+    [
+        ((480, 640), 600, 1000, (600, 800)),
+        ((427, 640), 600, 1000, (600, 899)),
+        ((375, 1242), 600, 1000, (302, 1000)),
+        ((640, 480), 600, 1000, (800, 600)),
+        ((333, 500), 800, 1333, (800, 1201)),
+        ((500, 500), 0, 1000, (500, 500)),
+    ],
+)
+def test_resized_shape_matches_detectron2(
+    size: tuple[int, int], short: int, max_size: int, expected: tuple[int, int]
+) -> None:
+    assert resized_shape(*size, short, max_size) == expected
+
+
+def test_round_trip_without_augmentation(shapes_dataset: tuple[Path, Path]) -> None:
+    json_path, image_dir = shapes_dataset
+    dataset = CocoInstances(json_path, image_dir, min_sizes=(0,), training=False)
+    coco = COCO(str(json_path))
+    assert dataset.class_names == list(shapes.SHAPE_CLASSES)
+    assert dataset.category_ids == [1, 2, 3, 4, 5]
+    assert len(dataset) == 4
+    for sample in dataset:
+        info = coco.imgs[sample["image_id"]]
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=[sample["image_id"]]))
+        height, width = info["height"], info["width"]
+        assert sample["orig_size"] == (height, width)
+        assert sample["image"].dtype == torch.uint8 and sample["image"].shape == (3, height, width)
+        np.testing.assert_array_equal(
+            sample["image"].permute(1, 2, 0).numpy(), load_rgb(image_dir / info["file_name"])
+        )
+        expected_masks = np.stack([coco.annToMask(a).astype(bool) for a in annotations])
+        assert sample["masks"].dtype == torch.bool
+        np.testing.assert_array_equal(sample["masks"].numpy(), expected_masks)
+        xywh = np.array([a["bbox"] for a in annotations], dtype=np.float32)
+        assert sample["boxes"].dtype == torch.float32
+        np.testing.assert_array_equal(
+            sample["boxes"].numpy(), np.hstack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]])
+        )
+        assert sample["classes"].dtype == torch.int64
+        assert sample["classes"].tolist() == [a["category_id"] - 1 for a in annotations]
+
+
+def test_resize_follows_the_formula(shapes_dataset: tuple[Path, Path]) -> None:
+    json_path, image_dir = shapes_dataset
+    dataset = CocoInstances(json_path, image_dir, min_sizes=(300,), max_size=400, flip_prob=0.0)
+    for sample in dataset:
+        height, width = resized_shape(*sample["orig_size"], 300, 400)
+        assert sample["image"].shape == (3, height, width)
+        assert sample["masks"].shape[1:] == (height, width)
+        assert sample["masks"].flatten(1).any(dim=1).all()
+        np.testing.assert_array_equal(sample["boxes"].numpy(), masks_to_boxes(sample["masks"].numpy()))
+
+
+def test_flip_is_consistent(shapes_dataset: tuple[Path, Path]) -> None:
+    json_path, image_dir = shapes_dataset
+    plain = CocoInstances(json_path, image_dir, min_sizes=(320,), flip_prob=0.0)
+    flipped = CocoInstances(json_path, image_dir, min_sizes=(320,), flip_prob=1.0)
+    a, b = plain[0], flipped[0]
+    width = a["image"].shape[-1]
+    assert torch.equal(b["image"], a["image"].flip(-1))
+    assert torch.equal(b["masks"], a["masks"].flip(-1))
+    assert torch.equal(b["classes"], a["classes"])
+    x1, y1, x2, y2 = a["boxes"].unbind(1)
+    assert torch.equal(b["boxes"], torch.stack([width - x2, y1, width - x1, y2], 1))
+    assert torch.equal(b["boxes"], torch.from_numpy(masks_to_boxes(b["masks"].numpy())))
+
+
+def test_multi_scale_draws_every_size(shapes_dataset: tuple[Path, Path]) -> None:
+    json_path, image_dir = shapes_dataset
+    dataset = CocoInstances(json_path, image_dir, min_sizes=(256, 288), max_size=2000)
+    torch.manual_seed(0)
+    shorts = {min(dataset[0]["image"].shape[1:]) for _ in range(12)}
+    assert shorts == {256, 288}
+
+
+def _write_hand_made(root: Path) -> Path:
+    Image.new("RGB", (60, 40), (10, 20, 30)).save(root / "a.png")
+    Image.new("RGB", (60, 40), (30, 20, 10)).save(root / "empty.png")
+    Image.new("RGB", (60, 40), (0, 0, 0)).save(root / "boxes.png")
+    square = np.zeros((40, 60), dtype=np.uint8)
+    square[20:30, 40:50] = 1
+    compressed = mask_util.encode(np.asfortranarray(square))
+    # Uncompressed RLE of rows 20-29 x columns 45-49: column-major run lengths, starting with zeros.
+    uncompressed = [40 * 45 + 20] + [10, 30] * 4 + [10, 10 + 40 * 10]
+    coco = {
+        "images": [
+            {"id": 5, "file_name": "a.png", "height": 40, "width": 60},
+            {"id": 6, "file_name": "empty.png", "height": 40, "width": 60},
+            {"id": 9, "file_name": "boxes.png", "height": 40, "width": 60},
+        ],
+        "categories": [{"id": 7, "name": "b"}, {"id": 2, "name": "a"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 5,
+                "category_id": 7,
+                "bbox": [10, 5, 20, 10],
+                "iscrowd": 0,
+                "area": 200,
+                "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]],
+            },
+            {
+                "id": 2,
+                "image_id": 5,
+                "category_id": 2,
+                "bbox": [40, 20, 10, 10],
+                "iscrowd": 1,
+                "area": 100,
+                "segmentation": {"size": [40, 60], "counts": compressed["counts"].decode()},
+            },
+            {
+                "id": 3,
+                "image_id": 5,
+                "category_id": 2,
+                "bbox": [45, 20, 5, 10],
+                "iscrowd": 0,
+                "area": 50,
+                "segmentation": {"size": [40, 60], "counts": uncompressed},
+            },
+            {
+                "id": 4,
+                "image_id": 5,
+                "category_id": 7,
+                "bbox": [1, 1, 2, 4],
+                "iscrowd": 0,
+                "area": 8,
+                "segmentation": [[1, 1, 3, 5]],
+            },
+            {
+                "id": 7,
+                "image_id": 5,
+                "category_id": 7,
+                "bbox": [1, 1, 0, 4],
+                "iscrowd": 0,
+                "area": 0,
+                "segmentation": [[1, 1, 1, 5, 1, 3]],
+            },
+            {
+                "id": 5,
+                "image_id": 5,
+                "category_id": 2,
+                "bbox": [40, 20, 10, 10],
+                "iscrowd": 0,
+                "area": 100,
+                "segmentation": {"size": [40, 60], "counts": compressed["counts"].decode()},
+            },
+            {"id": 6, "image_id": 9, "category_id": 2, "bbox": [4, 6, 10, 8], "iscrowd": 0, "area": 80},
+        ],
+    }
+    json_path = root / "hand.json"
+    json_path.write_text(json.dumps(coco))
+    return json_path
+
+
+def test_polygons_rles_and_skips(tmp_path: Path) -> None:
+    json_path = _write_hand_made(tmp_path)
+    training = CocoInstances(json_path, tmp_path, min_sizes=(0,), flip_prob=0.0)
+    assert training.class_names == ["a", "b"] and training.category_ids == [2, 7]
+    assert training.image_ids == [5, 9]  # the image without annotations is skipped for training
+    assert CocoInstances(json_path, tmp_path, min_sizes=(0,), training=False).image_ids == [5, 6, 9]
+    sample = training[0]
+    # Dropped: the crowd (id 2), a polygon too short to be one (id 4) and a zero-width box (id 7).
+    assert sample["classes"].tolist() == [1, 0, 0]
+    polygon = mask_util.decode(
+        mask_util.merge(mask_util.frPyObjects([[10, 5, 30, 5, 30, 15, 10, 15]], 40, 60))
+    )
+    masks = sample["masks"].numpy()
+    np.testing.assert_array_equal(masks[0], polygon.astype(bool))
+    assert 150 <= masks[0].sum() <= 250
+    expected_rle = np.zeros((40, 60), dtype=bool)
+    expected_rle[20:30, 45:50] = True
+    np.testing.assert_array_equal(masks[1], expected_rle)
+    np.testing.assert_array_equal(masks[2][20:30, 40:50], np.ones((10, 10), dtype=bool))
+    assert sample["boxes"][1].tolist() == [45.0, 20.0, 50.0, 30.0]
+
+
+def test_box_only_annotations_are_scaled(tmp_path: Path) -> None:
+    json_path = _write_hand_made(tmp_path)
+    dataset = CocoInstances(json_path, tmp_path, min_sizes=(80,), flip_prob=0.0)
+    sample = dataset[1]
+    assert sample["image_id"] == 9 and sample["masks"] is None
+    assert sample["image"].shape == (3, 80, 120)
+    assert sample["boxes"].tolist() == [[8.0, 12.0, 28.0, 28.0]]
+
+
+def test_image_size_mismatch_is_reported(tmp_path: Path) -> None:
+    json_path = _write_hand_made(tmp_path)
+    Image.new("RGB", (40, 60)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="annotations say"):
+        CocoInstances(json_path, tmp_path, min_sizes=(0,))[0]
+
+
+def test_load_rgb_applies_exif_orientation(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: display rotated 90° clockwise
+    Image.new("L", (30, 20), 128).save(tmp_path / "rotated.jpg", exif=exif)
+    image = load_rgb(tmp_path / "rotated.jpg")
+    assert image.shape == (30, 20, 3) and image.dtype == np.uint8
+
+
+def test_collate_keeps_the_list() -> None:
+    batch = [{"image_id": 1}, {"image_id": 2}]
+    assert collate(batch) is batch

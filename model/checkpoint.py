@@ -143,17 +143,25 @@ def num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int:
     return int(state_dict[key].shape[0])
 
 
-def resolve_config(checkpoint: Checkpoint, config_name: str | None, source: str) -> tuple[ModelConfig, list[str]]:
+def resolve_config(
+    checkpoint: Checkpoint, config_name: str | None, source: str
+) -> tuple[ModelConfig, list[str]]:
     """The model config and class names for a checkpoint; an explicit config name must agree with the file."""
     if config_name and checkpoint.config_name and get_config(config_name).name != checkpoint.config_name:
-        raise CheckpointError(f"{source} holds {checkpoint.config_name}, but config {config_name} was requested")
+        raise CheckpointError(
+            f"{source} holds {checkpoint.config_name}, but config {config_name} was requested"
+        )
     name = checkpoint.config_name or config_name
     if name is None:
-        raise CheckpointError(f"{source} does not name its architecture: pass the config name (e.g. --config)")
+        raise CheckpointError(
+            f"{source} does not name its architecture: pass the config name (e.g. --config)"
+        )
     num_classes = num_classes_of(checkpoint.state_dict)
     class_names = checkpoint.class_names
     if class_names is None:
-        class_names = list(COCO_CLASS_NAMES) if num_classes == 80 else [f"class_{i}" for i in range(num_classes)]
+        class_names = (
+            list(COCO_CLASS_NAMES) if num_classes == 80 else [f"class_{i}" for i in range(num_classes)]
+        )
     if len(class_names) != num_classes:
         raise CheckpointError(f"{source}: {len(class_names)} class names for {num_classes} classes")
     overrides = {k: v for k, v in checkpoint.config_overrides.items() if k in OVERRIDABLE_FIELDS}

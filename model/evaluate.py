@@ -25,7 +25,9 @@ from model.rle import encode_crop
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def coco_results(predictor: Predictor, gt: COCO, image_dir: Path, image_ids: Sequence[int]) -> tuple[list, list]:
+def coco_results(
+    predictor: Predictor, gt: COCO, image_dir: Path, image_ids: Sequence[int]
+) -> tuple[list, list]:
     """Detections of every image as COCO result lists (bbox, segm)."""
     category_ids = sorted(gt.cats)
     if len(category_ids) != len(predictor.class_names):
@@ -59,7 +61,9 @@ def coco_results(predictor: Predictor, gt: COCO, image_dir: Path, image_ids: Seq
     return boxes, segments
 
 
-def _summarise(gt: COCO, results: list[dict[str, Any]], kind: str, image_ids: Sequence[int]) -> dict[str, float]:
+def _summarise(
+    gt: COCO, results: list[dict[str, Any]], kind: str, image_ids: Sequence[int]
+) -> dict[str, float]:
     if not results:
         return dict.fromkeys(METRIC_NAMES, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -79,7 +83,10 @@ def evaluate(
         gt = COCO(str(gt_json))
     image_ids = sorted(gt.imgs)[:max_images]
     boxes, segments = coco_results(predictor, gt, Path(image_dir), image_ids)
-    return {"bbox": _summarise(gt, boxes, "bbox", image_ids), "segm": _summarise(gt, segments, "segm", image_ids)}
+    return {
+        "bbox": _summarise(gt, boxes, "bbox", image_ids),
+        "segm": _summarise(gt, segments, "segm", image_ids),
+    }
 
 
 def format_table(metrics: dict[str, dict[str, float]]) -> str:

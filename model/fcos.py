@@ -59,7 +59,9 @@ class FCOSHead(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)
                 nn.init.zeros_(module.bias)
-        nn.init.constant_(self.cls_logits.bias, -torch.log(torch.tensor((1 - prior_probability) / prior_probability)))
+        nn.init.constant_(
+            self.cls_logits.bias, -torch.log(torch.tensor((1 - prior_probability) / prior_probability))
+        )
 
     def forward(self, features: list[torch.Tensor]) -> FCOSHeadOutputs:
         logits, regressions, centerness = [], [], []
@@ -168,7 +170,8 @@ class FCOS(nn.Module):
             ltrb = distances[image][cell]
             xy = locations[cell]
             boxes = torch.stack(
-                (xy[:, 0] - ltrb[:, 0], xy[:, 1] - ltrb[:, 1], xy[:, 0] + ltrb[:, 2], xy[:, 1] + ltrb[:, 3]), dim=1
+                (xy[:, 0] - ltrb[:, 0], xy[:, 1] - ltrb[:, 1], xy[:, 0] + ltrb[:, 2], xy[:, 1] + ltrb[:, 3]),
+                dim=1,
             )
             results.append(Proposals(boxes, torch.sqrt(candidate_scores), classes))
         return results

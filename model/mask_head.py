@@ -12,7 +12,9 @@ from torchvision.ops import roi_align
 MASK_LEVELS = ("p3", "p4", "p5")
 
 
-def assign_levels(boxes: list[torch.Tensor], image_sizes: list[tuple[int, int]], min_level: int = 3, max_level: int = 5):
+def assign_levels(
+    boxes: list[torch.Tensor], image_sizes: list[tuple[int, int]], min_level: int = 3, max_level: int = 5
+):
     """CenterMask Eq. 2: level k = ceil(k_max − log2(A_image / A_box)), clamped to [min_level, max_level].
 
     boxes: per image (M_i, 4) in resized-image pixels; image_sizes: resized, unpadded (h, w).
@@ -101,7 +103,9 @@ class MaskIoUHead(nn.Module):
     """Predicts each mask's IoU with its object. Input: RoI features (M, C, 14, 14) and mask probabilities
     (M, 1, 28, 28) → (M, K) IoU estimates per class."""
 
-    def __init__(self, in_channels: int, conv_dim: int, num_convs: int, num_classes: int, resolution: int = 14):
+    def __init__(
+        self, in_channels: int, conv_dim: int, num_convs: int, num_classes: int, resolution: int = 14
+    ):
         super().__init__()
         self.num_convs = num_convs
         for k in range(1, num_convs + 1):
@@ -150,7 +154,9 @@ class CenterROIHeads(nn.Module):
         super().__init__()
         self.resolution = resolution
         self.mask_head = SAGMaskHead(in_channels, mask_conv_dim, mask_num_convs, num_classes)
-        self.maskiou_head = MaskIoUHead(in_channels, maskiou_conv_dim, maskiou_num_convs, num_classes, resolution)
+        self.maskiou_head = MaskIoUHead(
+            in_channels, maskiou_conv_dim, maskiou_num_convs, num_classes, resolution
+        )
 
     def pool(
         self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_sizes: list[tuple[int, int]]

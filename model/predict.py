@@ -39,7 +39,11 @@ class Predictor:
     """A loaded CenterMask model with its preprocessing and postprocessing. Build once, reuse."""
 
     def __init__(
-        self, model: CenterMask, class_names: list[str], weights_path: Path, device: str | torch.device = "cpu"
+        self,
+        model: CenterMask,
+        class_names: list[str],
+        weights_path: Path,
+        device: str | torch.device = "cpu",
     ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
@@ -133,7 +137,10 @@ def instances_to_json(
         if mask_format == "rle":
             record["mask"] = encode_crop(crop.crop, crop.x0, crop.y0, height, width)
         elif mask_format == "polygon":
-            record["mask"] = {"size": [height, width], "polygons": crop_to_polygons(crop.crop, crop.x0, crop.y0)}
+            record["mask"] = {
+                "size": [height, width],
+                "polygons": crop_to_polygons(crop.crop, crop.x0, crop.y0),
+            }
         records.append(record)
     return records
 

@@ -33,7 +33,9 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features) - eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -44,13 +46,18 @@ def conv_unit(
 ) -> list[tuple[str, nn.Module]]:
     """Conv (no bias) → norm → ReLU, named `{name}/conv|norm|relu`."""
     return [
-        (f"{name}/conv", nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)),
+        (
+            f"{name}/conv",
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
+        ),
         (f"{name}/norm", norm(out_channels)),
         (f"{name}/relu", nn.ReLU(inplace=True)),
     ]
 
 
-def depthwise_unit(name: str, channels: int, norm: NormFactory, stride: int = 1) -> list[tuple[str, nn.Module]]:
+def depthwise_unit(
+    name: str, channels: int, norm: NormFactory, stride: int = 1
+) -> list[tuple[str, nn.Module]]:
     """Depthwise 3×3 → pointwise 1×1 → norm → ReLU; nothing between the two convs."""
     return [
         (f"{name}/dw_conv3x3", nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False)),
@@ -94,7 +101,9 @@ class OSAModule(nn.Module):
         self.conv_reduction: nn.Module | None = None
         if depthwise and in_channels != stage_channels:
             self.conv_reduction = nn.Sequential(
-                OrderedDict(conv_unit(f"{name}_reduction_0", in_channels, stage_channels, norm, kernel_size=1))
+                OrderedDict(
+                    conv_unit(f"{name}_reduction_0", in_channels, stage_channels, norm, kernel_size=1)
+                )
             )
         self.layers = nn.ModuleList()
         layer_in = in_channels

@@ -37,7 +37,9 @@ CLASS_SPECIFIC = (
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__)
-    parser.add_argument("--config", required=True, help="architecture, e.g. centermask_lite_V_19_slim_eSE_FPN_ms_4x")
+    parser.add_argument(
+        "--config", required=True, help="architecture, e.g. centermask_lite_V_19_slim_eSE_FPN_ms_4x"
+    )
     parser.add_argument("--train-json", type=Path, required=True)
     parser.add_argument("--train-images", type=Path, required=True)
     parser.add_argument("--val-json", type=Path)
@@ -84,7 +86,11 @@ def initialise_from(model: CenterMask, path: Path) -> list[str]:
     """Load every matching tensor of a checkpoint; class-specific layers may differ. Returns the reset keys."""
     source = read_checkpoint(path).state_dict
     target = model.state_dict()
-    reset = [k for k in target if k.startswith(CLASS_SPECIFIC) and k in source and source[k].shape != target[k].shape]
+    reset = [
+        k
+        for k in target
+        if k.startswith(CLASS_SPECIFIC) and k in source and source[k].shape != target[k].shape
+    ]
     usable = {k: v for k, v in source.items() if k not in reset}
     missing, unexpected = model.load_state_dict(usable, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked") and k not in reset]
@@ -141,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     amp_dtype = autocast_dtype(args.precision, device)
 
-    dataset = CocoInstances(args.train_json, args.train_images, min_sizes=args.min_sizes, max_size=args.max_size)
+    dataset = CocoInstances(
+        args.train_json, args.train_images, min_sizes=args.min_sizes, max_size=args.max_size
+    )
     config = get_config(args.config).with_overrides(num_classes=len(dataset.class_names))
     model = CenterMask(config, norm=nn.BatchNorm2d).to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.lr)
@@ -163,10 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Only the exported (possibly fp16) weights travelled: continue the schedule with a fresh optimiser.
         initialise_from(model, export_path)
         start = int(read_checkpoint(export_path).metadata.get("iteration", 0))
-        print(f"resumed weights from {export_path} at iteration {start} (new optimiser state)", file=sys.stderr)
+        print(
+            f"resumed weights from {export_path} at iteration {start} (new optimiser state)", file=sys.stderr
+        )
     elif args.init:
         reset = initialise_from(model, args.init)
-        print(f"initialised from {args.init}; re-initialised {len(reset)} class-specific tensors", file=sys.stderr)
+        print(
+            f"initialised from {args.init}; re-initialised {len(reset)} class-specific tensors",
+            file=sys.stderr,
+        )
 
     loader = DataLoader(
         dataset,

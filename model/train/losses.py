@@ -45,9 +45,14 @@ def fcos_targets(
     """
     points = torch.cat(locations)
     level_sizes = [len(loc) for loc in locations]
-    stride_of = torch.cat([points.new_full((n,), float(s)) for n, s in zip(level_sizes, strides, strict=True)])
+    stride_of = torch.cat(
+        [points.new_full((n,), float(s)) for n, s in zip(level_sizes, strides, strict=True)]
+    )
     size_range = torch.cat(
-        [points.new_tensor(r).expand(n, 2) for n, r in zip(level_sizes, SIZES_OF_INTEREST, strict=True)]
+        [
+            points.new_tensor(r).expand(n, 2)
+            for n, r in zip(level_sizes, SIZES_OF_INTEREST[: len(level_sizes)], strict=True)
+        ]
     )
     labels, regression, centerness = [], [], []
     for gt_boxes, gt_classes in zip(boxes, classes, strict=True):
@@ -126,7 +131,8 @@ def fcos_losses(outputs: FCOSHeadOutputs, targets: FCOSTargets, num_classes: int
         float(ctr_targets.sum()), 1e-6
     )
     ctr_loss = (
-        F.binary_cross_entropy_with_logits(centerness[foreground], ctr_targets, reduction="sum") / num_foreground
+        F.binary_cross_entropy_with_logits(centerness[foreground], ctr_targets, reduction="sum")
+        / num_foreground
     )
     return {"loss_fcos_cls": cls_loss, "loss_fcos_loc": reg_loss, "loss_fcos_ctr": ctr_loss}
 
@@ -156,12 +162,16 @@ def select_mask_rois(
     return MaskRoIs(all_boxes, all_owners)
 
 
-def mask_targets(gt_masks: torch.Tensor, rois: MaskRoIs, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_targets(
+    gt_masks: torch.Tensor, rois: MaskRoIs, resolution: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary (R, res, res) mask targets cropped from the ground truth inside each RoI (detectron2's
     crop_and_resize), and the fraction of each ground-truth mask's area that falls inside its RoI."""
     masks = gt_masks[:, None].float()
     indexed = torch.cat((rois.gt_index[:, None].to(rois.boxes.dtype), rois.boxes), dim=1)
-    targets = roi_align(masks, indexed, resolution, spatial_scale=1.0, sampling_ratio=0, aligned=True)[:, 0] >= 0.5
+    targets = (
+        roi_align(masks, indexed, resolution, spatial_scale=1.0, sampling_ratio=0, aligned=True)[:, 0] >= 0.5
+    )
     full_area = gt_masks.flatten(1).sum(dim=1).float()[rois.gt_index]
     height, width = gt_masks.shape[-2:]
     inside = []

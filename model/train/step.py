@@ -37,7 +37,8 @@ def training_losses(model: CenterMask, samples: list[dict[str, Any]]) -> dict[st
     ]
     resolution = 2 * model.config.mask_resolution
     targets_and_ratios = [
-        mask_targets(sample["masks"].to(device), roi, resolution) for sample, roi in zip(samples, rois, strict=True)
+        mask_targets(sample["masks"].to(device), roi, resolution)
+        for sample, roi in zip(samples, rois, strict=True)
     ]
     roi_features = model.roi_heads.pool(pyramid, [roi.boxes for roi in rois], image_sizes)
     classes = torch.cat([c[roi.gt_index] for c, roi in zip(gt_classes, rois, strict=True)])
@@ -53,4 +54,3 @@ def training_losses(model: CenterMask, samples: list[dict[str, Any]]) -> dict[st
         torch.cat([r for _, r in targets_and_ratios]),
     )
     return losses
-

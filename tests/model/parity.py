@@ -40,16 +40,27 @@ def match_instances(reference: list[dict[str, Any]], ours: list[dict[str, Any]])
     unmatched = set(range(len(ours)))
     ious, failures, matched = [], [], 0
     for ref in sorted(reference, key=lambda r: -r["score"]):
-        candidates = [(box_iou(ref["box"], ours[j]["box"]), j) for j in unmatched if ours[j]["class_id"] == ref["class_id"]]
+        candidates = [
+            (box_iou(ref["box"], ours[j]["box"]), j)
+            for j in unmatched
+            if ours[j]["class_id"] == ref["class_id"]
+        ]
         if not candidates:
             continue
         iou, j = max(candidates)
         mine = ours[j]
-        if iou < 0.99 or abs(mine["score"] - ref["score"]) > 1e-3 or abs(mine["mask_score"] - ref["mask_score"]) > 1e-3:
+        if (
+            iou < 0.99
+            or abs(mine["score"] - ref["score"]) > 1e-3
+            or abs(mine["mask_score"] - ref["mask_score"]) > 1e-3
+        ):
             continue
         unmatched.discard(j)
         matched += 1
-        ref_mask, our_mask = mask_utils.decode(ref["mask"]).astype(bool), mask_utils.decode(mine["mask"]).astype(bool)
+        ref_mask, our_mask = (
+            mask_utils.decode(ref["mask"]).astype(bool),
+            mask_utils.decode(mine["mask"]).astype(bool),
+        )
         union = np.logical_or(ref_mask, our_mask).sum()
         mask_iou = float(np.logical_and(ref_mask, our_mask).sum() / union) if union else 1.0
         ious.append(mask_iou)

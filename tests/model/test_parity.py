@@ -34,7 +34,9 @@ def official_rule_checkpoint(reference: Path, config: str, directory: Path) -> P
 
 
 @pytest.fixture(scope="module", params=FIXTURE_CONFIGS)
-def official(request: pytest.FixtureRequest, shared_reference: Path, tmp_path_factory) -> tuple[Predictor, Path]:
+def official(
+    request: pytest.FixtureRequest, shared_reference: Path, tmp_path_factory
+) -> tuple[Predictor, Path]:
     config = request.param
     path = official_rule_checkpoint(shared_reference, config, tmp_path_factory.mktemp(config))
     return load_predictor(path, config), shared_reference / "fixtures" / config

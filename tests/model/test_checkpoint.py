@@ -1,0 +1,117 @@
+"""Checkpoint loading: the official key layout for every config, strictness, and the file formats."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.centermask import CenterMask
+from model.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from model.coco_classes import COCO_CLASS_NAMES
+from model.configs import CONFIGS, get_config
+from model.testing import rule_state_dict
+from tests.model.test_parity import read_manifest
+
+LITE = "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x"
+
+
+@pytest.mark.parametrize("config_name", sorted(CONFIGS))
+def test_state_dict_equals_official_manifest(config_name: str, shared_reference: Path) -> None:
+    manifest = read_manifest(shared_reference / "keys" / f"{config_name}.tsv")
+    ours = {k: tuple(v.shape) for k, v in CenterMask(get_config(config_name)).state_dict().items()}
+    assert ours == manifest
+
+
+def rule_weights(config_name: str = LITE) -> dict[str, torch.Tensor]:
+    model = CenterMask(get_config(config_name))
+    return rule_state_dict((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+def assert_same_weights(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_official_pth_with_wrapper_and_extras(tmp_path: Path) -> None:
+    weights = rule_weights()
+    extras = {"pixel_mean": torch.zeros(3, 1, 1), "pixel_std": torch.ones(3, 1, 1)}
+    path = tmp_path / "official.pth"
+    torch.save({"model": weights | extras, "iteration": 7, "optimizer": {}}, path)
+    model, class_names, _ = load_model(path, LITE)
+    assert class_names == list(COCO_CLASS_NAMES)
+    assert_same_weights(model, weights)
+
+
+def test_bare_dict_with_module_prefix(tmp_path: Path) -> None:
+    weights = rule_weights()
+    path = tmp_path / "ddp.pth"
+    torch.save({f"module.{k}": v for k, v in weights.items()}, path)
+    model, _, _ = load_model(path, LITE)
+    assert_same_weights(model, weights)
+
+
+def test_model_zoo_pickle_of_numpy_arrays(tmp_path: Path) -> None:
+    weights = rule_weights()
+    path = tmp_path / "zoo.pkl"
+    with path.open("wb") as stream:
+        pickle.dump({"model": {k: v.numpy() for k, v in weights.items()}, "__author__": "test"}, stream)
+    model, _, _ = load_model(path, LITE)
+    assert_same_weights(model, weights)
+
+
+def test_missing_unexpected_and_mismatched_keys_are_named(tmp_path: Path) -> None:
+    weights = rule_weights()
+    del weights["roi_heads.mask_head.deconv.bias"]
+    weights["roi_heads.extra.weight"] = torch.zeros(1)
+    weights["backbone.fpn_output3.bias"] = torch.zeros(7)
+    path = tmp_path / "broken.pth"
+    torch.save({"model": weights}, path)
+    with pytest.raises(CheckpointError) as error:
+        load_model(path, LITE)
+    message = str(error.value)
+    assert "1 missing: roi_heads.mask_head.deconv.bias" in message
+    assert "1 unexpected: roi_heads.extra.weight" in message
+    assert "backbone.fpn_output3.bias (file 7, model 128)" in message
+
+
+def test_wrong_architecture_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "lite.pth"
+    torch.save({"model": rule_weights()}, path)
+    with pytest.raises(CheckpointError, match="does not fit centermask_lite_V_19_slim_eSE_FPN_ms_4x"):
+        load_model(path, "centermask_lite_V_19_slim_eSE_FPN_ms_4x")
+
+
+def test_official_file_needs_a_config_name(tmp_path: Path) -> None:
+    path = tmp_path / "official.pth"
+    torch.save({"model": rule_weights()}, path)
+    with pytest.raises(CheckpointError, match="pass the config name"):
+        load_model(path)
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "junk.pth"
+    path.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        read_checkpoint(path)
+    with pytest.raises(FileNotFoundError):
+        read_checkpoint(tmp_path / "absent.pth")
+
+
+def test_own_checkpoint_carries_config_classes_and_overrides(tmp_path: Path) -> None:
+    config = get_config(LITE).with_overrides(num_classes=5)
+    model = CenterMask(config)
+    names = ["circle", "rectangle", "triangle", "star", "ring"]
+    path = save_checkpoint(
+        tmp_path / "ours.pth", model, names, {"note": "x"}, torch.float16, {"min_size_test": 384}
+    )
+    loaded, class_names, checkpoint = load_model(path)
+    assert class_names == names
+    assert loaded.config.num_classes == 5 and loaded.config.min_size_test == 384
+    assert checkpoint.metadata == {"note": "x"}
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value.half().float())
+    with pytest.raises(CheckpointError, match="but config"):
+        load_model(path, "centermask_V_39_eSE_FPN_ms_3x")

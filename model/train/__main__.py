@@ -60,6 +60,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep NCHW weights (channels-last trains ~1.5x faster on CPU with bf16)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="data loading processes")
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=0, help="0: evaluate only at the end")
@@ -152,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     config = get_config(args.config).with_overrides(num_classes=len(dataset.class_names))
     model = CenterMask(config, norm=nn.BatchNorm2d).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.lr)
     scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
     overrides = {

@@ -14,10 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
+
+from model.centermask import resized_shape
+from model.images import load_rgb
 
 DEFAULT_MIN_SIZES = (640, 672, 704, 736, 768, 800)
 DEFAULT_MAX_SIZE = 1333
@@ -25,31 +28,6 @@ DEFAULT_MAX_SIZE = 1333
 MIN_POLYGON_COORDS = 6
 
 Segmentation = list[list[float]] | dict[str, Any]
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 (H, W, 3) RGB, upright according to its EXIF orientation."""
-    with Image.open(path) as image:
-        return np.array(ImageOps.exif_transpose(image).convert("RGB"))
-
-
-def resized_shape(height: int, width: int, short_edge: int, max_size: int) -> tuple[int, int]:
-    """Output (height, width) of detectron2's ResizeShortestEdge for an input of ``height`` x ``width``.
-
-    The short side becomes ``short_edge`` unless the long side would exceed ``max_size``, in which case the
-    long side becomes ``max_size``. A ``short_edge`` of 0 means no resize, as in detectron2.
-    """
-    if short_edge == 0:
-        return height, width
-    scale = short_edge / min(height, width)
-    if height < width:
-        new_height, new_width = float(short_edge), scale * width
-    else:
-        new_height, new_width = scale * height, float(short_edge)
-    if max(new_height, new_width) > max_size:
-        scale = max_size / max(new_height, new_width)
-        new_height, new_width = new_height * scale, new_width * scale
-    return int(new_height + 0.5), int(new_width + 0.5)
 
 
 def _valid_polygons(segmentation: list[list[float]]) -> list[list[float]]:
@@ -171,7 +149,10 @@ class CocoInstances(Dataset[dict[str, Any]]):
             )
         annotations = self._annotations[image_id]
         classes = np.array([self._contiguous[a["category_id"]] for a in annotations], dtype=np.int64)
-        new_height, new_width = resized_shape(height, width, self._short_edge(), self.max_size)
+        short_edge = self._short_edge()
+        new_height, new_width = (
+            resized_shape(height, width, short_edge, self.max_size) if short_edge else (height, width)
+        )
         if (new_height, new_width) != (height, width):
             resized = Image.fromarray(image).resize((new_width, new_height), Image.Resampling.BILINEAR)
             image = np.asarray(resized)

@@ -1,0 +1,103 @@
+"""The application: `create_app(settings)`, the `app` uvicorn imports, and the `centermask-serve` command."""
+
+import functools
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from model.predict import load_predictor
+from service import routes
+from service.errors import install_error_handlers
+from service.images import configure_pillow
+from service.logging import configure_logging
+from service.metrics import Metrics
+from service.middleware import RequestContextMiddleware
+from service.runtime import PredictorLoader, Runtime
+from service.schemas import OrjsonResponse
+from service.settings import Settings
+
+
+def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) -> FastAPI:
+    """`load` builds the predictor; tests wrap the real one to control timing and failures."""
+    metrics = Metrics()
+    # A model that cannot be loaded leaves nothing to serve: stop the server the way Kubernetes would.
+    runtime = Runtime(settings, metrics, load, on_fatal_error=lambda: signal.raise_signal(signal.SIGTERM))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level)
+        configure_pillow(settings.max_image_pixels)
+        runtime.start()
+        yield
+        await runtime.stop()
+
+    app = FastAPI(
+        title="CenterMask",
+        summary="Real-time instance segmentation: boxes and COCO RLE masks.",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    routers = (routes.protected_router, routes.open_router)
+    for router in routers:
+        app.include_router(router)
+    endpoints = frozenset(route.path for router in routers for route in router.routes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, endpoints=endpoints)
+    return app
+
+
+@functools.cache
+def _app_from_environment() -> FastAPI:
+    return create_app(Settings())
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn service.app:app` reads this attribute. It is built on first access, not at import, so
+    # that importing the module (tests, `centermask-serve`) neither reads nor validates the environment.
+    if name == "app":
+        return _app_from_environment()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class DrainingServer(uvicorn.Server):
+    """Turns the service unready the moment SIGTERM arrives, while uvicorn finishes open requests."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self._runtime = runtime
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._runtime.begin_draining()
+        super().handle_exit(sig, frame)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`centermask-serve`: every setting as a flag (`--port 8080`) or as CENTERMASK_* in the environment."""
+    try:
+        settings = Settings.from_command_line(sys.argv[1:] if argv is None else argv)
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        sys.exit(f"centermask-serve: invalid settings\n{problems}")
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+    )
+    DrainingServer(config, app.state.runtime).run()

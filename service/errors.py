@@ -1,0 +1,161 @@
+"""Every error the service answers, in one JSON shape: `{"error": {"code": ..., "message": ...}}`.
+
+A batch request that fails because of one of its images adds that image's position: `"index": 2`.
+Responses never carry stack traces; unexpected exceptions are logged and answered as `internal_error`
+by the request middleware.
+"""
+
+from http import HTTPStatus
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from service.schemas import OrjsonResponse
+
+RETRY_AFTER_S = 1
+
+
+class ServiceError(Exception):
+    status_code: ClassVar[int]
+    code: ClassVar[str]
+    headers: ClassVar[dict[str, str]] = {}
+    # The `centermask_rejected_total` reason, for errors that turn a request away unserved.
+    rejection: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.index = index
+
+    def for_image(self, index: int) -> "ServiceError":
+        """The same error, attributed to one image of a batch request."""
+        return type(self)(self.message, index=index)
+
+    def to_response(self) -> Response:
+        return error_response(
+            self.status_code, self.code, self.message, index=self.index, headers=self.headers
+        )
+
+
+class InvalidImage(ServiceError):
+    status_code = 400
+    code = "invalid_image"
+
+
+class InvalidRequest(ServiceError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class ImageTooLarge(ServiceError):
+    status_code = 413
+    code = "image_too_large"
+
+
+class TooManyPixels(ServiceError):
+    status_code = 413
+    code = "too_many_pixels"
+
+
+class TooManyImages(ServiceError):
+    status_code = 413
+    code = "too_many_images"
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class InvalidParameter(ServiceError):
+    status_code = 422
+    code = "invalid_parameter"
+
+
+class ClientClosedRequest(ServiceError):
+    # The client never reads this answer; the status only labels the request in logs and metrics.
+    status_code = 499
+    code = "client_closed_request"
+    rejection = "client_gone"
+
+
+class InferenceFailed(ServiceError):
+    status_code = 500
+    code = "inference_failed"
+
+
+class NotReady(ServiceError):
+    status_code = 503
+    code = "not_ready"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": str(RETRY_AFTER_S)}
+    rejection = "not_ready"
+
+
+class Overloaded(ServiceError):
+    status_code = 503
+    code = "overloaded"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": str(RETRY_AFTER_S)}
+    rejection = "queue_full"
+
+
+class DeadlineExceeded(ServiceError):
+    status_code = 504
+    code = "deadline_exceeded"
+    rejection = "deadline"
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    *,
+    index: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    error: dict[str, object] = {"code": code, "message": message}
+    if index is not None:
+        error["index"] = index
+    return OrjsonResponse({"error": error}, status_code=status_code, headers=headers)
+
+
+def internal_error_response() -> Response:
+    return error_response(
+        500, "internal_error", "internal error; the request id is in the X-Request-ID header"
+    )
+
+
+async def _service_error(request: Request, exc: ServiceError) -> Response:
+    if exc.rejection is not None:
+        request.app.state.metrics.rejected.labels(exc.rejection).inc()
+    return exc.to_response()
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+    problems = []
+    for error in exc.errors():
+        # loc is e.g. ("query", "score_threshold"); the location kind is noise to a client.
+        where = ".".join(str(part) for part in error["loc"][1:]) or str(error["loc"][0])
+        problems.append(f"{where}: {error['msg']}")
+    return InvalidParameter("; ".join(problems)).to_response()
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    status = HTTPStatus(exc.status_code)
+    code = status.phrase.lower().replace(" ", "_").replace("-", "_")
+    message = exc.detail if isinstance(exc.detail, str) else status.phrase
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,97 @@
+"""Prometheus metrics. Each app owns its registry, so several apps (tests) never share counters.
+
+The names are a contract with the deployment's dashboards, alerts and autoscaler: do not rename them.
+"""
+
+from collections.abc import Callable
+
+import torch
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# From 1 ms to 10 s: one image on a GPU up to a full batch on a CPU.
+SECONDS_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1, 1.5, 2.5, 5, 7.5, 10,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+REJECTION_REASONS = ("queue_full", "deadline", "client_gone", "not_ready")
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+
+        def seconds(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Histogram:
+            return Histogram(name, documentation, labels, registry=registry, buckets=SECONDS_BUCKETS)
+
+        self.request_duration = seconds(
+            "centermask_request_duration_seconds", "HTTP request latency.", ("endpoint", "status_code")
+        )
+        self.queue_wait = seconds(
+            "centermask_queue_wait_seconds", "Time an image waited in the queue for its batch."
+        )
+        self.batch_inference = seconds("centermask_batch_inference_seconds", "Forward pass of one batch.")
+        self.preprocess = seconds("centermask_preprocess_seconds", "Decoding and resizing one image.")
+        self.postprocess = seconds(
+            "centermask_postprocess_seconds", "Filtering and mask encoding for one image."
+        )
+        self.batch_size = Histogram(
+            "centermask_batch_size", "Images per forward pass.", registry=registry, buckets=BATCH_SIZE_BUCKETS
+        )
+        self.requests = Counter(
+            "centermask_requests_total",
+            "HTTP requests answered.",
+            ("endpoint", "status_code"),
+            registry=registry,
+        )
+        self.images = Counter("centermask_images_total", "Images segmented.", registry=registry)
+        self.rejected = Counter(
+            "centermask_rejected_total",
+            "Requests turned away unserved, by reason.",
+            ("reason",),
+            registry=registry,
+        )
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason)
+        self.queue_depth = Gauge("centermask_queue_depth", "Images waiting for inference.", registry=registry)
+        self.requests_in_flight = Gauge(
+            "centermask_requests_in_flight", "Segmentation requests being processed.", registry=registry
+        )
+        self.model_loaded = Gauge("centermask_model_loaded", "1 once the model is loaded.", registry=registry)
+        self.model_ready = Gauge(
+            "centermask_model_ready", "1 while the model is warm and serving.", registry=registry
+        )
+        self.cuda_memory_allocated = Gauge(
+            "centermask_cuda_memory_allocated_bytes", "CUDA memory held by tensors.", registry=registry
+        )
+        self.cuda_memory_reserved = Gauge(
+            "centermask_cuda_memory_reserved_bytes",
+            "CUDA memory held by the caching allocator.",
+            registry=registry,
+        )
+
+    def track(
+        self,
+        *,
+        queue_depth: Callable[[], float],
+        requests_in_flight: Callable[[], float],
+        model_loaded: Callable[[], bool],
+        model_ready: Callable[[], bool],
+    ) -> None:
+        """Read these gauges from the service's state when scraped, so they can never drift from it."""
+        self.queue_depth.set_function(queue_depth)
+        self.requests_in_flight.set_function(requests_in_flight)
+        self.model_loaded.set_function(lambda: float(model_loaded()))
+        self.model_ready.set_function(lambda: float(model_ready()))
+
+    def observe_cuda_memory(self, device: torch.device) -> None:
+        if device.type == "cuda":
+            self.cuda_memory_allocated.set(torch.cuda.memory_allocated(device))
+            self.cuda_memory_reserved.set(torch.cuda.memory_reserved(device))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,295 @@
+"""The model's life in the service: loading, warm-up, serving requests' images, draining at shutdown.
+
+Phases: loading → ready → draining. A model that cannot be loaded ends in `failed`, which stops the
+process (the message is logged; Kubernetes restarts the pod and shows it).
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import torch
+
+from model.detections import Detections
+from model.predict import MaskFormat, Predictor, PreparedImage, image_record
+from service.batcher import Batcher, Inference
+from service.errors import DeadlineExceeded, InvalidParameter, NotReady, Overloaded, ServiceError
+from service.images import decode_image
+from service.metrics import Metrics
+from service.settings import Settings
+from service.uploads import Upload
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A photo-like size, so warm-up exercises the same code paths and allocations as real traffic.
+_WARM_UP_SHAPE = (480, 640, 3)
+
+
+class PredictorLoader(Protocol):
+    """`model.predict.load_predictor`, or a wrapper of it."""
+
+    def __call__(self, *, weights: str | None, config: str | None, device: str) -> Predictor: ...
+
+
+class Phase(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    score_threshold: float
+    max_detections: int
+    class_ids: frozenset[int] | None
+    mask_format: MaskFormat
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """One image's `predict` JSON object and where its time went, in seconds."""
+
+    record: dict[str, Any]
+    decode_s: float
+    queue_s: float
+    inference_s: float
+    postprocess_s: float
+
+
+class ImageFailed(Exception):
+    """The image at `index` of a request failed with `error`."""
+
+    def __init__(self, index: int, error: ServiceError) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        load_predictor: PredictorLoader,
+        *,
+        on_fatal_error: Callable[[], None],
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._load_predictor = load_predictor
+        self._on_fatal_error = on_fatal_error
+        self.phase = Phase.LOADING
+        self._predictor: Predictor | None = None
+        self._batcher: Batcher[PreparedImage, Detections] | None = None
+        self._cpu_pool = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="centermask-cpu")
+        self._loader: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._drain_started: float | None = None
+        metrics.track(
+            queue_depth=lambda: self._batcher.depth if self._batcher else 0,
+            requests_in_flight=lambda: self._in_flight,
+            model_loaded=lambda: self._predictor is not None,
+            model_ready=lambda: self.phase is Phase.READY,
+        )
+
+    @property
+    def predictor(self) -> Predictor:
+        if self._predictor is None:
+            raise NotReady("the model is still loading")
+        return self._predictor
+
+    @property
+    def is_alive(self) -> bool:
+        if self.phase is Phase.FAILED:
+            return False
+        return self._batcher is None or self._batcher.is_running or self.phase is Phase.DRAINING
+
+    def start(self) -> None:
+        """Load and warm up in the background: the probes answer meanwhile."""
+        self._loader = asyncio.create_task(self._load(), name="centermask-load")
+
+    def begin_draining(self) -> None:
+        """Stop admitting requests. Safe to call from a signal handler: it only sets attributes."""
+        if self.phase is not Phase.FAILED:
+            self.phase = Phase.DRAINING
+        if self._drain_started is None:
+            self._drain_started = time.monotonic()
+
+    async def stop(self) -> None:
+        """Drain: finish admitted requests for up to the drain timeout, then stop the worker."""
+        self.begin_draining()
+        assert self._drain_started is not None
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+
+        def remaining_s() -> float:
+            return max(0.0, self._settings.drain_timeout_s - (time.monotonic() - self._drain_started))
+
+        try:
+            await asyncio.wait_for(self._idle.wait(), remaining_s())
+        except TimeoutError:
+            logger.warning("drain timeout: %d requests still running", self._in_flight)
+        if self._batcher is not None:
+            await self._batcher.close(remaining_s())
+        self._cpu_pool.shutdown(wait=False, cancel_futures=True)
+        logger.info("stopped")
+
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """A segmentation request's stay: refused unless ready, and waited for by the drain."""
+        if self.phase is not Phase.READY:
+            raise NotReady(f"the service is {self.phase}")
+        assert self._batcher is not None
+        # Refuse before reading the body when the queue is already full.
+        if self._batcher.free_slots == 0:
+            raise Overloaded("the inference queue is full; retry later")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    def class_ids(self, selectors: Sequence[str]) -> frozenset[int]:
+        """Class names (case-insensitive) or ids → ids; InvalidParameter for unknown ones."""
+        names = self.predictor.class_names
+        by_name = {name.lower(): class_id for class_id, name in enumerate(names)}
+        ids = set()
+        for selector in selectors:
+            if selector.isdigit() and int(selector) < len(names):
+                ids.add(int(selector))
+            elif selector.lower() in by_name:
+                ids.add(by_name[selector.lower()])
+            else:
+                raise InvalidParameter(f"unknown class {selector!r}; see /v1/model for the class names")
+        return frozenset(ids)
+
+    async def segment(
+        self, uploads: Sequence[Upload], options: SegmentOptions, *, deadline: float
+    ) -> list[Segmented]:
+        """Segment the images of one request; all its images are queued together, so they batch.
+
+        `deadline` is in `loop.time()` seconds. Raises ImageFailed for the first failing image.
+        """
+        assert self._batcher is not None
+        try:
+            async with asyncio.timeout_at(deadline):
+                prepared = await _each(self._in_cpu_pool(self._preprocess, upload.data) for upload in uploads)
+                futures = self._batcher.submit([image for image, _ in prepared], deadline=deadline)
+                inferences = await _each(futures)
+                records = await _each(
+                    self._in_cpu_pool(self._postprocess, upload.filename, inference, options)
+                    for upload, inference in zip(uploads, inferences, strict=True)
+                )
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the request took longer than {self._settings.request_timeout_s} s"
+            ) from None
+        self._metrics.images.inc(len(uploads))
+        return [
+            Segmented(record, decode_s, inference.queue_s, inference.inference_s, postprocess_s)
+            for (_, decode_s), inference, (record, postprocess_s) in zip(
+                prepared, inferences, records, strict=True
+            )
+        ]
+
+    async def _load(self) -> None:
+        try:
+            await self._load_and_warm_up()
+        except Exception as exc:
+            self.phase = Phase.FAILED
+            logger.error("cannot load the model: %s", exc)
+            self._on_fatal_error()
+
+    async def _load_and_warm_up(self) -> None:
+        settings = self._settings
+        predictor = await asyncio.to_thread(
+            self._load_predictor,
+            weights=str(settings.weights) if settings.weights is not None else None,
+            config=settings.config,
+            device=settings.device,
+        )
+        if predictor.device.type == "cpu" and settings.device != "cpu":
+            logger.warning("no CUDA device available: serving on the CPU, which is much slower")
+        self._predictor = predictor
+        logger.info(
+            "model loaded",
+            extra={
+                "config": predictor.config_name,
+                "device": str(predictor.device),
+                "weights": str(predictor.weights_path),
+            },
+        )
+        batcher = Batcher(
+            self._infer,
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_s=settings.max_batch_delay_ms / 1000,
+            max_queue=settings.max_queue,
+            metrics=self._metrics,
+        )
+        started = time.perf_counter()
+        sample = np.random.default_rng(0).integers(0, 256, _WARM_UP_SHAPE, dtype=np.uint8)
+        await batcher.warm_up(predictor.prepare(sample))
+        batcher.start()
+        self._batcher = batcher
+        if self.phase is Phase.LOADING:
+            self.phase = Phase.READY
+        logger.info("ready", extra={"warm_up_s": round(time.perf_counter() - started, 3)})
+
+    def _infer(self, images: list[PreparedImage]) -> list[Detections]:
+        predictor = self.predictor
+        try:
+            detections = predictor.infer(images)
+        except torch.cuda.OutOfMemoryError:
+            # Hand the cached blocks back, so that the batcher's one-image retries can fit.
+            torch.cuda.empty_cache()
+            raise
+        self._metrics.observe_cuda_memory(predictor.device)
+        return detections
+
+    def _preprocess(self, data: bytes) -> tuple[PreparedImage, float]:
+        started = time.perf_counter()
+        prepared = self.predictor.prepare(decode_image(data, max_pixels=self._settings.max_image_pixels))
+        elapsed = time.perf_counter() - started
+        self._metrics.preprocess.observe(elapsed)
+        return prepared, elapsed
+
+    def _postprocess(
+        self, filename: str | None, inference: Inference[Detections], options: SegmentOptions
+    ) -> tuple[dict[str, Any], float]:
+        started = time.perf_counter()
+        detections = inference.result.filter(
+            options.score_threshold, options.max_detections, options.class_ids
+        )
+        record = image_record(filename, detections, self.predictor.class_names, options.mask_format)
+        elapsed = time.perf_counter() - started
+        self._metrics.postprocess.observe(elapsed)
+        return record, elapsed
+
+    async def _in_cpu_pool(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._cpu_pool, function, *args)
+
+
+async def _each(awaitables: Any) -> list[Any]:
+    """Await all; raise ImageFailed for the first (by position) that raised a ServiceError."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for index, result in enumerate(results):
+        if isinstance(result, ServiceError):
+            raise ImageFailed(index, result)
+        if isinstance(result, BaseException):
+            raise result
+    return results

@@ -1,0 +1,36 @@
+"""Fixtures for the service tests; the helpers they share are in tests/service/helpers.py."""
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from model.predict import Predictor, load_predictor
+from service.runtime import PredictorLoader
+from tests.service.helpers import ControlledPredictor, Served, serve, tiny_settings
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def controlled() -> Iterator[tuple[PredictorLoader, Callable[[], ControlledPredictor]]]:
+    """A loader to pass to create_app, and a getter for the ControlledPredictor it built."""
+    built: list[ControlledPredictor] = []
+
+    def load(*, weights: str | None, config: str | None, device: str) -> Predictor:
+        built.append(ControlledPredictor(load_predictor(weights=weights, config=config, device=device)))
+        return built[-1]  # type: ignore[return-value]
+
+    yield load, lambda: built[-1]
+    for predictor in built:
+        predictor.release()
+
+
+@pytest.fixture(scope="session")
+async def served(tiny_weights: Path) -> AsyncIterator[Served]:
+    """One ready app shared by the tests that only send requests (warm-up is paid once)."""
+    async with serve(tiny_settings(tiny_weights, max_batch_size=3, max_batch_delay_ms=20)) as served:
+        yield served

@@ -1,0 +1,144 @@
+"""Helpers for the service tests: apps driven in-process, images, and a controllable predictor."""
+
+import asyncio
+import contextlib
+import io
+import struct
+import threading
+import zlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from fastapi import FastAPI
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from model.detections import Detections
+from model.predict import Predictor, PreparedImage, load_predictor
+from service.app import create_app
+from service.runtime import Phase, PredictorLoader, Runtime
+from service.settings import Settings
+
+# Generous: the machine is shared, and nothing here should take long unless something is wrong.
+TIMEOUT_S = 60
+
+
+def random_image(seed: int, height: int, width: int) -> np.ndarray:
+    """Blocky noise: the rule-weight model finds plenty of instances in it."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+    return np.kron(coarse, np.ones((16, 16, 1), dtype=np.uint8))[:height, :width].copy()
+
+
+def encode(image: np.ndarray | Image.Image, image_format: str = "PNG", **options: Any) -> bytes:
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buffer = io.BytesIO()
+    pil.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def png_body(image: np.ndarray) -> dict[str, Any]:
+    """Keyword arguments for httpx: the image as a raw PNG body."""
+    return {"content": encode(image), "headers": {"Content-Type": "image/png"}}
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
+    """Wait for a condition that another task or thread makes true."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def metric_value(app: FastAPI, name: str, labels: dict[str, str] | None = None) -> float:
+    value = app.state.metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+def metric_families(text: str) -> dict[str, Any]:
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+@dataclass
+class Served:
+    app: FastAPI
+    client: httpx.AsyncClient
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.app.state.runtime
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    settings: Settings, load: PredictorLoader = load_predictor, *, ready: bool = True
+) -> AsyncIterator[Served]:
+    """Run the app's lifespan around an in-process client; wait for readiness unless told not to."""
+    app = create_app(settings, load=load)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://service", timeout=TIMEOUT_S
+        ) as client:
+            served = Served(app, client)
+            if ready:
+                await wait_until(lambda: served.runtime.phase is Phase.READY)
+            yield served
+
+
+class ControlledPredictor:
+    """The real predictor, with an `infer` the test can hold at a gate or make fail.
+
+    `entered` is set when a batch reaches `infer`; the batch then waits until `gate` is open.
+    Images whose original size is in `poison_sizes` make their whole batch raise.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.poison_sizes: set[tuple[int, int]] = set()
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._predictor, name)
+
+    def infer(self, images: Sequence[PreparedImage]) -> list[Detections]:
+        self.entered.set()
+        if not self.gate.wait(TIMEOUT_S):
+            raise TimeoutError("the test never opened the gate")
+        self.batches.append([image.original_size for image in images])
+        if any(image.original_size in self.poison_sizes for image in images):
+            raise RuntimeError("poisoned batch")
+        return self._predictor.infer(images)
+
+    def hold(self) -> None:
+        """Close the gate, and forget the batches seen so far (warm-up)."""
+        self.gate.clear()
+        self.entered.clear()
+        self.batches.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def tiny_settings(weights: Path, **overrides: Any) -> Settings:
+    """Settings for in-process apps: small batches keep warm-up short on a 2-core machine."""
+    defaults: dict[str, Any] = {"weights": weights, "device": "cpu", "max_batch_size": 2, "cpu_workers": 2}
+    return Settings(**(defaults | overrides))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size; decoding it would need gigabytes."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))

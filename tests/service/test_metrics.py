@@ -1,0 +1,56 @@
+"""GET /metrics: the Prometheus text format, with every name the dashboards and alerts use."""
+
+import pytest
+
+from tests.service.helpers import Served, metric_families, png_body, random_image
+
+pytestmark = pytest.mark.anyio
+
+EXPECTED = {
+    "centermask_request_duration_seconds": "histogram",
+    "centermask_queue_wait_seconds": "histogram",
+    "centermask_batch_inference_seconds": "histogram",
+    "centermask_preprocess_seconds": "histogram",
+    "centermask_postprocess_seconds": "histogram",
+    "centermask_batch_size": "histogram",
+    "centermask_requests_total": "counter",
+    "centermask_images_total": "counter",
+    "centermask_rejected_total": "counter",
+    "centermask_queue_depth": "gauge",
+    "centermask_requests_in_flight": "gauge",
+    "centermask_model_loaded": "gauge",
+    "centermask_model_ready": "gauge",
+    "centermask_cuda_memory_allocated_bytes": "gauge",
+    "centermask_cuda_memory_reserved_bytes": "gauge",
+}
+
+
+async def test_every_metric_is_exposed(served: Served) -> None:
+    assert (await served.client.post("/segment", **png_body(random_image(0, 120, 160)))).status_code == 200
+    response = await served.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    families = metric_families(response.text)
+    for name, kind in EXPECTED.items():
+        # The parser names counter families without their _total suffix.
+        family = families[name.removesuffix("_total") if kind == "counter" else name]
+        assert family.type == kind, name
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
+    }
+    assert samples[("centermask_model_ready", ())] == 1
+    assert samples[("centermask_cuda_memory_allocated_bytes", ())] == 0
+    assert samples[("centermask_requests_total", (("endpoint", "/segment"), ("status_code", "200")))] >= 1
+    assert {labels for name, labels in samples if name == "centermask_rejected_total"} == {
+        (("reason", reason),) for reason in ("queue_full", "deadline", "client_gone", "not_ready")
+    }
+    assert samples[("centermask_images_total", ())] >= 1
+
+
+async def test_unknown_paths_share_one_label(served: Served) -> None:
+    await served.client.get("/wp-admin/setup.php")
+    families = metric_families((await served.client.get("/metrics")).text)
+    endpoints = {
+        s.labels["endpoint"] for s in families["centermask_requests"].samples if "endpoint" in s.labels
+    }
+    assert "unmatched" in endpoints and "/wp-admin/setup.php" not in endpoints

@@ -108,11 +108,12 @@ def load_predictor(
     weights: str | Path | None = None, config: str | None = None, device: str | torch.device = "cpu"
 ) -> Predictor:
     """Load weights (default: the bundled model) into a Predictor on `device` ("cpu", "cuda", "auto")."""
+    target = resolve_device(str(device))  # before the (slow) load, so a wrong device fails at once
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     if weights is None and not path.is_file():
         raise FileNotFoundError(f"the bundled default weights are missing ({path}); pass a weights file")
     model, class_names, _ = load_model(path, config)
-    return Predictor(model, class_names, path, resolve_device(str(device)))
+    return Predictor(model, class_names, path, target)
 
 
 def instances_to_json(

@@ -74,46 +74,33 @@ class ModelConfig:
         return replace(self, **changes)
 
 
-def _lite(name: str, backbone: str) -> ModelConfig:
+def _official(name: str, backbone: str, *, lite: bool) -> ModelConfig:
+    """Lite configs: 128-channel FPN and heads, 2-conv towers, 600/1000 test size; full: 256, 4, 800/1333."""
+    width, convs = (128, 2) if lite else (256, 4)
     return ModelConfig(
         name=name,
         backbone=backbone,
-        fpn_channels=128,
-        fcos_num_convs=2,
-        mask_num_convs=2,
-        mask_conv_dim=128,
-        maskiou_num_convs=2,
-        maskiou_conv_dim=128,
-        min_size_test=600,
-        max_size_test=1000,
-    )
-
-
-def _full(name: str, backbone: str) -> ModelConfig:
-    return ModelConfig(
-        name=name,
-        backbone=backbone,
-        fpn_channels=256,
-        fcos_num_convs=4,
-        mask_num_convs=4,
-        mask_conv_dim=256,
-        maskiou_num_convs=4,
-        maskiou_conv_dim=256,
-        min_size_test=800,
-        max_size_test=1333,
+        fpn_channels=width,
+        fcos_num_convs=convs,
+        mask_num_convs=convs,
+        mask_conv_dim=width,
+        maskiou_num_convs=convs,
+        maskiou_conv_dim=width,
+        min_size_test=600 if lite else 800,
+        max_size_test=1000 if lite else 1333,
     )
 
 
 CONFIGS: dict[str, ModelConfig] = {
     config.name: config
     for config in (
-        _lite("centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x", "V-19-slim-dw-eSE"),
-        _lite("centermask_lite_V_19_slim_eSE_FPN_ms_4x", "V-19-slim-eSE"),
-        _lite("centermask_lite_V_19_eSE_FPN_ms_4x", "V-19-eSE"),
-        _lite("centermask_lite_V_39_eSE_FPN_ms_4x", "V-39-eSE"),
-        _full("centermask_V_39_eSE_FPN_ms_3x", "V-39-eSE"),
-        _full("centermask_V_57_eSE_FPN_ms_3x", "V-57-eSE"),
-        _full("centermask_V_99_eSE_FPN_ms_3x", "V-99-eSE"),
+        _official("centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x", "V-19-slim-dw-eSE", lite=True),
+        _official("centermask_lite_V_19_slim_eSE_FPN_ms_4x", "V-19-slim-eSE", lite=True),
+        _official("centermask_lite_V_19_eSE_FPN_ms_4x", "V-19-eSE", lite=True),
+        _official("centermask_lite_V_39_eSE_FPN_ms_4x", "V-39-eSE", lite=True),
+        _official("centermask_V_39_eSE_FPN_ms_3x", "V-39-eSE", lite=False),
+        _official("centermask_V_57_eSE_FPN_ms_3x", "V-57-eSE", lite=False),
+        _official("centermask_V_99_eSE_FPN_ms_3x", "V-99-eSE", lite=False),
     )
 }
 

@@ -213,3 +213,15 @@ def save_checkpoint(
     torch.save(payload, temporary)
     temporary.replace(path)
     return path
+
+
+def update_metadata(path: str | Path, updates: dict[str, Any]) -> None:
+    """Merge `updates` into the metadata of one of our checkpoints, in place (atomically)."""
+    path = Path(path)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if "format_version" not in payload:
+        raise CheckpointError(f"{path} is not one of our checkpoints; its metadata cannot be updated")
+    payload["metadata"] = {**payload.get("metadata", {}), **updates}
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, temporary)
+    temporary.replace(path)

@@ -18,6 +18,7 @@ from typing import Any
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from model.checkpoint import update_metadata
 from model.images import load_rgb
 from model.predict import Predictor, load_predictor
 from model.rle import encode_crop
@@ -79,14 +80,18 @@ def evaluate(
     predictor: Predictor, gt_json: str | Path, image_dir: str | Path, max_images: int | None = None
 ) -> dict[str, dict[str, float]]:
     """{"bbox": {AP, AP50, ...}, "segm": {...}} over the dataset's images (the first max_images of them)."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_json))
+    gt = _load_gt(gt_json)
     image_ids = sorted(gt.imgs)[:max_images]
     boxes, segments = coco_results(predictor, gt, Path(image_dir), image_ids)
     return {
         "bbox": _summarise(gt, boxes, "bbox", image_ids),
         "segm": _summarise(gt, segments, "segm", image_ids),
     }
+
+
+def _load_gt(gt_json: str | Path) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        return COCO(str(gt_json))
 
 
 def format_table(metrics: dict[str, dict[str, float]]) -> str:
@@ -105,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-images", type=int)
     parser.add_argument("--json", type=Path, help="also write the metrics here")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="store the metrics (and the dataset they were measured on) in the checkpoint's metadata",
+    )
     args = parser.parse_args(argv)
 
     predictor = load_predictor(args.weights, args.config, args.device)
@@ -114,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"evaluated in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(metrics, indent=2))
+    if args.record:
+        evaluated_on = {"gt": str(args.gt), "max_images": args.max_images}
+        update_metadata(predictor.weights_path, {"metrics": metrics, "evaluated_on": evaluated_on})
     return 0
 
 

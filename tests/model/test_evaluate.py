@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from model.checkpoint import read_checkpoint
 from model.data.shapes import generate
 from model.evaluate import METRIC_NAMES, main
 from model.testing import write_rule_checkpoint
@@ -27,8 +28,9 @@ def test_evaluate_prints_and_writes_box_and_mask_ap(tmp_path: Path, capsys: pyte
         "--images",
         str(data / "images"),
     ]
-    assert main([*args, "--json", str(output)]) == 0
+    assert main([*args, "--json", str(output), "--record"]) == 0
     metrics = json.loads(output.read_text())
+    assert read_checkpoint(weights).metadata["metrics"] == metrics
     assert set(metrics) == {"bbox", "segm"}
     for task in metrics.values():
         assert set(task) == set(METRIC_NAMES)

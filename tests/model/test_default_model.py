@@ -43,7 +43,8 @@ def test_finds_circle_rectangle_and_ring(predictor: Predictor) -> None:
     masks = detections.dense_masks()
     for name, expected in truth.items():
         ious = [np.logical_and(m, expected).sum() / np.logical_or(m, expected).sum() for m in masks]
-        assert ious, f"nothing detected; looking for the {name}"
-        best = int(np.argmax(ious))
+        # The object's detection is the best-scoring one on it (detections come sorted by score).
+        best = next((i for i, iou in enumerate(ious) if iou >= 0.5), None)
+        assert best is not None, f"nothing detected on the {name}"
         assert predictor.class_names[detections.class_ids[best]] == name
         assert ious[best] >= 0.85, (name, ious[best])

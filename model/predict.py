@@ -17,6 +17,8 @@ from model.centermask import CenterMask, padded_shape, postprocess, resize_image
 from model.checkpoint import file_sha256, load_model
 from model.detections import Detections
 from model.images import load_rgb
+from model.polygons import crop_to_polygons
+from model.rle import encode_crop
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "centermask_lite_V_19_slim_shapes.pth"
 MaskFormat = Literal["rle", "polygon", "none"]
@@ -120,9 +122,6 @@ def instances_to_json(
     detections: Detections, class_names: Sequence[str], mask_format: MaskFormat = "rle"
 ) -> list[dict[str, Any]]:
     """The `predict` JSON records of one image's detections (the contract the service shares)."""
-    from model.polygons import crop_to_polygons
-    from model.rle import encode_crop
-
     height, width = detections.image_size
     crops = detections.mask_crops() if mask_format != "none" else [None] * len(detections)
     records = []

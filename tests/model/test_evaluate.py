@@ -13,14 +13,9 @@ from model.evaluate import METRIC_NAMES, main
 from model.testing import write_rule_checkpoint
 
 
-def test_evaluate_prints_and_writes_box_and_mask_ap(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    data = tmp_path / "shapes"
-    generate(data, num_images=3, seed=11)
-    weights = write_rule_checkpoint(
-        tmp_path / "w.pth", "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x", num_classes=5, min_size_test=256
-    )
-    output = tmp_path / "metrics.json"
-    args = [
+def cli_args(weights: Path, data: Path) -> list[str]:
+    """Evaluate `weights` on a dataset written by `generate(data, ...)`."""
+    return [
         "--weights",
         str(weights),
         "--gt",
@@ -28,7 +23,16 @@ def test_evaluate_prints_and_writes_box_and_mask_ap(tmp_path: Path, capsys: pyte
         "--images",
         str(data / "images"),
     ]
-    assert main([*args, "--json", str(output), "--record"]) == 0
+
+
+def test_evaluate_prints_and_writes_box_and_mask_ap(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "shapes"
+    generate(data, num_images=3, seed=11)
+    weights = write_rule_checkpoint(
+        tmp_path / "w.pth", "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x", num_classes=5, min_size_test=256
+    )
+    output = tmp_path / "metrics.json"
+    assert main([*cli_args(weights, data), "--json", str(output), "--record"]) == 0
     metrics = json.loads(output.read_text())
     assert read_checkpoint(weights).metadata["metrics"] == metrics
     assert set(metrics) == {"bbox", "segm"}
@@ -46,13 +50,4 @@ def test_class_count_must_match_the_dataset(tmp_path: Path) -> None:
         tmp_path / "w.pth", "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x", min_size_test=128
     )
     with pytest.raises(ValueError, match="5 categories, the model 80 classes"):
-        main(
-            [
-                "--weights",
-                str(weights),
-                "--gt",
-                str(data / "annotations.json"),
-                "--images",
-                str(data / "images"),
-            ]
-        )
+        main(cli_args(weights, data))

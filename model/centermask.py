@@ -1,59 +1,19 @@
-"""CenterMask assembled: VoVNetV2-FPN → FCOS → SAG-Mask + MaskIoU, with the official pre/postprocessing."""
+"""CenterMask assembled: VoVNetV2-FPN → FCOS → SAG-Mask + MaskIoU. The network alone; what happens to images
+before and after it is in `model.processing`.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
-
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from model.configs import ModelConfig
-from model.detections import Detections
 from model.fcos import FCOS, FCOSHeadOutputs, Proposals
 from model.fpn import FPN, FPN_LEVELS
-from model.mask_head import CenterROIHeads
+from model.fusion import fold_frozen_batch_norms
+from model.mask_head import MASK_LEVELS, CenterROIHeads
+from model.processing import padded_shape
 from model.vovnet import FrozenBatchNorm2d, NormFactory, VoVNet
-
-
-def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """detectron2 ResizeShortestEdge: the short side to `short`, the long side capped at `max_size`."""
-    scale = short / min(height, width)
-    if height < width:
-        new_h, new_w = short, scale * width
-    else:
-        new_h, new_w = scale * height, short
-    if max(new_h, new_w) > max_size:
-        rescale = max_size / max(new_h, new_w)
-        new_h, new_w = new_h * rescale, new_w * rescale
-    return int(new_h + 0.5), int(new_w + 0.5)
-
-
-def padded_shape(height: int, width: int, divisibility: int = 32) -> tuple[int, int]:
-    return math.ceil(height / divisibility) * divisibility, math.ceil(width / divisibility) * divisibility
-
-
-def resize_image(image: np.ndarray, short: int, max_size: int) -> np.ndarray:
-    """(H, W, 3) uint8 → resized (h, w, 3) uint8 with Pillow's antialiased bilinear, as the official model."""
-    new_h, new_w = resized_shape(image.shape[0], image.shape[1], short, max_size)
-    if (new_h, new_w) == image.shape[:2]:
-        return image
-    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
-
-
-class ImageDetections(NamedTuple):
-    """One image's detections in resized-image coordinates (before postprocessing).
-
-    boxes (M, 4) unclipped, scores (M,), classes (M,), mask_probs (M, 28, 28), mask_scores (M,).
-    """
-
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    classes: torch.Tensor
-    mask_probs: torch.Tensor
-    mask_scores: torch.Tensor
 
 
 class CenterMask(nn.Module):
@@ -86,6 +46,9 @@ class CenterMask(nn.Module):
         # BGR mean/std as (3, 1, 1); not part of the state dict, as in official checkpoints.
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(3, 1, 1), persistent=False)
+        # What the network computes in; `optimize_for_inference` changes them.
+        self.compute_dtype = torch.float32
+        self.memory_format = torch.contiguous_format
 
     def normalize_and_pad(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Per image (3, h, w) float BGR 0-255 → one zero-padded (N, 3, Hp, Wp) batch, Hp, Wp multiples of 32.
@@ -101,57 +64,58 @@ class CenterMask(nn.Module):
             slot[:, : image.shape[1], : image.shape[2]].copy_(image)
         return batch
 
+    def optimize_for_inference(self, dtype: torch.dtype = torch.float32, channels_last: bool = True) -> None:
+        """Rewrite the loaded network for inference, in place: batch norms folded into the convolutions,
+        weights cast to `dtype` and, with `channels_last`, laid out NHWC (much faster oneDNN convolutions).
+
+        The state dict no longer matches checkpoints afterwards, so this comes after loading and is final.
+        """
+        fold_frozen_batch_norms(self)
+        for part in (self.backbone, self.proposal_generator, self.roi_heads):  # not the pixel mean and std
+            part.to(dtype=dtype)
+        self.compute_dtype = dtype
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+            self.memory_format = torch.channels_last
+
     def features(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], FCOSHeadOutputs]:
         """Pyramid features {"p3".."p7"} and FCOS head outputs for a padded, normalised batch."""
-        pyramid = self.backbone(batch)
+        pyramid = self.backbone(batch.to(dtype=self.compute_dtype, memory_format=self.memory_format))
         return pyramid, self.proposal_generator([pyramid[level] for level in FPN_LEVELS])
 
-    def forward(self, batch: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[ImageDetections]:
-        """Inference on a padded batch (N, 3, Hp, Wp); image_sizes are the resized, unpadded (h, w)."""
+    def detect(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[Proposals]]:
+        """A padded, normalised batch (N, 3, Hp, Wp) → the pyramid and each image's FCOS detections.
+
+        Decoding, NMS and the detections are float32 whatever precision the network runs in.
+        """
         pyramid, head = self.features(batch)
-        locations = self.proposal_generator.locations([pyramid[level] for level in FPN_LEVELS])
-        proposals = self.proposal_generator.detect(head, locations)
-        return self.segment(pyramid, proposals, image_sizes)
+        levels = [pyramid[level] for level in FPN_LEVELS]
+        head = FCOSHeadOutputs(*([t.float() for t in outputs] for outputs in head))
+        return pyramid, self.proposal_generator.detect(head, self.proposal_generator.locations(levels))
 
     def segment(
         self, pyramid: dict[str, torch.Tensor], proposals: list[Proposals], image_sizes: list[tuple[int, int]]
-    ) -> list[ImageDetections]:
-        """Run the mask and MaskIoU heads on the FCOS boxes of every image."""
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Mask and MaskIoU heads on given boxes: per image, float32 mask probabilities (M, 28, 28) of each
+        detection's class and mask scores (M,). image_sizes are the resized, unpadded (h, w)."""
         resolution = 2 * self.config.mask_resolution
         counts = [p.scores.numel() for p in proposals]
         if sum(counts) == 0:
-            empty = pyramid["p3"].new_zeros((0, resolution, resolution))
-            return [ImageDetections(p.boxes, p.scores, p.classes, empty, p.scores) for p in proposals]
-        boxes = [p.boxes for p in proposals]
-        roi_features = self.roi_heads.pool(pyramid, boxes, image_sizes)
+            empty = torch.zeros((0, resolution, resolution), device=pyramid["p3"].device)
+            return [(empty, p.scores) for p in proposals]
+        # RoIAlign in float32 (torchvision has no bfloat16 kernel on the CPU, and it keeps box sampling exact).
+        float_pyramid = {level: pyramid[level].float() for level in MASK_LEVELS}
+        roi_features = self.roi_heads.pool(float_pyramid, [p.boxes for p in proposals], image_sizes)
+        roi_features = roi_features.to(dtype=self.compute_dtype, memory_format=self.memory_format)
         classes = torch.cat([p.classes for p in proposals])
         scores = torch.cat([p.scores for p in proposals])
         mask_probs, mask_scores = self.roi_heads.predict(roi_features, classes, scores)
-        return [
-            ImageDetections(p.boxes, p.scores, p.classes, probs, mask_score)
-            for p, probs, mask_score in zip(
-                proposals, mask_probs.split(counts), mask_scores.split(counts), strict=True
-            )
-        ]
+        return list(zip(mask_probs.float().split(counts), mask_scores.float().split(counts), strict=True))
 
-
-def postprocess(
-    detections: ImageDetections, resized_size: tuple[int, int], original_size: tuple[int, int]
-) -> Detections:
-    """detectron2 `detector_postprocess`: scale boxes to the original size, clip, drop empty boxes."""
-    out_h, out_w = original_size
-    scale_x, scale_y = out_w / resized_size[1], out_h / resized_size[0]
-    boxes = detections.boxes.detach().float().cpu().clone()
-    boxes[:, 0::2] *= scale_x
-    boxes[:, 1::2] *= scale_y
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=out_w)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=out_h)
-    keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
-    return Detections(
-        image_size=(out_h, out_w),
-        boxes=boxes[keep].numpy(),
-        scores=detections.scores.detach().float().cpu()[keep].numpy(),
-        class_ids=detections.classes.detach().cpu()[keep].numpy().astype(np.int64),
-        mask_scores=detections.mask_scores.detach().float().cpu()[keep].numpy(),
-        mask_probs=detections.mask_probs.detach().float().cpu()[keep].numpy(),
-    )
+    def forward(
+        self, batch: torch.Tensor, image_sizes: list[tuple[int, int]]
+    ) -> list[tuple[Proposals, torch.Tensor, torch.Tensor]]:
+        """The whole network on a padded batch: per image, (proposals, mask probabilities, mask scores)."""
+        pyramid, proposals = self.detect(batch)
+        masks = self.segment(pyramid, proposals, image_sizes)
+        return [(p, probs, scores) for p, (probs, scores) in zip(proposals, masks, strict=True)]

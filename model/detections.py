@@ -41,6 +41,31 @@ def paste_mask(probabilities: torch.Tensor, box: torch.Tensor, height: int, widt
 
 
 @dataclass(frozen=True)
+class Selection:
+    """Which of an image's detections a caller wants; None everywhere means all of them (the official output).
+
+    Detections scoring at least `score_threshold`, of one of `class_ids`, then the best `max_detections`.
+    Passed to `Predictor.predict`, it is applied before the mask head, so unwanted detections cost nothing
+    beyond the detector; the detections kept are the same as filtering the full output afterwards.
+    """
+
+    score_threshold: float | None = None
+    max_detections: int | None = None
+    class_ids: frozenset[int] | None = None
+
+    def indices(self, scores: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        """Positions of the wanted detections, given (N,) scores in descending order and (N,) class ids."""
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        if self.score_threshold is not None:
+            keep &= scores >= self.score_threshold
+        if self.class_ids is not None:
+            wanted = torch.tensor(sorted(self.class_ids), dtype=class_ids.dtype, device=class_ids.device)
+            keep &= torch.isin(class_ids, wanted)
+        index = torch.nonzero(keep).flatten()
+        return index if self.max_detections is None else index[: self.max_detections]
+
+
+@dataclass(frozen=True)
 class Detections:
     """Everything the official model outputs for one image. N detections, ordered by descending score.
 
@@ -79,15 +104,11 @@ class Detections:
         class_ids: Iterable[int] | None = None,
     ) -> Detections:
         """Keep detections with score ≥ threshold and a wanted class, then the best max_detections."""
-        keep = np.ones(len(self), dtype=bool)
-        if score_threshold is not None:
-            keep &= self.scores >= score_threshold
-        if class_ids is not None:
-            keep &= np.isin(self.class_ids, np.fromiter(class_ids, dtype=np.int64))
-        index = np.flatnonzero(keep)
-        if max_detections is not None:
-            index = index[:max_detections]
-        return self.select(index)
+        selection = Selection(
+            score_threshold, max_detections, frozenset(class_ids) if class_ids is not None else None
+        )
+        index = selection.indices(torch.from_numpy(self.scores), torch.from_numpy(self.class_ids))
+        return self.select(index.numpy())
 
     def mask_crops(self) -> list[MaskCrop]:
         """Each instance's pasted binary mask as a crop; zero outside it."""

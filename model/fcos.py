@@ -92,6 +92,23 @@ class Proposals(NamedTuple):
     scores: torch.Tensor
     classes: torch.Tensor
 
+    def take(self, index: torch.Tensor) -> Proposals:
+        """The proposals at `index` (integer indices or a boolean mask), in that order."""
+        return Proposals(self.boxes[index], self.scores[index], self.classes[index])
+
+
+class LevelCandidates(NamedTuple):
+    """One pyramid level's best candidates for every image of a batch (N images, k ≤ pre_nms_topk slots).
+
+    Slots that hold no candidate (fewer than k cells passed the threshold) have `valid` False.
+    boxes (N, k, 4) float32, scores (N, k) = sqrt(cls · ctr), classes (N, k) int64, valid (N, k) bool.
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    classes: torch.Tensor
+    valid: torch.Tensor
+
 
 class FCOS(nn.Module):
     """FCOS head plus the official test-time decoding, selection and NMS."""
@@ -127,21 +144,29 @@ class FCOS(nn.Module):
 
     @torch.no_grad()
     def detect(self, outputs: FCOSHeadOutputs, locations: list[torch.Tensor]) -> list[Proposals]:
-        """Decode every level of every image, then class-aware NMS and the post-NMS top-k per image."""
-        batch = outputs.cls_logits[0].shape[0]
+        """Decode every level of every image, then class-aware NMS and the post-NMS top-k per image.
+
+        `outputs` must be float32 (decode in full precision whatever the network ran in).
+        """
         per_level = [
             self._decode_level(logits, regression, centerness, stride, level_locations_)
             for logits, regression, centerness, stride, level_locations_ in zip(
                 *outputs, self.strides, locations, strict=True
             )
         ]
+        boxes, scores, classes, valid = (torch.cat(parts, dim=1) for parts in zip(*per_level, strict=True))
         results = []
-        for image in range(batch):
-            boxes = torch.cat([level[image].boxes for level in per_level])
-            scores = torch.cat([level[image].scores for level in per_level])
-            classes = torch.cat([level[image].classes for level in per_level])
-            keep = batched_nms(boxes.float(), scores, classes, self.nms_threshold)
-            results.append(self._keep_top(Proposals(boxes[keep], scores[keep], classes[keep])))
+        for image in range(boxes.shape[0]):
+            keep = valid[image]
+            image_boxes, image_scores, image_classes = (
+                boxes[image][keep],
+                scores[image][keep],
+                classes[image][keep],
+            )
+            kept = batched_nms(image_boxes, image_scores, image_classes, self.nms_threshold)
+            results.append(
+                self._keep_top(Proposals(image_boxes[kept], image_scores[kept], image_classes[kept]))
+            )
         return results
 
     def _decode_level(
@@ -151,36 +176,40 @@ class FCOS(nn.Module):
         centerness: torch.Tensor,
         stride: int,
         locations: torch.Tensor,
-    ) -> list[Proposals]:
-        n, num_classes = logits.shape[:2]
-        cls_prob = logits.sigmoid().permute(0, 2, 3, 1).reshape(n, -1, num_classes)
-        distances = (regression * stride).permute(0, 2, 3, 1).reshape(n, -1, 4)
-        ctr_prob = centerness.sigmoid().permute(0, 2, 3, 1).reshape(n, -1)
-        # The threshold applies to the class probability alone; ranking uses cls · ctr.
-        candidates = cls_prob > self.inference_threshold
-        combined = cls_prob * ctr_prob[:, :, None]
-        results = []
-        for image in range(n):
-            image_candidates = candidates[image]
-            candidate_scores = combined[image][image_candidates]
-            cell, classes = image_candidates.nonzero(as_tuple=True)
-            if candidate_scores.numel() > self.pre_nms_topk:
-                candidate_scores, top = candidate_scores.topk(self.pre_nms_topk, sorted=False)
-                cell, classes = cell[top], classes[top]
-            ltrb = distances[image][cell]
-            xy = locations[cell]
-            boxes = torch.stack(
-                (xy[:, 0] - ltrb[:, 0], xy[:, 1] - ltrb[:, 1], xy[:, 0] + ltrb[:, 2], xy[:, 1] + ltrb[:, 3]),
-                dim=1,
-            )
-            results.append(Proposals(boxes, torch.sqrt(candidate_scores), classes))
-        return results
+    ) -> LevelCandidates:
+        """A level's candidates: class probability > threshold, the best pre_nms_topk of them by cls · ctr.
+
+        The official code selects the candidates of each image with a boolean mask and takes a top-k only when
+        there are more than pre_nms_topk. A top-k over all cells, with non-candidates scored below any
+        candidate, selects the same set without data-dependent shapes; only the order within it (which the
+        official `topk(sorted=False)` does not define either) can differ, and NMS sorts by score anyway.
+        """
+        n, num_classes, height, width = logits.shape
+        cls_prob = logits.sigmoid().permute(0, 2, 3, 1).reshape(n, height * width, num_classes)
+        ctr_prob = centerness.sigmoid().permute(0, 2, 3, 1).reshape(n, height * width, 1)
+        # The threshold applies to the class probability alone; ranking uses cls · ctr (≥ 0, so −1 is below all).
+        ranked = torch.where(cls_prob > self.inference_threshold, cls_prob * ctr_prob, -1.0).flatten(1)
+        top_scores, top_index = ranked.topk(min(self.pre_nms_topk, ranked.shape[1]), dim=1, sorted=False)
+        cell, classes = top_index // num_classes, top_index % num_classes
+        distances = (regression * stride).permute(0, 2, 3, 1).reshape(n, height * width, 4)
+        ltrb = distances.gather(1, cell[:, :, None].expand(-1, -1, 4))
+        xy = locations[cell]
+        boxes = torch.stack(
+            (
+                xy[..., 0] - ltrb[..., 0],
+                xy[..., 1] - ltrb[..., 1],
+                xy[..., 0] + ltrb[..., 2],
+                xy[..., 1] + ltrb[..., 3],
+            ),
+            dim=2,
+        )
+        valid = top_scores >= 0
+        return LevelCandidates(boxes, torch.sqrt(top_scores.clamp(min=0)), classes, valid)
 
     def _keep_top(self, proposals: Proposals) -> Proposals:
         """Keep every detection scoring at least the post_nms_topk-th best score (ties can keep more)."""
         count = proposals.scores.numel()
         if count <= self.post_nms_topk:
             return proposals
-        threshold, _ = torch.kthvalue(proposals.scores.cpu(), count - self.post_nms_topk + 1)
-        keep = proposals.scores >= threshold.item()
-        return Proposals(proposals.boxes[keep], proposals.scores[keep], proposals.classes[keep])
+        threshold, _ = torch.kthvalue(proposals.scores, count - self.post_nms_topk + 1)
+        return proposals.take(proposals.scores >= threshold)

@@ -92,11 +92,22 @@ class SAGMaskHead(nn.Module):
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.zeros_(self.predictor.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def upsampled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, C, 14, 14) RoI features → (M, D, 28, 28), the predictor's input."""
         for k in range(1, self.num_convs + 1):
             x = F.relu(getattr(self, f"mask_fcn{k}")(x))
         x = self.spatialAtt(x)
-        return self.predictor(F.relu(self.deconv(x)))
+        return F.relu(self.deconv(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(self.upsampled_features(x))
+
+    def class_logits(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """(M, 28, 28) logits of one class per RoI: `forward(x)[range(M), classes]` without the other classes."""
+        features = self.upsampled_features(x)
+        weight = self.predictor.weight[classes, :, 0, 0]
+        bias = self.predictor.bias[classes]
+        return torch.einsum("mdhw,md->mhw", features, weight) + bias[:, None, None]
 
 
 class MaskIoUHead(nn.Module):
@@ -173,7 +184,6 @@ class CenterROIHeads(nn.Module):
         mask_scores (M,) = score × predicted IoU of that class.
         """
         rows = torch.arange(classes.numel(), device=classes.device)
-        logits = self.mask_head(roi_features)
-        mask_probs = logits[rows, classes][:, None].sigmoid()
+        mask_probs = self.mask_head.class_logits(roi_features, classes)[:, None].sigmoid()
         iou = self.maskiou_head(roi_features, mask_probs)
         return mask_probs[:, 0], scores * iou[rows, classes]

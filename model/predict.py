@@ -6,39 +6,31 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from model.centermask import CenterMask, padded_shape, postprocess, resize_image
+from model.centermask import CenterMask
 from model.checkpoint import file_sha256, load_model
-from model.detections import Detections
+from model.detections import Detections, Selection
 from model.images import load_rgb
 from model.polygons import crop_to_polygons
+from model.precision import Precision, check_supported
+from model.processing import PreparedImage, prepare_image, scale_boxes
 from model.rle import encode_crop
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "centermask_lite_V_19_slim_shapes.pth"
 MaskFormat = Literal["rle", "polygon", "none"]
 
 
-@dataclass(frozen=True)
-class PreparedImage:
-    """An image resized for the network: (3, h, w) uint8 BGR, plus the sizes postprocessing needs."""
-
-    pixels: torch.Tensor
-    original_size: tuple[int, int]
-    padded_shape: tuple[int, int]
-
-    @property
-    def resized_size(self) -> tuple[int, int]:
-        return int(self.pixels.shape[1]), int(self.pixels.shape[2])
-
-
 class Predictor:
-    """A loaded CenterMask model with its preprocessing and postprocessing. Build once, reuse."""
+    """A loaded CenterMask model with its preprocessing and postprocessing. Build once, reuse.
+
+    The network is rewritten for inference when the predictor is built (batch norms folded, channels-last
+    weights, the precision's dtype): pass it a freshly loaded model, which it then owns.
+    """
 
     def __init__(
         self,
@@ -46,9 +38,13 @@ class Predictor:
         class_names: list[str],
         weights_path: Path,
         device: str | torch.device = "cpu",
+        precision: Precision | str = Precision.FP32,
     ) -> None:
         self.device = torch.device(device)
+        self.precision = Precision(precision)
+        check_supported(self.precision, self.device)
         self.model = model.eval().to(self.device)
+        self.model.optimize_for_inference(self.precision.dtype)
         self.config = model.config
         self.class_names = class_names
         self.weights_path = weights_path
@@ -60,41 +56,60 @@ class Predictor:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return self.precision.dtype
 
     def prepare(self, image: np.ndarray) -> PreparedImage:
         """(H, W, 3) uint8 RGB → PreparedImage. CPU only and thread-safe, so it can run beside inference."""
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
-        if min(image.shape[:2]) < 1:
-            raise ValueError(f"empty image of shape {image.shape}")
-        resized = resize_image(image, self.config.min_size_test, self.config.max_size_test)
-        # The official models take BGR; flipping after the resize is exact because channels resize independently.
-        bgr = torch.from_numpy(np.ascontiguousarray(resized[:, :, ::-1].transpose(2, 0, 1)))
-        return PreparedImage(
-            bgr,
-            (int(image.shape[0]), int(image.shape[1])),
-            padded_shape(resized.shape[0], resized.shape[1], self.config.size_divisibility),
+        return prepare_image(
+            image, self.config.min_size_test, self.config.max_size_test, self.config.size_divisibility
         )
 
     @torch.inference_mode()
-    def infer(self, images: Sequence[PreparedImage]) -> list[Detections]:
-        """Run the network. Images with the same padded shape share a forward pass; mixed shapes are split,
-        so every result equals what the image gives alone."""
-        results: list[Detections | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(images):
-            groups.setdefault(image.padded_shape, []).append(index)
-        for indices in groups.values():
-            group = [images[i] for i in indices]
-            batch = self.model.normalize_and_pad([image.pixels.to(self.device).float() for image in group])
-            sizes = [image.resized_size for image in group]
-            for index, image, raw in zip(indices, group, self.model(batch, sizes), strict=True):
-                results[index] = postprocess(raw, image.resized_size, image.original_size)
-        return results  # type: ignore[return-value]
+    def infer(
+        self, images: Sequence[PreparedImage], selections: Sequence[Selection] | None = None
+    ) -> list[Detections]:
+        """One forward pass over images of the same padded shape (their batch-mates never change a result).
 
-    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        return self.infer([self.prepare(image) for image in images])
+        `selections` (one per image; default: everything) say which detections each caller wants: the others
+        are dropped before the mask head.
+        """
+        shapes = {image.padded_shape for image in images}
+        if len(shapes) > 1:
+            raise ValueError(f"one forward pass takes images of one padded shape, got {sorted(shapes)}")
+        selections = selections if selections is not None else [Selection()] * len(images)
+        batch = self.model.normalize_and_pad([image.pixels.to(self.device).float() for image in images])
+        pyramid, proposals = self.model.detect(batch)
+        kept_proposals, kept_boxes = [], []
+        for image, image_proposals, selection in zip(images, proposals, selections, strict=True):
+            boxes, nonempty = scale_boxes(image_proposals.boxes, image.resized_size, image.original_size)
+            # The official postprocess drops empty boxes; the selection then applies to what is left.
+            nonempty_index = torch.nonzero(nonempty).flatten()
+            index = nonempty_index[
+                selection.indices(
+                    image_proposals.scores[nonempty_index], image_proposals.classes[nonempty_index]
+                )
+            ]
+            kept_proposals.append(image_proposals.take(index))
+            kept_boxes.append(boxes[index])
+        masks = self.model.segment(pyramid, kept_proposals, [image.resized_size for image in images])
+        return [
+            Detections(
+                image_size=image.original_size,
+                boxes=boxes.cpu().numpy(),
+                scores=image_proposals.scores.cpu().numpy(),
+                class_ids=image_proposals.classes.cpu().numpy(),
+                mask_scores=mask_scores.cpu().numpy(),
+                mask_probs=mask_probs.cpu().numpy(),
+            )
+            for image, image_proposals, boxes, (mask_probs, mask_scores) in zip(
+                images, kept_proposals, kept_boxes, masks, strict=True
+            )
+        ]
+
+    def predict(self, images: Sequence[np.ndarray], selection: Selection | None = None) -> list[Detections]:
+        """Detections of each (H, W, 3) uint8 RGB image, each computed as if alone; `selection` as in `infer`."""
+        selection = selection or Selection()
+        return [self.infer([self.prepare(image)], [selection])[0] for image in images]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -107,15 +122,23 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_predictor(
-    weights: str | Path | None = None, config: str | None = None, device: str | torch.device = "cpu"
+    weights: str | Path | None = None,
+    config: str | None = None,
+    device: str | torch.device = "cpu",
+    precision: Precision | str = Precision.FP32,
 ) -> Predictor:
-    """Load weights (default: the bundled model) into a Predictor on `device` ("cpu", "cuda", "auto")."""
-    target = resolve_device(str(device))  # before the (slow) load, so a wrong device fails at once
+    """Load weights (default: the bundled model) into a Predictor on `device` ("cpu", "cuda", "auto").
+
+    `precision` is "fp32" (exact to the official outputs), "bf16" or "fp16" (CUDA); one the device cannot run
+    fails here, before the (slow) load.
+    """
+    target = resolve_device(str(device))
+    check_supported(Precision(precision), target)
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     if weights is None and not path.is_file():
         raise FileNotFoundError(f"the bundled default weights are missing ({path}); pass a weights file")
     model, class_names, _ = load_model(path, config)
-    return Predictor(model, class_names, path, target)
+    return Predictor(model, class_names, path, target, precision)
 
 
 def instances_to_json(

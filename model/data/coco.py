@@ -19,7 +19,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from model.centermask import resized_shape
+from model.processing import resized_shape
 from model.images import load_rgb
 
 DEFAULT_MIN_SIZES = (640, 672, 704, 736, 768, 800)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from model.centermask import padded_shape, resized_shape
+from model.processing import padded_shape, resized_shape
+from model.detections import Selection
 from model.predict import Predictor, image_record, load_predictor, main
 from tests.model.parity import match_instances
 from tests.model.test_parity import FIXTURE_CONFIGS, official_rule_checkpoint
@@ -48,16 +49,48 @@ def random_image(seed: int, height: int, width: int) -> np.ndarray:
 
 
 def test_results_do_not_depend_on_batch_companions(predictor: Predictor) -> None:
-    image = random_image(0, 240, 320)
-    (alone,) = predictor.predict([image])
-    batch = predictor.predict(
-        [random_image(1, 300, 200), image, random_image(2, 240, 320), random_image(3, 90, 400)]
-    )
-    together = batch[1]
+    image = predictor.prepare(random_image(0, 240, 320))
+    (alone,) = predictor.infer([image])
+    companions = [predictor.prepare(random_image(seed, 240, 320)) for seed in (1, 2)]
+    together = predictor.infer([companions[0], image, companions[1]])[1]
     assert len(alone) > 0
     np.testing.assert_allclose(together.boxes, alone.boxes, atol=1e-3)
     np.testing.assert_allclose(together.scores, alone.scores, atol=1e-5)
     np.testing.assert_array_equal(together.class_ids, alone.class_ids)
+
+
+def test_one_forward_pass_takes_one_padded_shape(predictor: Predictor) -> None:
+    images = [predictor.prepare(random_image(0, 240, 320)), predictor.prepare(random_image(1, 90, 400))]
+    with pytest.raises(ValueError, match="one padded shape"):
+        predictor.infer(images)
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [
+        Selection(score_threshold=0.2),
+        Selection(max_detections=5),
+        Selection(class_ids=frozenset({1, 3, 7})),
+        Selection(score_threshold=0.15, max_detections=4, class_ids=frozenset(range(40))),
+        Selection(score_threshold=1.0),
+    ],
+)
+def test_selection_before_the_mask_head_keeps_the_same_detections(
+    predictor: Predictor, selection: Selection
+) -> None:
+    """Detections dropped before the mask head are exactly those a filter of the full output drops, and the
+    kept ones come out the same."""
+    image = random_image(6, 256, 320)
+    (everything,) = predictor.predict([image])
+    (selected,) = predictor.predict([image], selection)
+    expected = everything.filter(selection.score_threshold, selection.max_detections, selection.class_ids)
+    assert len(everything) > 10
+    np.testing.assert_array_equal(selected.boxes, expected.boxes)
+    np.testing.assert_array_equal(selected.scores, expected.scores)
+    np.testing.assert_array_equal(selected.class_ids, expected.class_ids)
+    np.testing.assert_allclose(selected.mask_scores, expected.mask_scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(selected.mask_probs, expected.mask_probs, atol=1e-5)
+    np.testing.assert_array_equal(selected.dense_masks(), expected.dense_masks())
 
 
 def test_rle_decodes_to_the_pasted_masks(predictor: Predictor) -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from model.centermask import resized_shape
+from model.processing import resized_shape
 from model.data import shapes
 from model.data.coco import CocoInstances, collate, masks_to_boxes
 from model.images import load_rgb

@@ -1,0 +1,91 @@
+"""What happens to an image before and after the network, as in the official pipeline (CENTERMASK_SPEC.md §1, §6).
+
+Before: the shortest-edge resize with Pillow's antialiased bilinear, RGB → BGR, CHW (`prepare_image`). The
+network itself normalises and pads (`CenterMask.normalize_and_pad`). After: boxes scaled back to the original
+size, clipped, and empty ones dropped (`scale_boxes`, detectron2's `detector_postprocess`). Training,
+evaluation, prediction and export all go through these functions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
+    """detectron2 ResizeShortestEdge: the short side to `short`, the long side capped at `max_size`."""
+    scale = short / min(height, width)
+    if height < width:
+        new_h, new_w = short, scale * width
+    else:
+        new_h, new_w = scale * height, short
+    if max(new_h, new_w) > max_size:
+        rescale = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * rescale, new_w * rescale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def padded_shape(height: int, width: int, divisibility: int = 32) -> tuple[int, int]:
+    return math.ceil(height / divisibility) * divisibility, math.ceil(width / divisibility) * divisibility
+
+
+def resize_image(image: np.ndarray, short: int, max_size: int) -> np.ndarray:
+    """(H, W, C) uint8 → resized (h, w, C) uint8 with Pillow's antialiased bilinear, as the official model."""
+    new_h, new_w = resized_shape(image.shape[0], image.shape[1], short, max_size)
+    if (new_h, new_w) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image resized for the network: (3, h, w) uint8 BGR, plus the sizes postprocessing needs."""
+
+    pixels: torch.Tensor
+    original_size: tuple[int, int]
+    padded_shape: tuple[int, int]
+
+    @property
+    def resized_size(self) -> tuple[int, int]:
+        return int(self.pixels.shape[1]), int(self.pixels.shape[2])
+
+
+def prepare_image(
+    image: np.ndarray, min_size: int, max_size: int, size_divisibility: int = 32
+) -> PreparedImage:
+    """(H, W, 3) uint8 RGB → PreparedImage, resized to the test size."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"empty image of shape {image.shape}")
+    resized = resize_image(image, min_size, max_size)
+    # The official models take BGR; flipping after the resize is exact because channels resize independently.
+    bgr = torch.from_numpy(np.ascontiguousarray(resized[:, :, ::-1].transpose(2, 0, 1)))
+    return PreparedImage(
+        bgr,
+        (int(image.shape[0]), int(image.shape[1])),
+        padded_shape(resized.shape[0], resized.shape[1], size_divisibility),
+    )
+
+
+def scale_boxes(
+    boxes: torch.Tensor, resized_size: tuple[int, int], original_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """detectron2 `detector_postprocess` on boxes: resized-image (M, 4) → original-image boxes, clipped.
+
+    Returns the (M, 4) float32 boxes and the (M,) bool mask of the non-empty ones (the official output keeps
+    only those).
+    """
+    out_h, out_w = original_size
+    scale_x, scale_y = out_w / resized_size[1], out_h / resized_size[0]
+    scaled = boxes.float().clone()
+    scaled[:, 0::2] *= scale_x
+    scaled[:, 1::2] *= scale_y
+    scaled[:, 0::2] = scaled[:, 0::2].clamp(min=0, max=out_w)
+    scaled[:, 1::2] = scaled[:, 1::2].clamp(min=0, max=out_h)
+    nonempty = ((scaled[:, 2] - scaled[:, 0]) > 0) & ((scaled[:, 3] - scaled[:, 1]) > 0)
+    return scaled, nonempty

@@ -1,27 +1,33 @@
-"""End-to-end model throughput: uint8 RGB image in → Detections with pasted masks out.
+"""End-to-end model throughput: uint8 RGB image in → COCO RLE records out, over a grid of settings.
 
-    python -m bench.model_bench --config centermask_lite_V_19_slim_eSE_FPN_ms_4x --height 480 --width 640 \
-        --batch-size 1 --threads 2 --device cpu --runs 10
+    python -m bench.model_bench --config centermask_lite_V_19_slim_eSE_FPN_ms_4x --size 480x640 \
+        --batch-size 1 --precision fp32 bf16 --threads 2 --device cpu --runs 10
 
-Weights are the deterministic rule weights (about 50 detections per image, like the official CPU timings in
-shared/reference/TIMINGS.md) unless --weights is given. Prints the median and min ms/image, images/s and
-the peak resident memory of the process.
+Every combination of --config, --size, --batch-size and --precision is timed; the combinations of one config
+and device are measured round-robin (one run of each in turn), so that drift of the machine affects them alike
+and their ratios are meaningful. Weights are the deterministic rule weights (about 50 detections per image,
+like the official CPU timings in shared/reference/TIMINGS.md) unless --weights is given. Prints a table and
+writes bench/results/model-*.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import resource
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from model.predict import load_predictor
+from bench.results import write_result
+from model.precision import Precision
+from model.predict import instances_to_json, load_predictor
 from model.testing import write_rule_checkpoint
 
 
@@ -32,53 +38,95 @@ def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.kron(coarse, np.ones((8, 8, 1), dtype=np.uint8))[:height, :width].copy()
 
 
-def main() -> int:
+def parse_size(text: str) -> tuple[int, int]:
+    height, _, width = text.partition("x")
+    return int(height), int(width)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", default="centermask_lite_V_19_slim_eSE_FPN_ms_4x")
-    parser.add_argument("--weights", type=Path, help="checkpoint; default: rule weights for --config")
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--config", nargs="+", default=["centermask_lite_V_19_slim_eSE_FPN_ms_4x"])
+    parser.add_argument("--weights", type=Path, help="checkpoint (then one --config or none); default: rule")
+    parser.add_argument("--size", nargs="+", type=parse_size, default=[(480, 640)], help="HxW of the input")
+    parser.add_argument("--batch-size", nargs="+", type=int, default=[1])
+    parser.add_argument("--precision", nargs="+", choices=[p.value for p in Precision], default=["fp32"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as scratch:
-        weights = args.weights or write_rule_checkpoint(Path(scratch) / "rule.pth", args.config)
-        predictor = load_predictor(weights, args.config if args.weights else None, args.device)
-    images = [synthetic_image(args.height, args.width, seed) for seed in range(args.batch_size)]
+    rows = []
+    for config in args.config:
+        with tempfile.TemporaryDirectory() as scratch:
+            weights = args.weights or write_rule_checkpoint(Path(scratch) / "rule.pth", config)
+            predictors = {
+                precision: load_predictor(weights, config if args.weights else None, args.device, precision)
+                for precision in args.precision
+            }
+        programs: dict[tuple[str, tuple[int, int], int], Callable[[], int]] = {}
+        for precision, size, batch_size in itertools.product(args.precision, args.size, args.batch_size):
+            programs[(precision, size, batch_size)] = _program(predictors[precision], size, batch_size)
+        for program in programs.values():
+            for _ in range(args.warmup):
+                program()
+        timings: dict[tuple[str, tuple[int, int], int], list[float]] = {key: [] for key in programs}
+        detections: dict[tuple[str, tuple[int, int], int], int] = {}
+        for _ in range(args.runs):
+            for key, program in programs.items():
+                started = time.perf_counter()
+                detections[key] = program()
+                timings[key].append((time.perf_counter() - started) * 1000 / key[2])
+        for (precision, size, batch_size), values in timings.items():
+            median = statistics.median(values)
+            rows.append(
+                {
+                    "config": predictors[precision].config_name,
+                    "device": str(predictors[precision].device),
+                    "precision": precision,
+                    "size": f"{size[0]}x{size[1]}",
+                    "batch_size": batch_size,
+                    "median_ms_per_image": round(median, 2),
+                    "min_ms_per_image": round(min(values), 2),
+                    "images_per_s": round(1000 / median, 2),
+                    "detections_per_image": detections[(precision, size, batch_size)] / batch_size,
+                }
+            )
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    header = f"{'config':<44} {'device':<6} {'prec':<5} {'size':>9} {'batch':>5} {'ms/img':>8} {'min':>8} {'img/s':>7}"
+    print(header)
+    for row in rows:
+        print(
+            f"{row['config']:<44} {row['device']:<6} {row['precision']:<5} {row['size']:>9} "
+            f"{row['batch_size']:>5} {row['median_ms_per_image']:>8.1f} {row['min_ms_per_image']:>8.1f} "
+            f"{row['images_per_s']:>7.2f}"
+        )
+    print(f"threads={args.threads} runs={args.runs} peak RSS {peak_rss_mib:.0f} MiB")
+    write_result(
+        "model",
+        {"threads": args.threads, "runs": args.runs, "weights": str(args.weights or "rule")},
+        rows,
+    )
+    return 0
+
+
+def _program(predictor, size: tuple[int, int], batch_size: int) -> Callable[[], int]:
+    """One timed call: a batch of images of one size through `infer` and the JSON encoder."""
+    images = [synthetic_image(*size, seed) for seed in range(batch_size)]
 
     def run() -> int:
-        results = predictor.predict(images)
+        prepared = [predictor.prepare(image) for image in images]
+        results = predictor.infer(prepared)
         for detections in results:
-            detections.mask_crops()
+            instances_to_json(detections, predictor.class_names)
         if predictor.device.type == "cuda":
             torch.cuda.synchronize()
         return sum(len(d) for d in results)
 
-    for _ in range(args.warmup):
-        run()
-    timings, detections = [], 0
-    for _ in range(args.runs):
-        started = time.perf_counter()
-        detections = run()
-        timings.append(time.perf_counter() - started)
-    per_image_ms = [1000 * t / args.batch_size for t in timings]
-    median = statistics.median(per_image_ms)
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"{predictor.config_name} {args.height}x{args.width} batch={args.batch_size} device={predictor.device} "
-        f"threads={args.threads} dtype={predictor.dtype}\n"
-        f"  {median:.1f} ms/image median (min {min(per_image_ms):.1f}) over {args.runs} runs, "
-        f"{1000 / median:.2f} images/s, {detections / args.batch_size:.0f} detections/image, "
-        f"peak RSS {peak_rss_mib:.0f} MiB"
-    )
-    return 0
+    return run
 
 
 if __name__ == "__main__":

@@ -2,42 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-
-class MaskCrop(NamedTuple):
-    """A pasted instance mask: `crop` (h, w) bool placed at column x0, row y0; zero everywhere else."""
-
-    x0: int
-    y0: int
-    crop: np.ndarray
-
-
-def paste_mask(probabilities: torch.Tensor, box: torch.Tensor, height: int, width: int) -> MaskCrop:
-    """Paste one 28×28 mask probability map into its box, as detectron2's CPU `paste_masks_in_image` does.
-
-    Pixel centres (+0.5) are mapped into the box, sampled bilinearly with zero padding and thresholded at
-    ≥ 0.5. Only a one-pixel-padded window around the box is computed: outside the box the value is < 0.5.
-    probabilities: (28, 28) float32; box: (4,) float32 clipped to the image.
-    """
-    x0_int = max(int(torch.floor(box[0]).item()) - 1, 0)
-    y0_int = max(int(torch.floor(box[1]).item()) - 1, 0)
-    x1_int = min(int(torch.ceil(box[2]).item()) + 1, width)
-    y1_int = min(int(torch.ceil(box[3]).item()) + 1, height)
-    x0, y0, x1, y1 = box.reshape(4, 1).unbind(0)
-    ys = (torch.arange(y0_int, y1_int, dtype=torch.float32) + 0.5 - y0) / (y1 - y0) * 2 - 1
-    xs = (torch.arange(x0_int, x1_int, dtype=torch.float32) + 0.5 - x0) / (x1 - x0) * 2 - 1
-    grid = torch.stack(
-        (xs[None, :].expand(ys.numel(), xs.numel()), ys[:, None].expand(ys.numel(), xs.numel())), dim=2
-    )
-    sampled = F.grid_sample(probabilities[None, None].float(), grid[None], align_corners=False)
-    return MaskCrop(x0_int, y0_int, (sampled[0, 0] >= 0.5).numpy())
+from model.masks import MaskCrop, PastedMasks, paste_masks
 
 
 @dataclass(frozen=True)
@@ -73,7 +45,8 @@ class Detections:
     scores: (N,) float32, sqrt(class probability × centerness).
     class_ids: (N,) int64 contiguous class indices.
     mask_scores: (N,) float32, score × predicted mask IoU (what COCO segm evaluation ranks by).
-    mask_probs: (N, 28, 28) float32 mask probabilities of each detection's class, pasted on demand.
+    mask_probs: (N, 28, 28) float32 tensor on the inference device: mask probabilities of each detection's
+    class, pasted on demand (on that device).
     """
 
     image_size: tuple[int, int]
@@ -81,7 +54,7 @@ class Detections:
     scores: np.ndarray
     class_ids: np.ndarray
     mask_scores: np.ndarray
-    mask_probs: np.ndarray
+    mask_probs: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -94,7 +67,7 @@ class Detections:
             self.scores[index],
             self.class_ids[index],
             self.mask_scores[index],
-            self.mask_probs[index],
+            self.mask_probs[torch.as_tensor(index, device=self.mask_probs.device)],
         )
 
     def filter(
@@ -110,12 +83,14 @@ class Detections:
         index = selection.indices(torch.from_numpy(self.scores), torch.from_numpy(self.class_ids))
         return self.select(index.numpy())
 
+    @functools.cached_property
+    def pasted_masks(self) -> PastedMasks:
+        """The binary masks in original-image pixels (computed once, on the inference device)."""
+        return paste_masks(self.mask_probs, torch.from_numpy(self.boxes), self.image_size)
+
     def mask_crops(self) -> list[MaskCrop]:
         """Each instance's pasted binary mask as a crop; zero outside it."""
-        height, width = self.image_size
-        probs = torch.from_numpy(self.mask_probs)
-        boxes = torch.from_numpy(self.boxes)
-        return [paste_mask(probs[i], boxes[i], height, width) for i in range(len(self))]
+        return self.pasted_masks.crops()
 
     def dense_masks(self) -> np.ndarray:
         """(N, H, W) bool full-size masks."""

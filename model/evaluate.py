@@ -20,8 +20,8 @@ from pycocotools.cocoeval import COCOeval
 
 from model.checkpoint import update_metadata
 from model.images import load_rgb
-from model.predict import Predictor, load_predictor
-from model.rle import encode_crop
+from model.predict import Predictor, add_predictor_arguments, predictor_from_arguments
+from model.rle import encode_pasted
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -39,25 +39,27 @@ def coco_results(
     for image_id in image_ids:
         info = gt.imgs[image_id]
         (detections,) = predictor.predict([load_rgb(image_dir / info["file_name"])])
-        height, width = detections.image_size
-        for i, crop in enumerate(detections.mask_crops()):
-            x0, y0, x1, y1 = (float(v) for v in detections.boxes[i])
-            category = category_ids[int(detections.class_ids[i])]
+        masks = encode_pasted(detections.pasted_masks)
+        for box, score, class_id, mask_score, mask in zip(
+            detections.boxes.tolist(),
+            detections.scores.tolist(),
+            detections.class_ids.tolist(),
+            detections.mask_scores.tolist(),
+            masks,
+            strict=True,
+        ):
+            x0, y0, x1, y1 = box
+            category = category_ids[class_id]
             boxes.append(
                 {
                     "image_id": image_id,
                     "category_id": category,
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "score": float(detections.scores[i]),
+                    "score": score,
                 }
             )
             segments.append(
-                {
-                    "image_id": image_id,
-                    "category_id": category,
-                    "segmentation": encode_crop(crop.crop, crop.x0, crop.y0, height, width),
-                    "score": float(detections.mask_scores[i]),
-                }
+                {"image_id": image_id, "category_id": category, "segmentation": mask, "score": mask_score}
             )
     return boxes, segments
 
@@ -103,11 +105,9 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__)
-    parser.add_argument("--weights", type=Path, help="checkpoint; default: the bundled model")
-    parser.add_argument("--config", help="config name, needed for official checkpoints")
+    add_predictor_arguments(parser)
     parser.add_argument("--gt", type=Path, required=True, help="COCO JSON with the ground truth")
     parser.add_argument("--images", type=Path, required=True, help="image directory")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-images", type=int)
     parser.add_argument("--json", type=Path, help="also write the metrics here")
     parser.add_argument(
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    predictor = load_predictor(args.weights, args.config, args.device)
+    predictor = predictor_from_arguments(args)
     started = time.perf_counter()
     metrics = evaluate(predictor, args.gt, args.images, args.max_images)
     print(format_table(metrics))

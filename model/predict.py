@@ -19,7 +19,7 @@ from model.images import load_rgb
 from model.polygons import crop_to_polygons
 from model.precision import Precision, check_supported
 from model.processing import PreparedImage, prepare_image, scale_boxes
-from model.rle import encode_crop
+from model.rle import encode_pasted
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "centermask_lite_V_19_slim_shapes.pth"
 MaskFormat = Literal["rle", "polygon", "none"]
@@ -99,7 +99,7 @@ class Predictor:
                 scores=image_proposals.scores.cpu().numpy(),
                 class_ids=image_proposals.classes.cpu().numpy(),
                 mask_scores=mask_scores.cpu().numpy(),
-                mask_probs=mask_probs.cpu().numpy(),
+                mask_probs=mask_probs,
             )
             for image, image_proposals, boxes, (mask_probs, mask_scores) in zip(
                 images, kept_proposals, kept_boxes, masks, strict=True
@@ -146,24 +146,32 @@ def instances_to_json(
 ) -> list[dict[str, Any]]:
     """The `predict` JSON records of one image's detections (the contract the service shares)."""
     height, width = detections.image_size
-    crops = detections.mask_crops() if mask_format != "none" else [None] * len(detections)
+    masks: list[dict[str, Any] | None] = [None] * len(detections)
+    if mask_format == "rle":
+        masks = encode_pasted(detections.pasted_masks)
+    elif mask_format == "polygon":
+        masks = [
+            {"size": [height, width], "polygons": crop_to_polygons(crop.crop, crop.x0, crop.y0)}
+            for crop in detections.mask_crops()
+        ]
     records = []
-    for i, crop in enumerate(crops):
-        class_id = int(detections.class_ids[i])
+    for box, score, class_id, mask_score, mask in zip(
+        detections.boxes.tolist(),
+        detections.scores.tolist(),
+        detections.class_ids.tolist(),
+        detections.mask_scores.tolist(),
+        masks,
+        strict=True,
+    ):
         record: dict[str, Any] = {
-            "box": [float(v) for v in detections.boxes[i]],
-            "score": float(detections.scores[i]),
+            "box": box,
+            "score": score,
             "class_id": class_id,
             "class_name": class_names[class_id],
-            "mask_score": float(detections.mask_scores[i]),
+            "mask_score": mask_score,
         }
-        if mask_format == "rle":
-            record["mask"] = encode_crop(crop.crop, crop.x0, crop.y0, height, width)
-        elif mask_format == "polygon":
-            record["mask"] = {
-                "size": [height, width],
-                "polygons": crop_to_polygons(crop.crop, crop.x0, crop.y0),
-            }
+        if mask is not None:
+            record["mask"] = mask
         records.append(record)
     return records
 
@@ -180,23 +188,38 @@ def image_record(
     }
 
 
+def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose and build a predictor, shared by the model's command lines."""
+    parser.add_argument("--weights", type=Path, help="checkpoint (.pth/.pkl); default: the bundled model")
+    parser.add_argument("--config", help="config name, needed for official checkpoints")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument(
+        "--precision",
+        choices=[p.value for p in Precision],
+        default=Precision.FP32.value,
+        help="fp32 (exact to the official outputs), bf16 (CPUs with AVX-512 BF16 or AMX, CUDA), fp16 (CUDA)",
+    )
+
+
+def predictor_from_arguments(args: argparse.Namespace) -> Predictor:
+    return load_predictor(args.weights, args.config, args.device, args.precision)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.predict", description=__doc__)
     parser.add_argument("images", nargs="+", type=Path, help="image files")
-    parser.add_argument("--weights", type=Path, help="checkpoint (.pth/.pkl); default: the bundled model")
-    parser.add_argument("--config", help="config name, needed for official checkpoints")
+    add_predictor_arguments(parser)
     parser.add_argument(
         "--score-threshold",
         type=float,
         help="keep detections scoring at least this (default: everything the config's 0.05 candidate "
         "threshold produces, i.e. the full official output)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--mask-format", choices=("rle", "polygon", "none"), default="rle")
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)
 
-    predictor = load_predictor(args.weights, args.config, args.device)
+    predictor = predictor_from_arguments(args)
     records = []
     for path in args.images:
         (detections,) = predictor.predict([load_rgb(path)])

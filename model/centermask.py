@@ -50,15 +50,21 @@ class CenterMask(nn.Module):
         self.compute_dtype = torch.float32
         self.memory_format = torch.contiguous_format
 
-    def normalize_and_pad(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """Per image (3, h, w) float BGR 0-255 → one zero-padded (N, 3, Hp, Wp) batch, Hp, Wp multiples of 32.
+    def normalize_and_pad(
+        self, images: list[torch.Tensor], shape: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Per image (3, h, w) float BGR 0-255 → one zero-padded (N, 3, Hp, Wp) batch.
 
+        (Hp, Wp) is `shape`, or the largest image rounded up to multiples of 32 (the official batching).
         Normalisation comes before padding, so the padding equals the mean colour.
         """
         normalized = [(image - self.pixel_mean) / self.pixel_std for image in images]
         height = max(image.shape[1] for image in normalized)
         width = max(image.shape[2] for image in normalized)
-        padded_h, padded_w = padded_shape(height, width, self.config.size_divisibility)
+        padded_h, padded_w = shape or padded_shape(height, width, self.config.size_divisibility)
+        divisibility = self.config.size_divisibility
+        if padded_h < height or padded_w < width or padded_h % divisibility or padded_w % divisibility:
+            raise ValueError(f"cannot pad images of up to {height}x{width} to {padded_h}x{padded_w}")
         batch = normalized[0].new_zeros((len(normalized), 3, padded_h, padded_w))
         for slot, image in zip(batch, normalized, strict=True):
             slot[:, : image.shape[1], : image.shape[2]].copy_(image)

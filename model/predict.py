@@ -15,14 +15,20 @@ import torch
 from model.centermask import CenterMask
 from model.checkpoint import file_sha256, load_model
 from model.detections import Detections, Selection
+from model.fcos import Proposals
 from model.images import load_rgb
 from model.polygons import crop_to_polygons
 from model.precision import Precision, check_supported
-from model.processing import PreparedImage, prepare_image, scale_boxes
+from model.processing import PreparedImage, padded_shape, prepare_image, scale_boxes
 from model.rle import encode_pasted
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "centermask_lite_V_19_slim_shapes.pth"
 MaskFormat = Literal["rle", "polygon", "none"]
+
+
+# Padded-shape buckets of the fast GPU path: with 128 px steps a lite model (600/1000) sees 8 shapes of
+# ordinary photos instead of 26, so mixed traffic still fills batches. Exact mode pads as the official code.
+FAST_BUCKET_SIZE = 128
 
 
 class Predictor:
@@ -30,6 +36,11 @@ class Predictor:
 
     The network is rewritten for inference when the predictor is built (batch norms folded, channels-last
     weights, the precision's dtype): pass it a freshly loaded model, which it then owns.
+
+    `bucket_size` is the multiple that padded image sizes are rounded up to. Images of the same padded shape
+    can share a forward pass; an image's padded shape depends on its own size alone, so a result never depends
+    on its batch-mates. The default, 32, is the official padding (results exact); on CUDA in bf16/fp16 it is
+    128, which changes results by about as much as the precision does, and lets mixed sizes batch together.
     """
 
     def __init__(
@@ -39,13 +50,20 @@ class Predictor:
         weights_path: Path,
         device: str | torch.device = "cpu",
         precision: Precision | str = Precision.FP32,
+        bucket_size: int | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.precision = Precision(precision)
         check_supported(self.precision, self.device)
+        if self.device.type == "cuda":
+            configure_cuda(self.precision)
         self.model = model.eval().to(self.device)
         self.model.optimize_for_inference(self.precision.dtype)
         self.config = model.config
+        fast = self.device.type == "cuda" and self.precision is not Precision.FP32
+        self.bucket_size = bucket_size or (FAST_BUCKET_SIZE if fast else self.config.size_divisibility)
+        if self.bucket_size % self.config.size_divisibility:
+            raise ValueError(f"bucket_size must be a multiple of {self.config.size_divisibility}")
         self.class_names = class_names
         self.weights_path = weights_path
         self.weights_sha256 = file_sha256(weights_path)
@@ -60,9 +78,44 @@ class Predictor:
 
     def prepare(self, image: np.ndarray) -> PreparedImage:
         """(H, W, 3) uint8 RGB → PreparedImage. CPU only and thread-safe, so it can run beside inference."""
-        return prepare_image(
-            image, self.config.min_size_test, self.config.max_size_test, self.config.size_divisibility
+        return prepare_image(image, self.config.min_size_test, self.config.max_size_test, self.bucket_size)
+
+    def common_shapes(self) -> list[tuple[int, int]]:
+        """Padded shapes of ordinary photos (short side at the test size): what warm-up prepares for.
+
+        With the official padding that is one landscape 3:4 shape (compiled kernels do not depend on the shape
+        on the CPU); with buckets, every landscape and portrait bucket up to the long-side limit.
+        """
+        short, longest = self.config.min_size_test, self.config.max_size_test
+        if self.bucket_size == self.config.size_divisibility:
+            return [padded_shape(short, min(longest, round(short * 4 / 3)), self.bucket_size)]
+        sides = sorted({padded_shape(short, side, self.bucket_size)[1] for side in range(short, longest + 1)})
+        short_side = padded_shape(short, short, self.bucket_size)[0]
+        return sorted({(short_side, side) for side in sides} | {(side, short_side) for side in sides})
+
+    @torch.inference_mode()
+    def warm_up(self, shape: tuple[int, int], batch_size: int) -> None:
+        """Run the whole network once on a batch of that padded shape, mask heads included.
+
+        First calls of a shape and batch size are slow (allocator growth, cuDNN autotuning); the mask head is
+        given the most boxes the detector can keep, whatever the weights find in a blank image.
+        """
+        height, width = shape
+        images = [torch.zeros((3, height, width), device=self.device)] * batch_size
+        pyramid, _ = self.model.detect(self.model.normalize_and_pad(images, shape))
+        count = self.config.post_nms_topk
+        corners = torch.linspace(0, 0.5, count, device=self.device)[:, None]
+        boxes = torch.cat(
+            (corners * width, corners * height, (corners + 0.5) * width, (corners + 0.5) * height), 1
         )
+        synthetic = Proposals(
+            boxes,
+            torch.ones(count, device=self.device),
+            torch.zeros(count, dtype=torch.int64, device=self.device),
+        )
+        self.model.segment(pyramid, [synthetic] * batch_size, [shape] * batch_size)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
     def infer(
@@ -77,7 +130,8 @@ class Predictor:
         if len(shapes) > 1:
             raise ValueError(f"one forward pass takes images of one padded shape, got {sorted(shapes)}")
         selections = selections if selections is not None else [Selection()] * len(images)
-        batch = self.model.normalize_and_pad([image.pixels.to(self.device).float() for image in images])
+        pixels = [image.pixels.to(self.device, non_blocking=True).float() for image in images]
+        batch = self.model.normalize_and_pad(pixels, images[0].padded_shape)
         pyramid, proposals = self.model.detect(batch)
         kept_proposals, kept_boxes = [], []
         for image, image_proposals, selection in zip(images, proposals, selections, strict=True):
@@ -110,6 +164,18 @@ class Predictor:
         """Detections of each (H, W, 3) uint8 RGB image, each computed as if alone; `selection` as in `infer`."""
         selection = selection or Selection()
         return [self.infer([self.prepare(image)], [selection])[0] for image in images]
+
+
+def configure_cuda(precision: Precision) -> None:
+    """Process-wide CUDA settings for inference: cuDNN autotuning per shape, and in fp32 no TF32.
+
+    TF32 (on by default for cuDNN convolutions on Ampere and later) rounds inputs to 10 mantissa bits, which
+    would take fp32 results outside the official outputs' tolerances (CENTERMASK_SPEC.md §9.17).
+    """
+    torch.backends.cudnn.benchmark = True
+    exact = precision is Precision.FP32
+    torch.backends.cudnn.allow_tf32 = not exact
+    torch.backends.cuda.matmul.allow_tf32 = not exact
 
 
 def resolve_device(device: str) -> torch.device:

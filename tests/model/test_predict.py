@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from model.processing import padded_shape, resized_shape
+from model.checkpoint import load_model
 from model.detections import Selection
 from model.predict import Predictor, image_record, load_predictor, main
+from model.processing import padded_shape, resized_shape
 from tests.model.parity import match_instances
 from tests.model.test_parity import FIXTURE_CONFIGS, official_rule_checkpoint
 
@@ -136,3 +137,24 @@ def test_cli_reproduces_reference_json(config: str, shared_reference: Path, tmp_
         assert set(record["instances"][0]) == {"box", "score", "class_id", "class_name", "mask_score", "mask"}
         report = match_instances(reference["instances"], record["instances"])
         assert report.passes, report
+
+
+def test_buckets_batch_mixed_sizes_without_changing_results(tiny_weights: Path) -> None:
+    model, class_names, _ = load_model(tiny_weights)
+    bucketed = Predictor(model, class_names, tiny_weights, bucket_size=128)
+    sizes = [(230, 300), (200, 330), (240, 330)]
+    prepared = [bucketed.prepare(random_image(seed, *size)) for seed, size in enumerate(sizes)]
+    assert {image.padded_shape for image in prepared} == {(384, 512)}
+    together = bucketed.infer(prepared)
+    for image, result in zip(prepared, together, strict=True):
+        (alone,) = bucketed.infer([image])
+        assert len(alone) > 0
+        np.testing.assert_allclose(result.boxes, alone.boxes, atol=1e-3)
+        np.testing.assert_array_equal(result.class_ids, alone.class_ids)
+
+
+def test_warm_up_runs_every_common_shape(predictor: Predictor) -> None:
+    shapes = predictor.common_shapes()
+    assert shapes == [(320, 448)]
+    for shape in shapes:
+        predictor.warm_up(shape, batch_size=2)

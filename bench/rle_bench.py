@@ -12,6 +12,8 @@ Timed variants, each over all instances of one image (median of --repeat runs):
   the same without the conversion, as if the masks were already Fortran-ordered.
 * model.rle.encode_crop: each instance's crop and its offset; no full-size mask is touched.
 * model.rle.encode: each full (H, W) mask, for callers that only have full masks.
+* model.rle.encode_pasted: all instances at once from the padded stack the model's batched paste makes
+  (what the predictor's JSON encoder uses).
 
 All variants must give identical strings; the script fails otherwise.
 """
@@ -24,8 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pycocotools.mask as mask_utils
+import torch
 
-from model.rle import encode, encode_crop
+from bench.results import write_result
+from model.masks import CHUNK_PIXELS, PastedMasks, chunk_indices
+from model.rle import encode, encode_crop, encode_pasted
 
 MIN_SIZE, MAX_SIZE = 30, 400
 
@@ -90,14 +95,34 @@ def full_masks(instances: list[Instance], height: int, width: int) -> np.ndarray
     return masks
 
 
-def median_ms(run: Callable[[], list[str]], repeat: int) -> tuple[float, list[str]]:
-    """Median wall time of `run` in ms over `repeat` calls, and the strings of the last call."""
-    times = []
+def median_ms(
+    variants: dict[str, Callable[[], list[str]]], repeat: int
+) -> dict[str, tuple[float, list[str]]]:
+    """Per variant, the median wall time in ms over `repeat` rounds (one call of each variant per round, so
+    drift of the machine affects them alike) and the strings of its last call."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    results: dict[str, list[str]] = {}
     for _ in range(repeat):
-        start = time.perf_counter()
-        result = run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), result
+        for name, run in variants.items():
+            start = time.perf_counter()
+            results[name] = run()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: (statistics.median(times[name]), results[name]) for name in variants}
+
+
+def pasted(instances: list[Instance], height: int, width: int) -> PastedMasks:
+    """The instances as the model's batched paste hands them over: stacks of windows of similar size."""
+    windows = torch.tensor([[i.x0, i.y0, i.crop.shape[1], i.crop.shape[0]] for i in instances])
+    chunks = []
+    for index in chunk_indices((windows[:, 2] * windows[:, 3]).tolist(), windows, CHUNK_PIXELS):
+        members = [instances[j] for j in index.tolist()]
+        stack = np.zeros(
+            (len(members), max(m.crop.shape[0] for m in members), max(m.crop.shape[1] for m in members)), bool
+        )
+        for slot, inst in zip(stack, members, strict=True):
+            slot[: inst.crop.shape[0], : inst.crop.shape[1]] = inst.crop
+        chunks.append((index, torch.from_numpy(stack)))
+    return PastedMasks((height, width), windows.numpy(), chunks)
 
 
 def main() -> None:
@@ -134,14 +159,20 @@ def main() -> None:
     def ours_full() -> list[str]:
         return [encode(mask)["counts"] for mask in masks]
 
+    stacked = pasted(instances, args.height, args.width)
+
+    def ours_pasted() -> list[str]:
+        return [rle["counts"] for rle in encode_pasted(stacked)]
+
     variants = {
         "pycocotools stacked (incl. asfortranarray)": pycoco_stacked,
         "pycocotools per mask (incl. asfortranarray)": pycoco_each,
         "pycocotools per mask (already Fortran order)": pycoco_each_fortran,
         "model.rle.encode_crop on crops": ours_crops,
         "model.rle.encode on full masks": ours_full,
+        "model.rle.encode_pasted on the pasted stack": ours_pasted,
     }
-    timings = {name: median_ms(run, args.repeat) for name, run in variants.items()}
+    timings = median_ms(variants, args.repeat)
     reference = timings["pycocotools stacked (incl. asfortranarray)"][1]
     crop_ms = timings["model.rle.encode_crop on crops"][0]
     print(
@@ -154,6 +185,11 @@ def main() -> None:
             raise SystemExit(f"{name} disagrees with pycocotools")
         print(f"{name:45s} {ms:9.3f} ms  {ms / crop_ms:7.1f}x the encode_crop time")
     print("all variants produced identical counts strings")
+    write_result(
+        "rle",
+        vars(args),
+        [{"variant": name, "median_ms": round(ms, 3)} for name, (ms, _) in timings.items()],
+    )
 
 
 if __name__ == "__main__":

@@ -79,12 +79,12 @@ def paste_masks(
     windows = mask_windows(boxes, height, width).cpu()
     areas = (windows[:, 2] * windows[:, 3]).tolist()
     chunks = []
-    for index in _chunks(areas, windows, chunk_pixels):
+    for index in chunk_indices(areas, windows, chunk_pixels):
         chunks.append((index, _paste_chunk(probabilities, boxes, windows, index.to(device))))
     return PastedMasks(image_size, windows.numpy(), [(index, stack) for index, stack in chunks])
 
 
-def _chunks(areas: list[int], windows: torch.Tensor, chunk_pixels: int) -> list[torch.Tensor]:
+def chunk_indices(areas: list[int], windows: torch.Tensor, chunk_pixels: int) -> list[torch.Tensor]:
     """Instance indices grouped so that each group's padded stack stays within `chunk_pixels`.
 
     Instances are taken by increasing window area, so windows of similar size share a stack.

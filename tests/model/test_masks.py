@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.masks import paste_masks
-from model.rle import encode_pasted
+from model.rle import _counts_to_string, encode_pasted, stack_run_lengths
 
 
 def paste_over_image(probabilities: torch.Tensor, box: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -77,6 +77,21 @@ def test_batched_rle_equals_pycocotools(
     for rle, mask in zip(encode_pasted(pasted), masks, strict=True):
         expected = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
         assert rle == {"size": [height, width], "counts": expected["counts"].decode("ascii")}
+
+
+def test_one_scan_of_a_stack_gives_the_same_counts_as_each_crop() -> None:
+    """The GPU path's batched scan, run here on CPU tensors."""
+    height, width = 61, 47
+    probabilities, boxes = random_instances(3, 16, height, width)
+    probabilities[::4] = 1.0
+    pasted = paste_masks(probabilities, boxes, (height, width))
+    for index, stack in pasted.chunks:
+        windows = pasted.windows[index.numpy()]
+        counts = stack_run_lengths(stack, windows, height, width)
+        masks = dense(pasted.crops(), height, width)[index.numpy()]
+        for mask, instance_counts in zip(masks, counts, strict=True):
+            expected = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))["counts"].decode("ascii")
+            assert _counts_to_string(instance_counts) == expected
 
 
 def test_no_instances() -> None:

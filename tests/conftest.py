@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from model.testing import write_rule_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# The workspace keeps shared/ beside the repository; a copy inside it (as bench/gpu_check.sh carries) also works.
+SHARED = next((path for path in (REPO / "shared", REPO.parent / "shared") if path.is_dir()), REPO.parent / "shared")
 TINY_CONFIG = "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x"
 
 
@@ -27,3 +29,13 @@ def shared_reference() -> Path:
     if not reference.is_dir():
         pytest.skip(f"{reference} is absent: official reference fixtures are only in the project workspace")
     return reference
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` need a CUDA device: they skip without one (bench/gpu_check.sh runs them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run bench/gpu_check.sh on a GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

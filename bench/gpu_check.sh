@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Every CUDA check and GPU figure of the project in one call, for whoever has a GPU for a few minutes.
+#
+# On the GPU machine, from the repository root:   bench/gpu_check.sh
+# Takes under 8 minutes on an H100/H200. Needs PyTorch with CUDA; the other Python dependencies are installed
+# from .whl/ when that folder exists (bench/gpu_wheels.sh fills it on a machine with pip access, for GPU images
+# without a package index). The parity fixtures are read from shared/ inside the repository or ../shared.
+#
+# Steps, each bounded in time, each run even if an earlier one failed:
+#   1. the tests marked `cuda` (fp32 parity on the GPU with TF32 off, bf16/fp16, GPU paste and RLE, warm-up);
+#   2. model throughput: lite V-39 and V-99, fp32/bf16/fp16, batch 1, 8, 32 (bench/model_bench.py);
+#   3. roofline: achieved GFLOP/s against the GPU's measured conv and matmul peaks (bench/roofline.py);
+#   4. the service under load on the GPU in fp16, lite V-39 at several concurrencies (bench/load.py).
+# Results: bench/results/*.json, and a copy of this run's files (at most 8) in $OUT when it is set.
+# Exit status: 0 when every step passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+python=python3
+results=bench/results
+mkdir -p "$results"
+marker=$(mktemp)
+failed=()
+
+step() {  # step NAME SECONDS COMMAND...
+  local name=$1 seconds=$2
+  shift 2
+  echo "== $name"
+  if ! timeout "$seconds" "$@" 2>&1 | tee "$results/gpu-$name.log"; then
+    failed+=("$name")
+  fi
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$results/gpu-$(date -u +%Y%m%dT%H%M%SZ).txt"
+$python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
+
+step tests 150 $python -m pytest -m cuda -q -p no:cacheprovider tests
+step model 180 $python -m bench.model_bench --device cuda --threads 8 --runs 20 --warmup 3 \
+  --config centermask_lite_V_39_eSE_FPN_ms_4x centermask_V_99_eSE_FPN_ms_3x \
+  --precision fp32 bf16 fp16 --batch-size 1 8 32 --size 480x640
+step roofline 60 $python -m bench.roofline --device cuda --threads 8 --runs 10 \
+  --config centermask_lite_V_39_eSE_FPN_ms_4x centermask_V_99_eSE_FPN_ms_3x --precision fp32 bf16 fp16
+step load 150 $python -m bench.load --spawn --device cuda --precision fp16 \
+  --rule-config centermask_lite_V_39_eSE_FPN_ms_4x --batch-size 32 --concurrency 16 64 128 \
+  --requests 3000 --duration 30
+
+if [ -n "${OUT:-}" ]; then
+  find "$results" -newer "$marker" -type f \( -name '*.json' -o -name '*.txt' -o -name '*.log' \) | head -n 8 | xargs -r cp -t "$OUT"
+fi
+rm -f "$marker"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed steps: ${failed[*]}"
+  exit 1
+fi
+echo "all GPU checks passed"

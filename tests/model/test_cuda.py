@@ -1,0 +1,102 @@
+"""The model on a CUDA device: exact in fp32 (no TF32), close in bf16/fp16, masks pasted and encoded on the GPU.
+
+Every test here is marked `cuda` and skips without a GPU; bench/gpu_check.sh runs them where one exists.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+import torch
+
+from model.images import load_rgb
+from model.masks import paste_masks
+from model.predict import Predictor, image_record, load_predictor
+from model.rle import encode_pasted
+from model.testing import match_instances, official_rule_checkpoint
+
+pytestmark = pytest.mark.cuda
+
+CONFIG = "centermask_lite_V_19_slim_eSE_FPN_ms_4x"
+
+
+@pytest.fixture(scope="module")
+def official_weights(shared_reference: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return official_rule_checkpoint(shared_reference, CONFIG, tmp_path_factory.mktemp("cuda"))
+
+
+@pytest.fixture(scope="module")
+def cpu_predictor(official_weights: Path) -> Predictor:
+    return load_predictor(official_weights, CONFIG)
+
+
+def test_fp32_on_cuda_matches_the_official_outputs(official_weights: Path, shared_reference: Path) -> None:
+    predictor = load_predictor(official_weights, CONFIG, "cuda")
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    directory = shared_reference / "fixtures" / CONFIG
+    for image in json.loads((directory / "summary.json").read_text())["images"]:
+        reference = json.loads((directory / image["file"]).with_suffix(".json").read_text())
+        (detections,) = predictor.predict([load_rgb(directory / image["file"])])
+        ours = image_record(image["file"], detections, predictor.class_names)
+        report = match_instances(reference["instances"], ours["instances"])
+        assert report.passes, (image["file"], report)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_finds_the_same_objects(
+    official_weights: Path, cpu_predictor: Predictor, shared_reference: Path, precision: str
+) -> None:
+    image = load_rgb(shared_reference / "fixtures" / CONFIG / "img480x640.png")
+    predictor = load_predictor(official_weights, CONFIG, "cuda", precision)
+    assert predictor.bucket_size == 128
+    (fast,) = predictor.predict([image])
+    (exact,) = cpu_predictor.predict([image])
+    assert abs(len(fast) - len(exact)) <= 0.1 * len(exact)
+    # The best detections survive the precision change, with nearly the same boxes.
+    for box, class_id in zip(exact.boxes[:10], exact.class_ids[:10], strict=True):
+        same_class = fast.boxes[fast.class_ids == class_id]
+        assert len(same_class) and _best_iou(box, same_class) > 0.8
+
+
+def test_paste_and_rle_on_the_gpu_equal_the_cpu() -> None:
+    generator = torch.Generator().manual_seed(0)
+    probabilities = torch.rand((40, 28, 28), generator=generator)
+    corners = torch.rand((40, 4), generator=generator) * torch.tensor([300.0, 200.0, 300.0, 200.0])
+    boxes = torch.cat((corners[:, :2].minimum(corners[:, 2:]), corners[:, :2].maximum(corners[:, 2:]) + 1), 1)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(max=320)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(max=240)
+    on_cpu = paste_masks(probabilities, boxes, (240, 320))
+    on_gpu = paste_masks(probabilities.cuda(), boxes, (240, 320))
+    for a, b in zip(on_cpu.crops(), on_gpu.crops(), strict=True):
+        assert a.x0 == b.x0 and a.y0 == b.y0
+        np.testing.assert_array_equal(a.crop, b.crop)
+    assert encode_pasted(on_gpu) == encode_pasted(on_cpu)
+    dense = np.zeros((240, 320), dtype=np.uint8)
+    x0, y0, crop = on_cpu.crops()[0]
+    dense[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
+    assert (
+        encode_pasted(on_gpu)[0]["counts"] == mask_utils.encode(np.asfortranarray(dense))["counts"].decode()
+    )
+
+
+def test_warm_up_covers_every_bucket_and_batch_size(official_weights: Path) -> None:
+    predictor = load_predictor(official_weights, CONFIG, "cuda", "fp16")
+    shapes = predictor.common_shapes()
+    assert len(shapes) > 2
+    for shape in shapes:
+        predictor.warm_up(shape, batch_size=2)
+
+
+def _best_iou(box: np.ndarray, others: np.ndarray) -> float:
+    x0 = np.maximum(box[0], others[:, 0])
+    y0 = np.maximum(box[1], others[:, 1])
+    x1 = np.minimum(box[2], others[:, 2])
+    y1 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return float((inter / (area + areas - inter)).max())

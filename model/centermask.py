@@ -1,4 +1,4 @@
-"""CenterMask assembled: VoVNetV2-FPN → FCOS → SAG-Mask + MaskIoU, with the official pre/postprocessing."""
+"""CenterMask assembled: bottom-up network + FPN → FCOS → SAG-Mask + MaskIoU, with the official pre/postprocessing."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from model.backbone import build_bottom_up
 from model.configs import ModelConfig
 from model.detections import Detections
 from model.fcos import FCOS, FCOSHeadOutputs, Proposals
 from model.fpn import FPN, FPN_LEVELS
+from model.layers import FrozenBatchNorm2d, NormFactory
 from model.mask_head import CenterROIHeads
-from model.vovnet import FrozenBatchNorm2d, NormFactory, VoVNet
 
 
 def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
@@ -63,7 +64,7 @@ class CenterMask(nn.Module):
         super().__init__()
         self.config = config
         channels = config.fpn_channels
-        self.backbone = FPN(VoVNet(config.vovnet, norm), channels)
+        self.backbone = FPN(build_bottom_up(config.backbone, norm), channels)
         self.proposal_generator = FCOS(
             channels=channels,
             num_classes=config.num_classes,

@@ -1,12 +1,55 @@
-"""The matching criteria of shared/reference/README.md, as a function tests and scripts share."""
+"""The official reference of shared/reference/: key manifests, rule-weight checkpoints built from them, and
+the matching criteria of its README, shared by the tests."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from pycocotools import mask as mask_utils
+
+from model.testing import rule_state_dict
+
+# Configs with official outputs in shared/reference/fixtures/, the cheapest first.
+FIXTURE_CONFIGS = (
+    "centermask_lite_V_19_slim_eSE_FPN_ms_4x",
+    "centermask_lite_Mv2_FPN_ms_4x",
+    "centermask_V_39_eSE_FPN_ms_3x",
+    "centermask_R_50_FPN_ms_3x",
+)
+
+
+def read_manifest(path: Path) -> dict[str, tuple[int, ...]]:
+    """A key manifest (`keys/<config>.tsv`): state-dict key → shape."""
+    entries = {}
+    for line in path.read_text().splitlines():
+        key, shape, _dtype = line.split("\t")
+        entries[key] = tuple(int(s) for s in shape.split(",")) if shape else ()
+    return entries
+
+
+def official_rule_checkpoint(
+    reference: Path, config: str, directory: Path, test_size: tuple[int, int] | None = None
+) -> Path:
+    """A detectron2-style file ({"model": state_dict}) of rule weights built from the official key manifest.
+
+    With `test_size` (short side, long-side cap), the file also names its config and that test-time resize,
+    as our own checkpoints do, so a big model can run end to end on a small image.
+    """
+    payload: dict[str, Any] = {
+        "model": rule_state_dict(read_manifest(reference / "keys" / f"{config}.tsv").items())
+    }
+    if test_size is not None:
+        payload |= {
+            "config": config,
+            "config_overrides": {"min_size_test": test_size[0], "max_size_test": test_size[1]},
+        }
+    path = directory / f"{config}.pth"
+    torch.save(payload, path)
+    return path
 
 
 def box_iou(a: list[float], b: list[float]) -> float:

@@ -11,8 +11,7 @@ from pycocotools import mask as mask_utils
 
 from model.centermask import padded_shape, resized_shape
 from model.predict import Predictor, image_record, load_predictor, main
-from tests.model.parity import match_instances
-from tests.model.test_parity import FIXTURE_CONFIGS, official_rule_checkpoint
+from tests.model.parity import FIXTURE_CONFIGS, match_instances, official_rule_checkpoint
 
 
 @pytest.mark.parametrize(

@@ -34,8 +34,6 @@ class ResNetSpec:
     stride_in_1x1: bool = True  # MSRA weights stride in the first 1×1; Caffe2's ResNeXt in the 3×3
     stem_channels: int = 64
     res2_out_channels: int = 256
-    # `BACKBONE.FREEZE_AT`: the stem (1) and res2 (2) keep frozen norms and weights, even when fine-tuning.
-    frozen_stages: int = 2
 
 
 @dataclass(frozen=True)

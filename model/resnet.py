@@ -73,22 +73,20 @@ class BottleneckBlock(nn.Module):
 class ResNet(nn.Module):
     """Bottom-up ResNet. Input (N, 3, H, W) → {"res3": stride 8, "res4": 16, "res5": 32}.
 
-    res2 (stride 4) is computed but not returned. The first `frozen_stages` parts (stem, then res2) always
-    use FrozenBatchNorm2d and fixed weights, whatever `norm` the rest trains with, like detectron2's
-    FREEZE_AT; at inference every norm is frozen anyway.
+    res2 (stride 4) is computed but not returned. detectron2's FREEZE_AT (2 in these configs) only stops
+    gradients to the stem and res2 in training; this project trains every layer, as for the other backbones.
     """
 
     out_features = ("res3", "res4", "res5")
 
     def __init__(self, spec: ResNetSpec, norm: NormFactory = FrozenBatchNorm2d) -> None:
         super().__init__()
-        self.stem = BasicStem(spec.stem_channels, FrozenBatchNorm2d if spec.frozen_stages >= 1 else norm)
+        self.stem = BasicStem(spec.stem_channels, norm)
         self.strides = {"res3": 8, "res4": 16, "res5": 32}
         self.out_channels: dict[str, int] = {}
         in_channels, out_channels = spec.stem_channels, spec.res2_out_channels
         bottleneck_channels = spec.num_groups * spec.width_per_group
         for stage, num_blocks in zip(range(2, 6), spec.blocks_per_stage, strict=True):
-            stage_norm = FrozenBatchNorm2d if spec.frozen_stages >= stage else norm
             blocks = [
                 BottleneckBlock(
                     in_channels if block == 0 else out_channels,
@@ -98,7 +96,7 @@ class ResNet(nn.Module):
                     stride=2 if block == 0 and stage > 2 else 1,
                     num_groups=spec.num_groups,
                     stride_in_1x1=spec.stride_in_1x1,
-                    norm=stage_norm,
+                    norm=norm,
                 )
                 for block in range(num_blocks)
             ]
@@ -110,9 +108,6 @@ class ResNet(nn.Module):
                 2 * out_channels,
                 2 * bottleneck_channels,
             )
-        parts = [self.stem, *(getattr(self, f"res{stage}") for stage in range(2, 6))]
-        for part in parts[: spec.frozen_stages]:
-            part.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(x)

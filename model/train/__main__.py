@@ -1,8 +1,7 @@
 """Train CenterMask on COCO-format data: `python -m model.train --config NAME --train-json GT.json ...`.
 
 The backbone trains with ordinary BatchNorm, whose eval-mode computation is exactly the frozen batch norm of
-the inference model, so exported checkpoints keep the official key layout (a ResNet's stem and res2 stay
-frozen, as in detectron2). Training state is saved to
+the inference model, so exported checkpoints keep the official key layout. Training state is saved to
 `OUT/last.pth` (resumable) and the inference weights to `OUT/model.pth` (our checkpoint format).
 """
 

@@ -1,5 +1,5 @@
-"""CenterMask assembled: VoVNetV2-FPN → FCOS → SAG-Mask + MaskIoU. The network alone; what happens to images
-before and after it is in `model.processing`.
+"""CenterMask assembled: bottom-up network + FPN → FCOS → SAG-Mask + MaskIoU. The network alone; what happens
+to images before and after it is in `model.processing`.
 """
 
 from __future__ import annotations
@@ -7,13 +7,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.backbone import build_bottom_up
 from model.configs import ModelConfig
 from model.fcos import FCOS, FCOSHeadOutputs, Proposals
 from model.fpn import FPN, FPN_LEVELS
 from model.fusion import fold_frozen_batch_norms
+from model.layers import FrozenBatchNorm2d, NormFactory
 from model.mask_head import MASK_LEVELS, CenterROIHeads
 from model.processing import padded_shape
-from model.vovnet import FrozenBatchNorm2d, NormFactory, VoVNet
 
 
 class CenterMask(nn.Module):
@@ -23,7 +24,7 @@ class CenterMask(nn.Module):
         super().__init__()
         self.config = config
         channels = config.fpn_channels
-        self.backbone = FPN(VoVNet(config.vovnet, norm), channels)
+        self.backbone = FPN(build_bottom_up(config.backbone, norm), channels)
         self.proposal_generator = FCOS(
             channels=channels,
             num_classes=config.num_classes,

@@ -1,12 +1,15 @@
-"""Feature pyramid on VoVNet stages 3-5, with P6/P7 from P5 (detectron2 FPN + LastLevelP6P7)."""
+"""Feature pyramid on a bottom-up network's stride 8/16/32 outputs, with P6/P7 from P5 (detectron2 FPN +
+LastLevelP6P7)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.vovnet import VoVNet
+from model.backbone import BottomUp
 
 FPN_LEVELS = ("p3", "p4", "p5", "p6", "p7")
 
@@ -29,17 +32,24 @@ class FPN(nn.Module):
 
     size_divisibility = 32
 
-    def __init__(self, bottom_up: VoVNet, out_channels: int) -> None:
+    def __init__(self, bottom_up: BottomUp, out_channels: int) -> None:
         super().__init__()
         self.bottom_up = bottom_up
         self.out_channels = out_channels
-        for level, stage in zip((3, 4, 5), bottom_up.out_features, strict=True):
-            self.add_module(f"fpn_lateral{level}", nn.Conv2d(bottom_up.out_channels[stage], out_channels, 1))
+        self.in_features = bottom_up.out_features
+        # Layers are named after the level, log2 of the input's stride, as in detectron2.
+        levels = tuple(int(math.log2(bottom_up.strides[name])) for name in self.in_features)
+        if levels != (3, 4, 5):
+            strides = {name: bottom_up.strides[name] for name in self.in_features}
+            raise ValueError(f"the FPN takes bottom-up outputs at strides 8, 16 and 32, got {strides}")
+        for level, name in zip(levels, self.in_features, strict=True):
+            self.add_module(f"fpn_lateral{level}", nn.Conv2d(bottom_up.out_channels[name], out_channels, 1))
             self.add_module(f"fpn_output{level}", nn.Conv2d(out_channels, out_channels, 3, 1, 1))
         self.top_block = LastLevelP6P7(out_channels)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        c3, c4, c5 = self.bottom_up(images).values()
+        features = self.bottom_up(images)
+        c3, c4, c5 = (features[name] for name in self.in_features)
         merged = self.fpn_lateral5(c5)
         p5 = self.fpn_output5(merged)
         # The top-down path upsamples the merged map, not the smoothed output P.

@@ -7,7 +7,8 @@ differ from the unfolded model only by float rounding (about 1e-6 relative).
 
 Two layouts are recognised, which between them cover every backbone here:
 
-* a convolution immediately followed by its norm inside an ``nn.Sequential`` (VoVNet units, MobileNetV2);
+* a convolution (plain or modulated deformable) immediately followed by its norm inside an ``nn.Sequential``
+  (VoVNet units, DCN units, MobileNetV2);
 * a convolution module that owns its norm as a ``.norm`` child and applies it after the convolution
   (detectron2's ``Conv2d(norm=...)`` layout, used by the ResNet bottlenecks).
 
@@ -22,11 +23,15 @@ import itertools
 import torch
 from torch import nn
 
-from model.vovnet import FrozenBatchNorm2d
+from model.deform_conv import ModulatedDeformConv2d
+from model.layers import FrozenBatchNorm2d
+
+# Layers computing a weighted sum with a (out, in, k, k) weight, plus an optional bias added after it.
+CONVOLUTIONS = (nn.Conv2d, ModulatedDeformConv2d)
 
 
 @torch.no_grad()
-def fold_into_conv(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> None:
+def fold_into_conv(conv: nn.Conv2d | ModulatedDeformConv2d, norm: FrozenBatchNorm2d) -> None:
     """Absorb `norm`, applied to `conv`'s output, into `conv`'s weight and bias (in place)."""
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
@@ -45,7 +50,7 @@ def fold_frozen_batch_norms(model: nn.Module) -> int:
         if isinstance(module, nn.Sequential):
             children = list(module.named_children())
             for (_, first), (name, second) in itertools.pairwise(children):
-                if isinstance(first, nn.Conv2d) and isinstance(second, FrozenBatchNorm2d):
+                if isinstance(first, CONVOLUTIONS) and isinstance(second, FrozenBatchNorm2d):
                     fold_into_conv(first, second)
                     setattr(module, name, nn.Identity())
                     folded += 1

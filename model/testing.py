@@ -29,12 +29,13 @@ def rule_tensor(key: str, shape: tuple[int, ...]) -> torch.Tensor:
     """The rule weight of one state-dict entry."""
     generator = torch.Generator().manual_seed(zlib.crc32(key.encode()))
     u = torch.rand(shape, generator=generator, dtype=torch.float32)
+    # In place: the same float operations as the README's formulas, without temporaries (X-101 has 114 M).
     if len(shape) >= 2:
         fan_in = u.numel() // shape[0]
-        return (2 * u - 1) * math.sqrt(3 / fan_in)
+        return u.mul_(2).sub_(1).mul_(math.sqrt(3 / fan_in))
     if key.endswith(_SCALE_LIKE):
-        return 0.5 + u
-    return 0.2 * (u - 0.5)
+        return u.add_(0.5)
+    return u.sub_(0.5).mul_(0.2)
 
 
 def rule_state_dict(entries: Iterable[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
@@ -62,20 +63,33 @@ def write_rule_checkpoint(
     return save_checkpoint(path, model, names, metadata={"weights": "rule"}, config_overrides=overrides)
 
 
-def read_manifest(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """A reference key manifest (`key <TAB> shape <TAB> dtype` per line) as {key: shape}."""
+def read_manifest(path: Path) -> dict[str, tuple[int, ...]]:
+    """A key manifest (`keys/<config>.tsv`): state-dict key → shape."""
     entries = {}
-    for line in Path(path).read_text().splitlines():
+    for line in path.read_text().splitlines():
         key, shape, _dtype = line.split("\t")
         entries[key] = tuple(int(s) for s in shape.split(",")) if shape else ()
     return entries
 
 
-def official_rule_checkpoint(reference: Path, config: str, directory: Path) -> Path:
-    """A detectron2-style file ({"model": state_dict}) of rule weights built from the official key manifest."""
-    state = rule_state_dict(read_manifest(reference / "keys" / f"{config}.tsv").items())
+def official_rule_checkpoint(
+    reference: Path, config: str, directory: Path, test_size: tuple[int, int] | None = None
+) -> Path:
+    """A detectron2-style file ({"model": state_dict}) of rule weights built from the official key manifest.
+
+    With `test_size` (short side, long-side cap), the file also names its config and that test-time resize,
+    as our own checkpoints do, so a big model can run end to end on a small image.
+    """
+    payload: dict[str, Any] = {
+        "model": rule_state_dict(read_manifest(reference / "keys" / f"{config}.tsv").items())
+    }
+    if test_size is not None:
+        payload |= {
+            "config": config,
+            "config_overrides": {"min_size_test": test_size[0], "max_size_test": test_size[1]},
+        }
     path = directory / f"{config}.pth"
-    torch.save({"model": state}, path)
+    torch.save(payload, path)
     return path
 
 

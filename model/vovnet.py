@@ -1,44 +1,21 @@
 """VoVNetV2 backbone: One-Shot Aggregation modules with identity residual and effective Squeeze-Excitation.
 
 Module names reproduce centermask2's, so official state dicts load by key: units are named
-`"{name}/conv"`, `"{name}/norm"`, ... (a `/` inside a module name is legal in PyTorch).
+`"{name}/conv"`, `"{name}/norm"`, ... (a `/` inside a module name is legal in PyTorch). The DCN bodies
+replace the 3×3 layers of their deformable stages by modulated deformable units (`model/deform_conv.py`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.configs import VoVNetSpec
-
-NormFactory = Callable[[int], nn.Module]
-
-
-class FrozenBatchNorm2d(nn.Module):
-    """Batch norm with fixed statistics and affine parameters, all stored as buffers (detectron2 layout).
-
-    There is deliberately no `num_batches_tracked`: official checkpoints do not carry it.
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features) - eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-        )
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
+from model.deform_conv import ModulatedDeformConv2d, OffsetMaskConv
+from model.layers import FrozenBatchNorm2d, NormFactory
 
 
 def conv_unit(
@@ -64,6 +41,18 @@ def depthwise_unit(
         (f"{name}/pw_conv1x1", nn.Conv2d(channels, channels, 1, 1, 0, bias=False)),
         (f"{name}/pw_norm", norm(channels)),
         (f"{name}/pw_relu", nn.ReLU(inplace=True)),
+    ]
+
+
+def deformable_unit(
+    name: str, in_channels: int, out_channels: int, norm: NormFactory
+) -> list[tuple[str, nn.Module]]:
+    """Offsets and masks from the input → modulated deformable 3×3 conv (no bias) → norm → ReLU (DCN stages)."""
+    return [
+        (f"{name}/conv_offset", OffsetMaskConv(in_channels)),
+        (f"{name}/conv", ModulatedDeformConv2d(in_channels, out_channels)),
+        (f"{name}/norm", norm(out_channels)),
+        (f"{name}/relu", nn.ReLU(inplace=True)),
     ]
 
 
@@ -94,6 +83,7 @@ class OSAModule(nn.Module):
         num_layers: int,
         identity: bool,
         depthwise: bool,
+        deformable: bool,
         norm: NormFactory,
     ) -> None:
         super().__init__()
@@ -110,6 +100,8 @@ class OSAModule(nn.Module):
         for i in range(num_layers):
             if depthwise:
                 unit = depthwise_unit(f"{name}_{i}", stage_channels, norm)
+            elif deformable:
+                unit = deformable_unit(f"{name}_{i}", layer_in, stage_channels, norm)
             else:
                 unit = conv_unit(f"{name}_{i}", layer_in, stage_channels, norm)
             self.layers.append(nn.Sequential(OrderedDict(unit)))
@@ -132,7 +124,10 @@ class OSAModule(nn.Module):
 
 
 class VoVNet(nn.Module):
-    """VoVNetV2 bottom-up network. Input (N, 3, H, W) → {"stage3": stride 8, "stage4": 16, "stage5": 32}."""
+    """VoVNetV2 bottom-up network. Input (N, 3, H, W) → {"stage3": stride 8, "stage4": 16, "stage5": 32}.
+
+    Stage 2 is computed but not returned.
+    """
 
     out_features = ("stage3", "stage4", "stage5")
 
@@ -146,6 +141,8 @@ class VoVNet(nn.Module):
             stem += conv_unit("stem_2", s0, s1, norm) + conv_unit("stem_3", s1, s2, norm, stride=2)
         self.stem = nn.Sequential(OrderedDict(stem))
 
+        # Stem stride 4, stage 2 keeps it, every later stage halves the resolution with its pooling.
+        self.strides = {"stage3": 8, "stage4": 16, "stage5": 32}
         self.out_channels: dict[str, int] = {}
         in_channels = s2
         for index, stage in enumerate(range(2, 6)):
@@ -161,17 +158,20 @@ class VoVNet(nn.Module):
                     num_layers=spec.layers_per_block,
                     identity=block > 1,
                     depthwise=spec.depthwise,
+                    deformable=stage in spec.deformable_stages,
                     norm=norm,
                 )
                 modules.append((f"OSA{stage}_{block}", osa))
                 in_channels = spec.stage_out_channels[index]
             self.add_module(f"stage{stage}", nn.Sequential(OrderedDict(modules)))
-            self.out_channels[f"stage{stage}"] = in_channels
+            if f"stage{stage}" in self.out_features:
+                self.out_channels[f"stage{stage}"] = in_channels
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(x)
         outputs: dict[str, torch.Tensor] = {}
         for stage in range(2, 6):
             x = getattr(self, f"stage{stage}")(x)
-            outputs[f"stage{stage}"] = x
-        return {name: outputs[name] for name in self.out_features}
+            if f"stage{stage}" in self.out_features:
+                outputs[f"stage{stage}"] = x
+        return outputs

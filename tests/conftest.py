@@ -11,7 +11,9 @@ from model.testing import write_rule_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 # The workspace keeps shared/ beside the repository; a copy inside it (as bench/gpu_check.sh carries) also works.
-SHARED = next((path for path in (REPO / "shared", REPO.parent / "shared") if path.is_dir()), REPO.parent / "shared")
+SHARED = next(
+    (path for path in (REPO / "shared", REPO.parent / "shared") if path.is_dir()), REPO.parent / "shared"
+)
 TINY_CONFIG = "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x"
 
 

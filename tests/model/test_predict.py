@@ -13,8 +13,8 @@ from model.checkpoint import load_model
 from model.detections import Selection
 from model.predict import Predictor, image_record, load_predictor, main
 from model.processing import padded_shape, resized_shape
-from tests.model.parity import match_instances
-from tests.model.test_parity import FIXTURE_CONFIGS, official_rule_checkpoint
+from model.testing import match_instances, official_rule_checkpoint
+from tests.model.parity import FIXTURE_CONFIGS
 
 
 @pytest.mark.parametrize(

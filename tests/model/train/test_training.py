@@ -15,7 +15,7 @@ from model.configs import get_config
 from model.data.coco import CocoInstances
 from model.data.shapes import SHAPE_CLASSES, generate
 from model.fcos import level_locations
-from model.testing import write_rule_checkpoint
+from model.testing import rule_state_dict, write_rule_checkpoint
 from model.train.__main__ import initialise_from, main
 from model.train.losses import fcos_targets, giou_loss
 from model.train.step import training_losses
@@ -103,3 +103,24 @@ def test_cli_trains_saves_resumes_and_evaluates(shapes: Path, tmp_path: Path) ->
     assert checkpoint.metadata["iteration"] == 3
     assert set(checkpoint.metadata["metrics"]) == {"bbox", "segm"}
     assert json.dumps(checkpoint.metadata)  # the recipe travels as plain JSON data
+
+
+@pytest.mark.parametrize(
+    "config_name",
+    ["centermask_lite_Mv2_FPN_ms_4x", "centermask_R_50_FPN_ms_3x", "centermask_V_39_eSE_dcn_FPN_ms_3x"],
+)
+def test_every_backbone_family_fine_tunes_from_official_weights(config_name: str, tmp_path: Path) -> None:
+    """Training norms (BatchNorm2d) keep the official layout and, in eval mode, the frozen model's numbers."""
+    frozen = CenterMask(get_config(config_name))
+    frozen.load_state_dict(rule_state_dict((k, tuple(v.shape)) for k, v in frozen.state_dict().items()))
+    official = tmp_path / "official.pth"
+    torch.save({"model": frozen.state_dict()}, official)
+    trainable = CenterMask(get_config(config_name).with_overrides(num_classes=5), norm=nn.BatchNorm2d)
+    assert len(initialise_from(trainable, official)) == 6
+    images = torch.randn(1, 3, 64, 96) * 50
+    with torch.no_grad():
+        expected, got = frozen.backbone(images), trainable.eval().backbone(images)
+    for level, tensor in expected.items():
+        torch.testing.assert_close(got[level], tensor, rtol=1e-4, atol=1e-4)
+    norms = [m for m in trainable.backbone.bottom_up.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == sum(k.endswith("running_var") for k in frozen.state_dict() if ".bottom_up." in k)

@@ -15,6 +15,7 @@ from model.fusion import fold_frozen_batch_norms
 from model.layers import FrozenBatchNorm2d, NormFactory
 from model.mask_head import MASK_LEVELS, CenterROIHeads
 from model.processing import padded_shape
+from model.quantize import quantize_pyramid
 
 
 class CenterMask(nn.Module):
@@ -48,7 +49,7 @@ class CenterMask(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(3, 1, 1), persistent=False)
         # What the network computes in; `optimize_for_inference` changes them.
-        self.compute_dtype = torch.float32
+        self.input_dtype = self.compute_dtype = torch.float32
         self.memory_format = torch.contiguous_format
 
     def normalize_and_pad(
@@ -71,23 +72,37 @@ class CenterMask(nn.Module):
             slot[:, : image.shape[1], : image.shape[2]].copy_(image)
         return batch
 
-    def optimize_for_inference(self, dtype: torch.dtype = torch.float32, channels_last: bool = True) -> None:
+    def optimize_for_inference(
+        self,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = True,
+        calibration: list[torch.Tensor] | None = None,
+    ) -> None:
         """Rewrite the loaded network for inference, in place: batch norms folded into the convolutions,
         weights cast to `dtype` and, with `channels_last`, laid out NHWC (much faster oneDNN convolutions).
+        With `calibration` (normalised, padded batches), the backbone and FPN become int8 (model.quantize)
+        and only the heads compute in `dtype`.
 
         The state dict no longer matches checkpoints afterwards, so this comes after loading and is final.
         """
         fold_frozen_batch_norms(self)
-        for part in (self.backbone, self.proposal_generator, self.roi_heads):  # not the pixel mean and std
-            part.to(dtype=dtype)
-        self.compute_dtype = dtype
         if channels_last:
             self.to(memory_format=torch.channels_last)
             self.memory_format = torch.channels_last
+        floating: tuple[nn.Module, ...] = (self.proposal_generator, self.roi_heads)
+        if calibration is None:
+            floating = (self.backbone, *floating)
+            self.input_dtype = dtype
+        else:
+            batches = [batch.contiguous(memory_format=self.memory_format) for batch in calibration]
+            self.backbone = quantize_pyramid(self.backbone, batches, output_dtype=dtype)
+        for part in floating:  # not the pixel mean and std: normalisation stays in float32
+            part.to(dtype=dtype)
+        self.compute_dtype = dtype
 
     def features(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], FCOSHeadOutputs]:
         """Pyramid features {"p3".."p7"} and FCOS head outputs for a padded, normalised batch."""
-        pyramid = self.backbone(batch.to(dtype=self.compute_dtype, memory_format=self.memory_format))
+        pyramid = self.backbone(batch.to(dtype=self.input_dtype, memory_format=self.memory_format))
         return pyramid, self.proposal_generator([pyramid[level] for level in FPN_LEVELS])
 
     def detect(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[Proposals]]:

@@ -5,7 +5,8 @@
 * ``bf16``: weights and activations in bfloat16 on CPUs with AVX-512 BF16 or AMX, and on CUDA GPUs that support
   it. Box decoding, NMS, RoI pooling and mask pasting stay in float32.
 * ``fp16``: the same with float16, on CUDA only (CPUs have no fast float16 convolutions).
-* ``int8``: not offered: see bench/RESULTS.md for what was measured.
+* ``int8``: CPUs with AVX-512 VNNI (or AMX): the backbone and FPN as int8 convolutions calibrated on sample
+  images (model.quantize), the heads in bf16 where the CPU has it, else fp32.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ class Precision(StrEnum):
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+    INT8 = "int8"
 
     @property
     def dtype(self) -> torch.dtype:
+        """What the network's floating-point layers compute in (for int8: the heads)."""
+        if self is Precision.INT8:
+            return torch.bfloat16 if cpu_has_bf16() else torch.float32
         return _DTYPES[self]
 
 
@@ -42,6 +47,8 @@ def check_supported(precision: Precision, device: torch.device) -> None:
     if precision is Precision.FP32:
         return
     if device.type == "cuda":
+        if precision is Precision.INT8:
+            raise PrecisionUnavailable("int8 runs on the CPU only: on CUDA use fp16 or bf16")
         if precision is Precision.BF16 and not torch.cuda.is_bf16_supported():
             raise PrecisionUnavailable(
                 f"{torch.cuda.get_device_name(device)} has no bfloat16 support: use precision fp16 or fp32"
@@ -49,6 +56,12 @@ def check_supported(precision: Precision, device: torch.device) -> None:
         return
     if precision is Precision.FP16:
         raise PrecisionUnavailable("fp16 runs on CUDA devices only: on the CPU use bf16 or fp32")
+    if precision is Precision.INT8 and not (
+        torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported()
+    ):
+        raise PrecisionUnavailable(
+            "this CPU has neither AVX-512 VNNI nor AMX, so int8 would not be faster than fp32: use bf16 or fp32"
+        )
     if precision is Precision.BF16 and not cpu_has_bf16():
         raise PrecisionUnavailable(
             "this CPU has neither AVX-512 BF16 nor AMX, so bf16 would be emulated and slower than fp32: "

@@ -20,6 +20,7 @@ from model.images import load_rgb
 from model.polygons import crop_to_polygons
 from model.precision import Precision, check_supported
 from model.processing import PreparedImage, padded_shape, prepare_image, scale_boxes
+from model.quantize import CALIBRATION_IMAGES
 from model.rle import encode_pasted
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "centermask_lite_V_19_slim_shapes.pth"
@@ -51,6 +52,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         precision: Precision | str = Precision.FP32,
         bucket_size: int | None = None,
+        calibration_images: Sequence[np.ndarray] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.precision = Precision(precision)
@@ -58,8 +60,14 @@ class Predictor:
         if self.device.type == "cuda":
             configure_cuda(self.precision)
         self.model = model.eval().to(self.device)
-        self.model.optimize_for_inference(self.precision.dtype)
         self.config = model.config
+        calibration = None
+        if self.precision is Precision.INT8:
+            images = calibration_images if calibration_images is not None else default_calibration_images()
+            calibration = [
+                self.model.normalize_and_pad([self._resized(image).pixels.float()]) for image in images
+            ]
+        self.model.optimize_for_inference(self.precision.dtype, calibration=calibration)
         fast = self.device.type == "cuda" and self.precision is not Precision.FP32
         self.bucket_size = bucket_size or (FAST_BUCKET_SIZE if fast else self.config.size_divisibility)
         if self.bucket_size % self.config.size_divisibility:
@@ -79,6 +87,9 @@ class Predictor:
     def prepare(self, image: np.ndarray) -> PreparedImage:
         """(H, W, 3) uint8 RGB → PreparedImage. CPU only and thread-safe, so it can run beside inference."""
         return prepare_image(image, self.config.min_size_test, self.config.max_size_test, self.bucket_size)
+
+    def _resized(self, image: np.ndarray) -> PreparedImage:
+        return prepare_image(image, self.config.min_size_test, self.config.max_size_test)
 
     def common_shapes(self) -> list[tuple[int, int]]:
         """Padded shapes of ordinary photos (short side at the test size): what warm-up prepares for.
@@ -166,6 +177,14 @@ class Predictor:
         return [self.infer([self.prepare(image)], [selection])[0] for image in images]
 
 
+def default_calibration_images() -> list[np.ndarray]:
+    """Images for int8 calibration when the caller gives none: generated shapes scenes (edges, flat and
+    textured colours). Calibrating on images like the ones to be served gives better int8 accuracy."""
+    from model.data.shapes import image_rng, render_image
+
+    return [render_image(image_rng(0, index))[0] for index in range(CALIBRATION_IMAGES)]
+
+
 def configure_cuda(precision: Precision) -> None:
     """Process-wide CUDA settings for inference: cuDNN autotuning per shape, and in fp32 no TF32.
 
@@ -192,11 +211,13 @@ def load_predictor(
     config: str | None = None,
     device: str | torch.device = "cpu",
     precision: Precision | str = Precision.FP32,
+    calibration_images: Sequence[np.ndarray] | None = None,
 ) -> Predictor:
     """Load weights (default: the bundled model) into a Predictor on `device` ("cpu", "cuda", "auto").
 
-    `precision` is "fp32" (exact to the official outputs), "bf16" or "fp16" (CUDA); one the device cannot run
-    fails here, before the (slow) load.
+    `precision` is "fp32" (exact to the official outputs), "bf16", "fp16" (CUDA) or "int8" (CPU; calibrated
+    on `calibration_images`, by default generated shapes scenes); one the device cannot run fails here,
+    before the (slow) load.
     """
     target = resolve_device(str(device))
     check_supported(Precision(precision), target)
@@ -204,7 +225,7 @@ def load_predictor(
     if weights is None and not path.is_file():
         raise FileNotFoundError(f"the bundled default weights are missing ({path}); pass a weights file")
     model, class_names, _ = load_model(path, config)
-    return Predictor(model, class_names, path, target, precision)
+    return Predictor(model, class_names, path, target, precision, calibration_images=calibration_images)
 
 
 def instances_to_json(

@@ -19,8 +19,8 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from model.processing import resized_shape
 from model.images import load_rgb
+from model.processing import resized_shape
 
 DEFAULT_MIN_SIZES = (640, 672, 704, 736, 768, 800)
 DEFAULT_MAX_SIZE = 1333

@@ -12,10 +12,10 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from model.processing import resized_shape
 from model.data import shapes
 from model.data.coco import CocoInstances, collate, masks_to_boxes
 from model.images import load_rgb
+from model.processing import resized_shape
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 
 from model.centermask import CenterMask
 from model.checkpoint import file_sha256, load_model
-from model.detections import Detections, Selection
+from model.detections import CLASS_AGNOSTIC_IOU, Detections, Selection
 from model.images import load_rgb
 from model.polygons import crop_to_polygons
 from model.precision import Precision, check_supported
@@ -191,6 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep detections scoring at least this (default: everything the config's 0.05 candidate "
         "threshold produces, i.e. the full official output)",
     )
+    parser.add_argument(
+        "--class-agnostic-nms",
+        type=float,
+        nargs="?",
+        const=CLASS_AGNOSTIC_IOU,
+        metavar="IOU",
+        help="after the model, keep only the best-scoring of detections whose boxes overlap with IoU above "
+        f"IOU (default {CLASS_AGNOSTIC_IOU}) whatever their classes: one label per object",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--mask-format", choices=("rle", "polygon", "none"), default="rle")
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
@@ -200,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = []
     for path in args.images:
         (detections,) = predictor.predict([load_rgb(path)])
+        if args.class_agnostic_nms is not None:
+            detections = detections.class_agnostic_nms(args.class_agnostic_nms)
         detections = detections.filter(score_threshold=args.score_threshold)
         records.append(image_record(path.name, detections, predictor.class_names, args.mask_format))
     args.output.write_text(json.dumps(records))

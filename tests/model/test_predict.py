@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 from pycocotools import mask as mask_utils
+from torchvision.ops import box_iou
 
-from model.processing import padded_shape, resized_shape
 from model.detections import Selection
 from model.predict import Predictor, image_record, load_predictor, main
+from model.processing import padded_shape, resized_shape
 from tests.model.parity import match_instances
 from tests.model.test_parity import FIXTURE_CONFIGS, official_rule_checkpoint
 
@@ -136,3 +139,40 @@ def test_cli_reproduces_reference_json(config: str, shared_reference: Path, tmp_
         assert set(record["instances"][0]) == {"box", "score", "class_id", "class_name", "mask_score", "mask"}
         report = match_instances(reference["instances"], record["instances"])
         assert report.passes, report
+
+
+def test_cli_class_agnostic_nms_keeps_one_label_per_object(tiny_weights: Path, tmp_path: Path) -> None:
+    path = tmp_path / "image.png"
+    Image.fromarray(random_image(7, 240, 320)).save(path)
+    runs = {}
+    for name, flags in (("full", []), ("agnostic", ["--class-agnostic-nms", "0.5"])):
+        output = tmp_path / f"{name}.json"
+        assert (
+            main(
+                [
+                    "--weights",
+                    str(tiny_weights),
+                    str(path),
+                    "--output",
+                    str(output),
+                    "--mask-format",
+                    "none",
+                    *flags,
+                ]
+            )
+            == 0
+        )
+        (record,) = json.loads(output.read_text())
+        runs[name] = record["instances"]
+    full, kept = runs["full"], runs["agnostic"]
+    assert 0 < len(kept) < len(full)
+    assert all(instance in full for instance in kept)
+    boxes = torch.tensor([instance["box"] for instance in kept])
+    overlaps = box_iou(boxes, boxes).fill_diagonal_(0.0)
+    assert overlaps.max() <= 0.5
+    # Every dropped detection sat on a kept, higher-scoring one.
+    for instance in full:
+        if instance not in kept:
+            iou = box_iou(torch.tensor([instance["box"]]), boxes)[0]
+            scores = torch.tensor([k["score"] for k in kept])
+            assert ((iou > 0.5) & (scores >= instance["score"])).any()

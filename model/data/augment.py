@@ -85,6 +85,10 @@ PRESETS = {"basic": BASIC, "strong": STRONG}
 
 
 def _happens(probability: float) -> bool:
+    # Nothing is drawn for a step that is off, so BASIC consumes the random stream detectron2-style
+    # flipping always did (a run's samples and initialisation do not change when steps are added unused).
+    if probability <= 0.0:
+        return False
     return float(torch.rand(())) < probability
 
 

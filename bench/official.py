@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         weights = official_rule_checkpoint(REPO.parent / "shared" / "reference", args.config, Path(scratch))
         official = official_predictor(args.config, weights, centermask2)
-        ours = {precision: load_predictor(weights, args.config, "cpu", precision=precision) for precision in args.precision}
+        ours = {
+            precision: load_predictor(weights, args.config, "cpu", precision=precision)
+            for precision in args.precision
+        }
 
     programs = {"official": lambda: official_records(official, rgb)}
     for precision, predictor in ours.items():

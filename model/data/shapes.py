@@ -11,8 +11,8 @@ ranges, fills, outlines, backgrounds, lighting, blur, JPEG, anti-aliasing) with 
 
 - ``CLASSIC``: the data the first bundled model was trained on, reproduced exactly;
 - ``TRAINING``: far more diverse (wider shape parameters, upright and axis-aligned variants, anti-aliased
-  edges, textured and gradient fills, outlines, seven background kinds, lighting gradients, 1-14 objects from
-  12 px to the image's size), so that other people's drawings of the five classes look familiar;
+  edges, textured and gradient fills, outlines, six background kinds, lighting gradients, 1-14 objects of
+  12-600 px), so that other people's drawings of the five classes look familiar;
 - ``VALIDATION``: other image sizes, object sizes, counts and backgrounds than ``TRAINING`` (including a
   background kind training never shows), for held-out numbers that do not reward learning the generator.
 

@@ -129,7 +129,9 @@ def test_quarter_turns_keep_image_masks_and_boxes_together(shapes_dataset: tuple
         json_path, image_dir, min_sizes=(256,), augmentation=Augmentation(0.0, rot90_prob=1.0)
     )
     turns_seen = set()
-    for seed in range(8):
+    for seed in range(40):  # until every turn count has come up (8 seeds miss one about one time in eight)
+        if turns_seen == {1, 2, 3}:
+            break
         torch.manual_seed(seed)
         a, b = plain[seed % 4], turned[seed % 4]
         # Which quarter turn it was: the one that maps the plain image onto the augmented one.

@@ -8,8 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torchvision.ops import box_iou, nms
 
 from model.masks import MaskCrop, PastedMasks, paste_masks
+
+# The default IoU above which `class_agnostic_nms` treats two detections as one object (Ultralytics' NMS IoU).
+CLASS_AGNOSTIC_IOU = 0.7
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,33 @@ class Detections:
     def pasted_masks(self) -> PastedMasks:
         """The binary masks in original-image pixels (computed once, on the inference device)."""
         return paste_masks(self.mask_probs, torch.from_numpy(self.boxes), self.image_size)
+
+    def class_agnostic_nms(self, iou_threshold: float = CLASS_AGNOSTIC_IOU) -> Detections:
+        """Greedy NMS over all classes as one: a detection whose box overlaps a kept, higher-scoring one with
+        IoU above ``iou_threshold`` goes, whatever the two classes (``torchvision.ops.nms``).
+
+        Applied after the model, like a score threshold: the model's own output (per-class NMS, the official
+        behaviour) keeps an object labelled as several classes when each label scores; this keeps only the
+        best. Pairs of one class overlapping more than the model's own NMS threshold are already gone, so at
+        or above that threshold (0.6 in every CenterMask config) only cross-class duplicates are removed.
+        """
+        if len(self) == 0:
+            return self
+        keep = nms(torch.from_numpy(self.boxes), torch.from_numpy(self.scores), iou_threshold)
+        return self.select(np.sort(keep.numpy()))  # in the original (descending score) order
+
+    def cross_class_duplicates(self, iou_threshold: float = 0.9) -> np.ndarray:
+        """(N,) bool: whether each detection's box has IoU above ``iou_threshold`` with a higher-scoring
+        detection of another class (one object reported under several labels)."""
+        if len(self) == 0:
+            return np.zeros(0, dtype=bool)
+        boxes = torch.from_numpy(self.boxes)
+        classes = torch.from_numpy(self.class_ids)
+        overlapping = box_iou(boxes, boxes) > iou_threshold
+        other_class = classes[:, None] != classes[None, :]
+        # Detections come sorted by descending score: column j < row i is a higher-scoring one.
+        earlier = torch.ones_like(overlapping).tril(diagonal=-1)
+        return (overlapping & other_class & earlier).any(dim=1).numpy()
 
     def mask_crops(self) -> list[MaskCrop]:
         """Each instance's pasted binary mask as a crop; zero outside it."""

@@ -14,7 +14,7 @@ import torch
 
 from model.centermask import CenterMask
 from model.checkpoint import file_sha256, load_model
-from model.detections import Detections, Selection
+from model.detections import CLASS_AGNOSTIC_IOU, Detections, Selection
 from model.fcos import Proposals
 from model.images import load_rgb
 from model.polygons import crop_to_polygons
@@ -180,9 +180,9 @@ class Predictor:
 def default_calibration_images() -> list[np.ndarray]:
     """Images for int8 calibration when the caller gives none: generated shapes scenes (edges, flat and
     textured colours). Calibrating on images like the ones to be served gives better int8 accuracy."""
-    from model.data.shapes import image_rng, render_image
+    from model.data.shapes import TRAINING, image_rng, render_image
 
-    return [render_image(image_rng(0, index))[0] for index in range(CALIBRATION_IMAGES)]
+    return [render_image(image_rng(0, index), TRAINING)[0] for index in range(CALIBRATION_IMAGES)]
 
 
 def configure_cuda(precision: Precision) -> None:
@@ -302,6 +302,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep detections scoring at least this (default: everything the config's 0.05 candidate "
         "threshold produces, i.e. the full official output)",
     )
+    parser.add_argument(
+        "--class-agnostic-nms",
+        type=float,
+        nargs="?",
+        const=CLASS_AGNOSTIC_IOU,
+        metavar="IOU",
+        help="after the model, keep only the best-scoring of detections whose boxes overlap with IoU above "
+        f"IOU (default {CLASS_AGNOSTIC_IOU}) whatever their classes: one label per object",
+    )
     parser.add_argument("--mask-format", choices=("rle", "polygon", "none"), default="rle")
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)
@@ -310,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = []
     for path in args.images:
         (detections,) = predictor.predict([load_rgb(path)])
+        if args.class_agnostic_nms is not None:
+            detections = detections.class_agnostic_nms(args.class_agnostic_nms)
         detections = detections.filter(score_threshold=args.score_threshold)
         records.append(image_record(path.name, detections, predictor.class_names, args.mask_format))
     args.output.write_text(json.dumps(records))

@@ -1,7 +1,8 @@
-"""COCO-format instance segmentation dataset with detectron2-style training augmentation.
+"""COCO-format instance segmentation dataset with training augmentation.
 
-Augmentation follows detectron2's ``ResizeShortestEdge`` (multi-scale "choice" sampling, same rounding) and
-``RandomFlip`` (horizontal), so a model trained here sees the same inputs as under centermask2.
+The resize follows detectron2's ``ResizeShortestEdge`` (multi-scale "choice" sampling, same rounding); with
+the default ``BASIC`` augmentation (horizontal flips) a model trained here sees the same inputs as under
+centermask2. ``model.data.augment`` adds flips, quarter turns and photometric steps for stronger recipes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from model.data.augment import BASIC, Augmentation, augment_geometry, augment_pixels
 from model.images import load_rgb
 from model.processing import resized_shape
 
@@ -88,10 +90,11 @@ class CocoInstances(Dataset[dict[str, Any]]):
     """Instances of a COCO JSON file over an image directory, optionally augmented for training.
 
     Category ids map to contiguous class ids 0..K-1 in ascending category id order (as detectron2 does).
-    In training mode the short side is drawn uniformly from ``min_sizes`` and the image is flipped
-    horizontally with probability ``flip_prob``; images without usable annotations are skipped. In eval
-    mode the short side is ``max(min_sizes)`` and there is no flip; ``min_sizes=(0,)`` keeps the original
-    size. Randomness comes from torch's global generator, which DataLoader seeds per worker.
+    In training mode the short side is drawn uniformly from ``min_sizes``, then the resized sample goes
+    through ``augmentation`` (geometric steps on image, masks and boxes together, then photometric ones on
+    the image); images without usable annotations are skipped. In eval mode the short side is
+    ``max(min_sizes)`` and nothing is augmented; ``min_sizes=(0,)`` keeps the original size. Randomness comes
+    from torch's global generator, which DataLoader seeds per worker.
     """
 
     def __init__(
@@ -100,7 +103,7 @@ class CocoInstances(Dataset[dict[str, Any]]):
         image_dir: str | Path,
         min_sizes: Sequence[int] = DEFAULT_MIN_SIZES,
         max_size: int = DEFAULT_MAX_SIZE,
-        flip_prob: float = 0.5,
+        augmentation: Augmentation = BASIC,
         training: bool = True,
     ) -> None:
         if not min_sizes:
@@ -110,7 +113,7 @@ class CocoInstances(Dataset[dict[str, Any]]):
         self._image_dir = Path(image_dir)
         self.min_sizes = tuple(min_sizes)
         self.max_size = max_size
-        self.flip_prob = flip_prob
+        self.augmentation = augmentation
         self.training = training
         self.category_ids: list[int] = sorted(self._coco.cats)
         self.class_names: list[str] = [self._coco.cats[c]["name"] for c in self.category_ids]
@@ -177,11 +180,9 @@ class CocoInstances(Dataset[dict[str, Any]]):
         if masks is not None:
             masks = masks[keep]
 
-        if self.training and float(torch.rand(())) < self.flip_prob:
-            image = image[:, ::-1]
-            boxes = np.stack([new_width - boxes[:, 2], boxes[:, 1], new_width - boxes[:, 0], boxes[:, 3]], 1)
-            if masks is not None:
-                masks = masks[:, :, ::-1]
+        if self.training:
+            image, masks, boxes = augment_geometry(image, masks, boxes, self.augmentation)
+            image = augment_pixels(image, self.augmentation)
 
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),

@@ -8,12 +8,13 @@ the inference model, so exported checkpoints keep the official key layout. Train
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import math
 import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from torch.utils.data import DataLoader
 from model.centermask import CenterMask
 from model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from model.configs import get_config
+from model.data.augment import PRESETS as AUGMENTATIONS
+from model.data.augment import PROBABILITIES as AUGMENTATION_PROBABILITIES
+from model.data.augment import Augmentation
 from model.data.coco import CocoInstances, collate
 from model.train.step import training_losses
 
@@ -55,6 +59,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-iters", type=int, default=300)
     parser.add_argument("--min-sizes", type=int, nargs="+", default=[256, 288, 320, 352, 384, 416])
     parser.add_argument("--max-size", type=int, default=704)
+    parser.add_argument(
+        "--augmentation",
+        choices=sorted(AUGMENTATIONS),
+        default="basic",
+        help="augmentation preset: basic (horizontal flips, as detectron2) or strong (flips, quarter turns, "
+        "colour, channel shuffle, blur, noise, JPEG); the probability flags below override its values",
+    )
+    for name in AUGMENTATION_PROBABILITIES:
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=float, dest=name, metavar="P", help="overrides the preset's"
+        )
     parser.add_argument("--test-min-size", type=int, help="test-time short side stored in the checkpoint")
     parser.add_argument("--test-max-size", type=int, help="test-time long-side cap stored in the checkpoint")
     parser.add_argument("--device", default="cpu")
@@ -88,14 +103,20 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def initialise_from(model: CenterMask, path: Path) -> list[str]:
-    """Load every matching tensor of a checkpoint; class-specific layers may differ. Returns the reset keys."""
-    source = read_checkpoint(path).state_dict
+def initialise_from(model: CenterMask, path: Path, class_names: Sequence[str] | None = None) -> list[str]:
+    """Load every matching tensor of a checkpoint (official or ours, fp32 or fp16); returns the reset keys.
+
+    The class-specific layers are kept only when they fit and, where the checkpoint names its classes, the
+    names are ``class_names`` in the same order; otherwise they keep their fresh initialisation.
+    """
+    checkpoint = read_checkpoint(path)
+    source = checkpoint.state_dict
     target = model.state_dict()
+    renamed = class_names is not None and checkpoint.class_names not in (None, list(class_names))
     reset = [
         k
         for k in target
-        if k.startswith(CLASS_SPECIFIC) and k in source and source[k].shape != target[k].shape
+        if k.startswith(CLASS_SPECIFIC) and k in source and (renamed or source[k].shape != target[k].shape)
     ]
     usable = {k: v for k, v in source.items() if k not in reset}
     missing, unexpected = model.load_state_dict(usable, strict=False)
@@ -145,52 +166,165 @@ class Progress:
             print("\r" + line[:150], end="", file=sys.stderr, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+@dataclass
+class Run:
+    """One training run's pieces: what `main` builds from the arguments and the loop uses."""
+
+    args: argparse.Namespace
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    dataset: CocoInstances
+    model: CenterMask
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    recipe: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def state_path(self) -> Path:
+        return self.args.out / "last.pth"
+
+    @property
+    def export_path(self) -> Path:
+        return self.args.out / "model.pth"
+
+    def save(self, iteration: int, metrics: dict[str, Any] | None = None) -> None:
+        """Write the resumable state and the exported fp16 inference weights (with recipe and history)."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "iteration": iteration,
+        }
+        torch.save(state, self.state_path.with_suffix(".tmp"))
+        self.state_path.with_suffix(".tmp").replace(self.state_path)
+        metadata = {
+            "iteration": iteration,
+            "recipe": self.recipe,
+            "history": self.history[-50:],
+            "category_ids": self.dataset.category_ids,
+        }
+        if metrics:
+            metadata["metrics"] = metrics
+        overrides = {
+            k: v
+            for k, v in (
+                ("min_size_test", self.args.test_min_size),
+                ("max_size_test", self.args.test_max_size),
+            )
+            if v
+        }
+        save_checkpoint(
+            self.export_path, self.model, self.dataset.class_names, metadata, torch.float16, overrides
+        )
+
+
+def augmentation_from(args: argparse.Namespace) -> Augmentation:
+    """The preset named by --augmentation with every probability flag given on top."""
+    chosen = {
+        name: getattr(args, name) for name in AUGMENTATION_PROBABILITIES if getattr(args, name) is not None
+    }
+    return dataclasses.replace(AUGMENTATIONS[args.augmentation], **chosen)
+
+
+def build_run(args: argparse.Namespace) -> Run:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    amp_dtype = autocast_dtype(args.precision, device)
-
+    augmentation = augmentation_from(args)
     dataset = CocoInstances(
-        args.train_json, args.train_images, min_sizes=args.min_sizes, max_size=args.max_size
+        args.train_json,
+        args.train_images,
+        min_sizes=args.min_sizes,
+        max_size=args.max_size,
+        augmentation=augmentation,
     )
     config = get_config(args.config).with_overrides(num_classes=len(dataset.class_names))
     model = CenterMask(config, norm=nn.BatchNorm2d).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.lr)
-    scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
-    overrides = {
-        k: v for k, v in (("min_size_test", args.test_min_size), ("max_size_test", args.test_max_size)) if v
-    }
+    amp_dtype = autocast_dtype(args.precision, device)
+    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    recipe["augmentation_settings"] = dataclasses.asdict(augmentation)
     args.out.mkdir(parents=True, exist_ok=True)
-    state_path, export_path = args.out / "last.pth", args.out / "model.pth"
+    return Run(
+        args=args,
+        device=device,
+        amp_dtype=amp_dtype,
+        dataset=dataset,
+        model=model,
+        optimizer=torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.lr),
+        scaler=torch.amp.GradScaler(enabled=amp_dtype == torch.float16),
+        recipe=recipe,
+    )
 
-    start = 0
-    if args.resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["iteration"]
-        print(f"resumed from {state_path} at iteration {start}", file=sys.stderr)
-    elif args.resume and export_path.is_file():
+
+def restore(run: Run) -> int:
+    """Load what the arguments ask to start from; return the iteration to start at."""
+    args = run.args
+    if args.resume and run.state_path.is_file():
+        state = torch.load(run.state_path, map_location=run.device, weights_only=False)
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        print(f"resumed from {run.state_path} at iteration {state['iteration']}", file=sys.stderr)
+        return int(state["iteration"])
+    if args.resume and run.export_path.is_file():
         # Only the exported (possibly fp16) weights travelled: continue the schedule with a fresh optimiser.
-        initialise_from(model, export_path)
-        start = int(read_checkpoint(export_path).metadata.get("iteration", 0))
+        initialise_from(run.model, run.export_path, run.dataset.class_names)
+        start = int(read_checkpoint(run.export_path).metadata.get("iteration", 0))
         print(
-            f"resumed weights from {export_path} at iteration {start} (new optimiser state)", file=sys.stderr
+            f"resumed weights from {run.export_path} at iteration {start} (new optimiser state)",
+            file=sys.stderr,
         )
-    elif args.init:
-        reset = initialise_from(model, args.init)
+        return start
+    if args.init:
+        reset = initialise_from(run.model, args.init, run.dataset.class_names)
         print(
             f"initialised from {args.init}; re-initialised {len(reset)} class-specific tensors",
             file=sys.stderr,
         )
+    return 0
 
+
+class StopRequest:
+    """Set by SIGTERM or SIGINT: the loop saves and stops after the current iteration."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._request)
+        signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, signum: int, _frame: object) -> None:
+        print(f"\nsignal {signum}: saving and stopping after this iteration", file=sys.stderr)
+        self.requested = True
+
+
+def train_step(run: Run, samples: list[dict[str, Any]], iteration: int) -> tuple[dict[str, float], float]:
+    """One optimisation step; returns the loss values and the learning rate used."""
+    lr = learning_rate(iteration, run.args)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(
+        run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None
+    ):
+        losses = training_losses(run.model, samples)
+    total = sum(losses.values())
+    if not torch.isfinite(total):
+        raise FloatingPointError(f"non-finite loss at iteration {iteration}: {losses}")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(total).backward()
+    run.scaler.unscale_(run.optimizer)
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), 10.0)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return {k: float(v.detach()) for k, v in losses.items()}, lr
+
+
+def train(run: Run, start: int, stop: StopRequest) -> int:
+    """Iterate from ``start`` to --iters (or a stop request), checkpointing and validating as asked."""
+    args = run.args
     loader = DataLoader(
-        dataset,
+        run.dataset,
         batch_size=args.batch_size,
         shuffle=True,
         collate_fn=collate,
@@ -198,70 +332,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         persistent_workers=args.workers > 0,
         drop_last=True,
     )
-    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    history: list[dict[str, Any]] = []
-
-    def save(iteration: int, metrics: dict[str, Any] | None = None) -> None:
-        torch.save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration},
-            state_path.with_suffix(".tmp"),
-        )
-        state_path.with_suffix(".tmp").replace(state_path)
-        metadata = {"iteration": iteration, "recipe": recipe, "history": history[-50:]}
-        if metrics:
-            metadata["metrics"] = metrics
-        save_checkpoint(export_path, model, dataset.class_names, metadata, torch.float16, overrides)
-
-    stop = {"requested": False}
-
-    def request_stop(signum: int, _frame: object) -> None:
-        print(f"\nsignal {signum}: saving and stopping after this iteration", file=sys.stderr)
-        stop["requested"] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-
     progress = Progress(args.iters, args.log_every)
     batches = endless(loader)
-    model.train()
+    run.model.train()
     iteration = start
-    while iteration < args.iters and not stop["requested"]:
+    while iteration < args.iters and not stop.requested:
         started = time.perf_counter()
-        samples = next(batches)
-        lr = learning_rate(iteration, args)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            losses = training_losses(model, samples)
-        total = sum(losses.values())
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"non-finite loss at iteration {iteration}: {losses}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        scaler.step(optimizer)
-        scaler.update()
+        values, lr = train_step(run, next(batches), iteration)
         iteration += 1
-        values = {k: float(v.detach()) for k, v in losses.items()}
         if iteration % args.log_every == 0:
-            history.append({"iteration": iteration, "lr": lr, **values})
+            run.history.append({"iteration": iteration, "lr": lr, **values})
         progress.update(iteration, time.perf_counter() - started, values, lr)
         if iteration % args.checkpoint_every == 0:
-            save(iteration)
+            run.save(iteration)
         if args.val_json and args.eval_every and iteration % args.eval_every == 0:
-            save(iteration)
-            save(iteration, run_validation(export_path, args))
-            model.train()
+            run.save(iteration)
+            run.save(iteration, run_validation(run.export_path, args))
+            run.model.train()
+    return iteration
 
-    save(iteration)
-    metrics = None
-    if args.val_json and not stop["requested"]:
-        metrics = run_validation(export_path, args)
-        save(iteration, metrics)
-    print(f"saved {export_path} at iteration {iteration}", file=sys.stderr)
-    if metrics:
-        print(json.dumps(metrics), file=sys.stderr)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = build_run(args)
+    start = restore(run)
+    stop = StopRequest()
+    iteration = train(run, start, stop)
+    run.save(iteration)
+    if args.val_json and not stop.requested:
+        metrics = run_validation(run.export_path, args)
+        run.save(iteration, metrics)
+    print(f"saved {run.export_path} at iteration {iteration}", file=sys.stderr)
     return 0
 
 

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 from pycocotools import mask as mask_utils
+from torchvision.ops import box_iou
 
 from model.checkpoint import load_model
 from model.detections import Selection
+from model.precision import PrecisionUnavailable
 from model.predict import Predictor, image_record, load_predictor, main
 from model.processing import padded_shape, resized_shape
 from model.testing import match_instances, official_rule_checkpoint
@@ -158,3 +162,67 @@ def test_warm_up_runs_every_common_shape(predictor: Predictor) -> None:
     assert shapes == [(320, 448)]
     for shape in shapes:
         predictor.warm_up(shape, batch_size=2)
+
+
+def test_cli_class_agnostic_nms_keeps_one_label_per_object(tiny_weights: Path, tmp_path: Path) -> None:
+    path = tmp_path / "image.png"
+    Image.fromarray(random_image(7, 240, 320)).save(path)
+    runs = {}
+    for name, flags in (("full", []), ("agnostic", ["--class-agnostic-nms", "0.5"])):
+        output = tmp_path / f"{name}.json"
+        assert (
+            main(
+                [
+                    "--weights",
+                    str(tiny_weights),
+                    str(path),
+                    "--output",
+                    str(output),
+                    "--mask-format",
+                    "none",
+                    *flags,
+                ]
+            )
+            == 0
+        )
+        (record,) = json.loads(output.read_text())
+        runs[name] = record["instances"]
+    full, kept = runs["full"], runs["agnostic"]
+    assert 0 < len(kept) < len(full)
+    assert all(instance in full for instance in kept)
+    boxes = torch.tensor([instance["box"] for instance in kept])
+    overlaps = box_iou(boxes, boxes).fill_diagonal_(0.0)
+    assert overlaps.max() <= 0.5
+    # Every dropped detection sat on a kept, higher-scoring one.
+    for instance in full:
+        if instance not in kept:
+            iou = box_iou(torch.tensor([instance["box"]]), boxes)[0]
+            scores = torch.tensor([k["score"] for k in kept])
+            assert ((iou > 0.5) & (scores >= instance["score"])).any()
+
+
+@pytest.mark.skipif(
+    not torch.cpu._is_vnni_supported() and not torch.cpu._is_amx_tile_supported(),
+    reason="int8 needs VNNI or AMX",
+)
+def test_int8_finds_what_fp32_finds(tiny_weights: Path, predictor: Predictor) -> None:
+    int8 = load_predictor(tiny_weights, precision="int8", calibration_images=[random_image(9, 240, 320)] * 2)
+    assert int8.precision == "int8"
+    image = random_image(8, 240, 320)
+    (exact,) = predictor.predict([image])
+    (quantized,) = int8.predict([image])
+    assert len(quantized) > 0 and abs(len(quantized) - len(exact)) <= 0.2 * len(exact)
+    # Most of the best detections are still there, with the same class and nearly the same box.
+    found = 0
+    for box, class_id in zip(exact.boxes[:10], exact.class_ids[:10], strict=True):
+        same = torch.from_numpy(quantized.boxes[quantized.class_ids == class_id])
+        if len(same) and float(box_iou(torch.from_numpy(box)[None], same).max()) > 0.7:
+            found += 1
+    assert found >= 7
+
+
+def test_precisions_the_hardware_cannot_run_fail_before_loading(tiny_weights: Path) -> None:
+    with pytest.raises(PrecisionUnavailable, match="fp16 runs on CUDA"):
+        load_predictor(tiny_weights, precision="fp16")
+    with pytest.raises(ValueError):
+        load_predictor(tiny_weights, precision="int4")

@@ -1,7 +1,8 @@
-"""Tests for the COCO instance dataset: round trip, detectron2 resize rounding, flips, polygons, crowds."""
+"""Tests for the COCO instance dataset: round trip, detectron2 resize rounding, augmentation, polygons, crowds."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,9 +14,26 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from model.data import shapes
+from model.data.augment import STRONG, Augmentation, flip_boxes, rotate_boxes
 from model.data.coco import CocoInstances, collate, masks_to_boxes
 from model.images import load_rgb
 from model.processing import resized_shape
+
+NONE = Augmentation(hflip_prob=0.0)
+GEOMETRIC_ONLY = dataclasses.replace(
+    STRONG, color_prob=0.0, channel_shuffle_prob=0.0, blur_prob=0.0, noise_prob=0.0, jpeg_prob=0.0
+)
+PHOTOMETRIC_ONLY = dataclasses.replace(
+    STRONG,
+    hflip_prob=0.0,
+    vflip_prob=0.0,
+    rot90_prob=0.0,
+    color_prob=1.0,
+    channel_shuffle_prob=1.0,
+    blur_prob=1.0,
+    noise_prob=1.0,
+    jpeg_prob=1.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +88,7 @@ def test_round_trip_without_augmentation(shapes_dataset: tuple[Path, Path]) -> N
 
 def test_resize_follows_the_formula(shapes_dataset: tuple[Path, Path]) -> None:
     json_path, image_dir = shapes_dataset
-    dataset = CocoInstances(json_path, image_dir, min_sizes=(300,), max_size=400, flip_prob=0.0)
+    dataset = CocoInstances(json_path, image_dir, min_sizes=(300,), max_size=400, augmentation=NONE)
     for sample in dataset:
         height, width = resized_shape(*sample["orig_size"], 300, 400)
         assert sample["image"].shape == (3, height, width)
@@ -81,8 +99,8 @@ def test_resize_follows_the_formula(shapes_dataset: tuple[Path, Path]) -> None:
 
 def test_flip_is_consistent(shapes_dataset: tuple[Path, Path]) -> None:
     json_path, image_dir = shapes_dataset
-    plain = CocoInstances(json_path, image_dir, min_sizes=(320,), flip_prob=0.0)
-    flipped = CocoInstances(json_path, image_dir, min_sizes=(320,), flip_prob=1.0)
+    plain = CocoInstances(json_path, image_dir, min_sizes=(320,), augmentation=NONE)
+    flipped = CocoInstances(json_path, image_dir, min_sizes=(320,), augmentation=Augmentation(hflip_prob=1.0))
     a, b = plain[0], flipped[0]
     width = a["image"].shape[-1]
     assert torch.equal(b["image"], a["image"].flip(-1))
@@ -91,6 +109,112 @@ def test_flip_is_consistent(shapes_dataset: tuple[Path, Path]) -> None:
     x1, y1, x2, y2 = a["boxes"].unbind(1)
     assert torch.equal(b["boxes"], torch.stack([width - x2, y1, width - x1, y2], 1))
     assert torch.equal(b["boxes"], torch.from_numpy(masks_to_boxes(b["masks"].numpy())))
+
+
+def test_vertical_flip_is_consistent(shapes_dataset: tuple[Path, Path]) -> None:
+    json_path, image_dir = shapes_dataset
+    a = CocoInstances(json_path, image_dir, min_sizes=(320,), augmentation=NONE)[1]
+    b = CocoInstances(json_path, image_dir, min_sizes=(320,), augmentation=Augmentation(0.0, vflip_prob=1.0))[
+        1
+    ]
+    assert torch.equal(b["image"], a["image"].flip(-2))
+    assert torch.equal(b["masks"], a["masks"].flip(-2))
+    assert torch.equal(b["boxes"], torch.from_numpy(masks_to_boxes(b["masks"].numpy())))
+
+
+def test_quarter_turns_keep_image_masks_and_boxes_together(shapes_dataset: tuple[Path, Path]) -> None:
+    json_path, image_dir = shapes_dataset
+    plain = CocoInstances(json_path, image_dir, min_sizes=(256,), augmentation=NONE)
+    turned = CocoInstances(
+        json_path, image_dir, min_sizes=(256,), augmentation=Augmentation(0.0, rot90_prob=1.0)
+    )
+    turns_seen = set()
+    for seed in range(40):  # until every turn count has come up (8 seeds miss one about one time in eight)
+        if turns_seen == {1, 2, 3}:
+            break
+        torch.manual_seed(seed)
+        a, b = plain[seed % 4], turned[seed % 4]
+        # Which quarter turn it was: the one that maps the plain image onto the augmented one.
+        (turns,) = [k for k in (1, 2, 3) if torch.equal(b["image"], torch.rot90(a["image"], k, dims=(1, 2)))]
+        turns_seen.add(turns)
+        assert torch.equal(b["masks"], torch.rot90(a["masks"], turns, dims=(1, 2)))
+        assert torch.equal(b["classes"], a["classes"])
+        assert torch.equal(b["boxes"], torch.from_numpy(masks_to_boxes(b["masks"].numpy())))
+    assert turns_seen == {1, 2, 3}
+
+
+def test_box_transforms_match_the_masks() -> None:
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 30, 50), dtype=bool)
+    for mask in masks:
+        x0, y0 = rng.integers(0, 40), rng.integers(0, 20)
+        mask[y0 : y0 + rng.integers(1, 10), x0 : x0 + rng.integers(1, 10)] = True
+    boxes = masks_to_boxes(masks)
+    np.testing.assert_array_equal(
+        flip_boxes(boxes, 30, 50, horizontal=True), masks_to_boxes(masks[:, :, ::-1])
+    )
+    np.testing.assert_array_equal(flip_boxes(boxes, 30, 50, horizontal=False), masks_to_boxes(masks[:, ::-1]))
+    np.testing.assert_array_equal(rotate_boxes(boxes, 50), masks_to_boxes(np.rot90(masks, axes=(1, 2))))
+
+
+def test_geometric_augmentation_of_box_only_annotations(tmp_path: Path) -> None:
+    json_path = _write_hand_made(tmp_path)
+    dataset = CocoInstances(json_path, tmp_path, min_sizes=(0,), augmentation=GEOMETRIC_ONLY)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        sample = dataset[1]  # one 10x8 box at (4, 6) in a 60x40 image
+        assert sample["masks"] is None
+        (x1, y1, x2, y2) = sample["boxes"][0].tolist()
+        height, width = sample["image"].shape[1:]
+        assert {x2 - x1, y2 - y1} == {10.0, 8.0} and {height, width} == {40, 60}
+        assert (x2 - x1 == 10.0) == (width == 60)
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+
+
+def test_photometric_augmentation_changes_pixels_only(shapes_dataset: tuple[Path, Path]) -> None:
+    json_path, image_dir = shapes_dataset
+    plain = CocoInstances(json_path, image_dir, min_sizes=(288,), augmentation=NONE)[2]
+    dataset = CocoInstances(json_path, image_dir, min_sizes=(288,), augmentation=PHOTOMETRIC_ONLY)
+    torch.manual_seed(3)
+    first = dataset[2]
+    torch.manual_seed(3)
+    again = dataset[2]
+    torch.manual_seed(4)
+    other = dataset[2]
+    for key in ("boxes", "classes", "masks"):
+        assert torch.equal(first[key], plain[key])
+    assert first["image"].dtype == torch.uint8 and first["image"].shape == plain["image"].shape
+    assert torch.equal(first["image"], again["image"])  # determined by the torch seed
+    assert not torch.equal(first["image"], plain["image"])
+    assert not torch.equal(first["image"], other["image"])
+
+
+def test_augmentation_is_deterministic_given_the_torch_seed(shapes_dataset: tuple[Path, Path]) -> None:
+    json_path, image_dir = shapes_dataset
+    dataset = CocoInstances(json_path, image_dir, min_sizes=(256, 320), max_size=512, augmentation=STRONG)
+    torch.manual_seed(11)
+    first = [dataset[i] for i in range(4)]
+    torch.manual_seed(11)
+    second = [dataset[i] for i in range(4)]
+    for a, b in zip(first, second, strict=True):
+        for key in ("image", "boxes", "classes", "masks"):
+            assert torch.equal(a[key], b[key])
+        assert torch.equal(a["boxes"], torch.from_numpy(masks_to_boxes(a["masks"].numpy())))
+        assert a["image"].shape[1:] == a["masks"].shape[1:]
+
+
+def test_evaluation_mode_never_augments(shapes_dataset: tuple[Path, Path]) -> None:
+    json_path, image_dir = shapes_dataset
+    always = dataclasses.replace(PHOTOMETRIC_ONLY, hflip_prob=1.0, vflip_prob=1.0, rot90_prob=1.0)
+    plain = CocoInstances(json_path, image_dir, min_sizes=(0,), training=False)[0]
+    sample = CocoInstances(json_path, image_dir, min_sizes=(0,), augmentation=always, training=False)[0]
+    assert torch.equal(sample["image"], plain["image"]) and torch.equal(sample["masks"], plain["masks"])
+
+
+@pytest.mark.parametrize("change", [{"vflip_prob": 1.5}, {"jpeg_prob": -0.1}, {"gamma": (0.0, 1.0)}])
+def test_augmentation_rejects_impossible_values(change: dict) -> None:
+    with pytest.raises(ValueError):
+        dataclasses.replace(STRONG, **change)
 
 
 def test_multi_scale_draws_every_size(shapes_dataset: tuple[Path, Path]) -> None:
@@ -182,7 +306,7 @@ def _write_hand_made(root: Path) -> Path:
 
 def test_polygons_rles_and_skips(tmp_path: Path) -> None:
     json_path = _write_hand_made(tmp_path)
-    training = CocoInstances(json_path, tmp_path, min_sizes=(0,), flip_prob=0.0)
+    training = CocoInstances(json_path, tmp_path, min_sizes=(0,), augmentation=NONE)
     assert training.class_names == ["a", "b"] and training.category_ids == [2, 7]
     assert training.image_ids == [5, 9]  # the image without annotations is skipped for training
     assert CocoInstances(json_path, tmp_path, min_sizes=(0,), training=False).image_ids == [5, 6, 9]
@@ -204,7 +328,7 @@ def test_polygons_rles_and_skips(tmp_path: Path) -> None:
 
 def test_box_only_annotations_are_scaled(tmp_path: Path) -> None:
     json_path = _write_hand_made(tmp_path)
-    dataset = CocoInstances(json_path, tmp_path, min_sizes=(80,), flip_prob=0.0)
+    dataset = CocoInstances(json_path, tmp_path, min_sizes=(80,), augmentation=NONE)
     sample = dataset[1]
     assert sample["image_id"] == 9 and sample["masks"] is None
     assert sample["image"].shape == (3, 80, 120)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,13 +11,14 @@ import torch
 from torch import nn
 
 from model.centermask import CenterMask
-from model.checkpoint import load_model
+from model.checkpoint import load_model, read_checkpoint, save_checkpoint
 from model.configs import get_config
+from model.data.augment import BASIC, STRONG
 from model.data.coco import CocoInstances
-from model.data.shapes import SHAPE_CLASSES, generate
+from model.data.shapes import CLASSIC, SHAPE_CLASSES, generate
 from model.fcos import level_locations
 from model.testing import rule_state_dict, write_rule_checkpoint
-from model.train.__main__ import initialise_from, main
+from model.train.__main__ import CLASS_SPECIFIC, augmentation_from, initialise_from, main, parse_args
 from model.train.losses import fcos_targets, giou_loss
 from model.train.step import training_losses
 
@@ -26,7 +28,7 @@ CONFIG = "centermask_lite_V_19_slim_eSE_FPN_ms_4x"
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("shapes")
-    generate(root, num_images=6, seed=3)
+    generate(root, num_images=6, seed=3, settings=CLASSIC)  # the machinery, not the data, is under test
     return root
 
 
@@ -92,7 +94,7 @@ def test_cli_trains_saves_resumes_and_evaluates(shapes: Path, tmp_path: Path) ->
         "--config", CONFIG, "--train-json", str(shapes / "annotations.json"), "--train-images",
         str(shapes / "images"), "--out", str(out), "--batch-size", "2", "--workers", "0",
         "--min-sizes", "160", "--max-size", "256", "--test-min-size", "160", "--test-max-size", "256",
-        "--checkpoint-every", "1",
+        "--checkpoint-every", "1", "--augmentation", "strong", "--jpeg-prob", "1.0",
     ]  # fmt: skip
     assert main([*common, "--iters", "2"]) == 0
     assert main([*common, "--iters", "3", "--resume", "--val-json", str(shapes / "annotations.json"),
@@ -100,9 +102,14 @@ def test_cli_trains_saves_resumes_and_evaluates(shapes: Path, tmp_path: Path) ->
     model, class_names, checkpoint = load_model(out / "model.pth")
     assert class_names == list(SHAPE_CLASSES)
     assert model.config.min_size_test == 160
-    assert checkpoint.metadata["iteration"] == 3
-    assert set(checkpoint.metadata["metrics"]) == {"bbox", "segm"}
-    assert json.dumps(checkpoint.metadata)  # the recipe travels as plain JSON data
+    metadata = checkpoint.metadata
+    assert metadata["iteration"] == 3
+    assert metadata["category_ids"] == [1, 2, 3, 4, 5]
+    assert {"bbox", "segm", "per_class", "duplicates"} <= set(metadata["metrics"])
+    assert metadata["recipe"]["augmentation_settings"] == dataclasses.asdict(
+        dataclasses.replace(STRONG, jpeg_prob=1.0)
+    )
+    assert json.dumps(metadata)  # the recipe travels as plain JSON data
 
 
 @pytest.mark.parametrize(
@@ -124,3 +131,38 @@ def test_every_backbone_family_fine_tunes_from_official_weights(config_name: str
         torch.testing.assert_close(got[level], tensor, rtol=1e-4, atol=1e-4)
     norms = [m for m in trainable.backbone.bottom_up.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(norms) == sum(k.endswith("running_var") for k in frozen.state_dict() if ".bottom_up." in k)
+
+
+def test_fine_tuning_starts_from_our_fp16_export(shapes: Path, tmp_path: Path) -> None:
+    """--init with one of our exported (fp16) checkpoints keeps every tensor, class layers included."""
+    source = CenterMask(get_config(CONFIG).with_overrides(num_classes=5), norm=nn.BatchNorm2d)
+    exported = save_checkpoint(tmp_path / "ours.pth", source, list(SHAPE_CLASSES), dtype=torch.float16)
+    model = CenterMask(get_config(CONFIG).with_overrides(num_classes=5), norm=nn.BatchNorm2d)
+    assert initialise_from(model, exported, SHAPE_CLASSES) == []
+    stored = read_checkpoint(exported).state_dict
+    for key, value in model.state_dict().items():
+        if key in stored:
+            assert value.dtype == torch.float32 or not value.is_floating_point()
+            assert torch.equal(value, stored[key].to(value.dtype)), key
+    # Same shapes, other class names (or order): the class layers cannot carry over.
+    renamed = CenterMask(get_config(CONFIG).with_overrides(num_classes=5), norm=nn.BatchNorm2d)
+    reset = initialise_from(renamed, exported, ["a", "b", "c", "d", "e"])
+    assert len(reset) == 6 and all(k.startswith(CLASS_SPECIFIC) for k in reset)
+
+    out = tmp_path / "tuned"
+    assert main(["--config", CONFIG, "--train-json", str(shapes / "annotations.json"), "--train-images",
+                 str(shapes / "images"), "--out", str(out), "--batch-size", "2", "--workers", "0",
+                 "--min-sizes", "160", "--max-size", "256", "--iters", "1", "--init", str(exported),
+                 "--lr", "1e-5", "--warmup-iters", "1"]) == 0  # fmt: skip
+    tuned = read_checkpoint(out / "model.pth").state_dict
+    key = "proposal_generator.fcos_head.cls_logits.weight"
+    # One tiny step away from the initial weights, not from a fresh initialisation.
+    assert (tuned[key].float() - stored[key].float()).abs().max() < 1e-3
+
+
+def test_augmentation_flags_override_the_preset() -> None:
+    args = parse_args(["--config", CONFIG, "--train-json", "a.json", "--train-images", "i", "--out", "o",
+                       "--augmentation", "strong", "--rot90-prob", "0", "--noise-prob", "0.9"])  # fmt: skip
+    assert augmentation_from(args) == dataclasses.replace(STRONG, rot90_prob=0.0, noise_prob=0.9)
+    basic = parse_args(["--config", CONFIG, "--train-json", "a.json", "--train-images", "i", "--out", "o"])
+    assert augmentation_from(basic) == BASIC

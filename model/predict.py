@@ -1,4 +1,7 @@
-"""Inference API (what the service calls) and the `python -m model.predict` command line."""
+"""Inference API (what the service calls) and the `python -m model.predict` command line.
+
+The JSON it writes is the service's (`model.wire`, documented in `centermask_client.schemas`).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +11,18 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from model.centermask import CenterMask, padded_shape, postprocess, resize_image
-from model.checkpoint import file_sha256, load_model
+from model.checkpoint import file_sha256, load_model, resolve_category_ids
+from model.coco_classes import default_category_ids
 from model.detections import Detections
 from model.images import load_rgb
-from model.polygons import crop_to_polygons
-from model.rle import encode_crop
+from model.wire import image_record
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "centermask_lite_V_19_slim_shapes.pth"
-MaskFormat = Literal["rle", "polygon", "none"]
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,16 @@ class Predictor:
         class_names: list[str],
         weights_path: Path,
         device: str | torch.device = "cpu",
+        category_ids: list[int] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.config = model.config
         self.class_names = class_names
+        # The dataset's id of each class, which the JSON reports as category_id beside class_id.
+        self.category_ids = (
+            category_ids if category_ids is not None else default_category_ids(len(class_names))
+        )
         self.weights_path = weights_path
         self.weights_sha256 = file_sha256(weights_path)
 
@@ -114,47 +120,9 @@ def load_predictor(
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     if weights is None and not path.is_file():
         raise FileNotFoundError(f"the bundled default weights are missing ({path}); pass a weights file")
-    model, class_names, _ = load_model(path, config)
-    return Predictor(model, class_names, path, target)
-
-
-def instances_to_json(
-    detections: Detections, class_names: Sequence[str], mask_format: MaskFormat = "rle"
-) -> list[dict[str, Any]]:
-    """The `predict` JSON records of one image's detections (the contract the service shares)."""
-    height, width = detections.image_size
-    crops = detections.mask_crops() if mask_format != "none" else [None] * len(detections)
-    records = []
-    for i, crop in enumerate(crops):
-        class_id = int(detections.class_ids[i])
-        record: dict[str, Any] = {
-            "box": [float(v) for v in detections.boxes[i]],
-            "score": float(detections.scores[i]),
-            "class_id": class_id,
-            "class_name": class_names[class_id],
-            "mask_score": float(detections.mask_scores[i]),
-        }
-        if mask_format == "rle":
-            record["mask"] = encode_crop(crop.crop, crop.x0, crop.y0, height, width)
-        elif mask_format == "polygon":
-            record["mask"] = {
-                "size": [height, width],
-                "polygons": crop_to_polygons(crop.crop, crop.x0, crop.y0),
-            }
-        records.append(record)
-    return records
-
-
-def image_record(
-    file: str | None, detections: Detections, class_names: Sequence[str], mask_format: MaskFormat = "rle"
-) -> dict[str, Any]:
-    height, width = detections.image_size
-    return {
-        "file": file,
-        "height": height,
-        "width": width,
-        "instances": instances_to_json(detections, class_names, mask_format),
-    }
+    model, class_names, checkpoint = load_model(path, config)
+    category_ids = resolve_category_ids(checkpoint, len(class_names), str(path))
+    return Predictor(model, class_names, path, target, category_ids)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,7 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in args.images:
         (detections,) = predictor.predict([load_rgb(path)])
         detections = detections.filter(score_threshold=args.score_threshold)
-        records.append(image_record(path.name, detections, predictor.class_names, args.mask_format))
+        records.append(
+            image_record(
+                path.name, detections, predictor.class_names, predictor.category_ids, args.mask_format
+            )
+        )
     args.output.write_text(json.dumps(records))
     total = sum(len(r["instances"]) for r in records)
     print(f"{len(records)} images, {total} instances → {args.output}", file=sys.stderr)

@@ -210,7 +210,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         metadata = {"iteration": iteration, "recipe": recipe, "history": history[-50:]}
         if metrics:
             metadata["metrics"] = metrics
-        save_checkpoint(export_path, model, dataset.class_names, metadata, torch.float16, overrides)
+        save_checkpoint(
+            export_path,
+            model,
+            dataset.class_names,
+            metadata,
+            torch.float16,
+            overrides,
+            category_ids=dataset.category_ids,
+        )
 
     stop = {"requested": False}
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from model.images import load_rgb
-from model.predict import Predictor, image_record, load_predictor
+from model.predict import Predictor, load_predictor
 from model.testing import rule_state_dict
+from model.wire import image_record
 from tests.model.parity import match_instances
 
 FIXTURE_CONFIGS = ("centermask_lite_V_19_slim_eSE_FPN_ms_4x", "centermask_V_39_eSE_FPN_ms_3x")
@@ -53,7 +54,7 @@ def test_outputs_match_official(official: tuple[Predictor, Path]) -> None:
         prepared = predictor.prepare(load_rgb(directory / image["file"]))
         assert list(prepared.resized_size) == reference["resized_hw"]
         (detections,) = predictor.infer([prepared])
-        ours = image_record(image["file"], detections, predictor.class_names)
+        ours = image_record(image["file"], detections, predictor.class_names, predictor.category_ids)
         assert (ours["height"], ours["width"]) == (reference["height"], reference["width"])
         report = match_instances(reference["instances"], ours["instances"])
         assert report.passes, (image["file"], report)

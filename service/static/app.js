@@ -20,7 +20,7 @@
     image: null, // the uploaded image, decoded by the browser
     base: null, // its pixels (ImageData), the canvas before anything is drawn
     result: null, // the /segment answer
-    masks: [], // per instance: Uint8Array of height * width, row-major, 1 inside
+    masks: [], // per instance: its runs (decodeRle), or null without a mask
     hiddenClasses: new Set(),
     hover: -1, // index into result.instances, -1 for none
     roundTripMs: 0,
@@ -67,22 +67,32 @@
     return counts;
   }
 
+  // A mask as its runs of ones: [start, end) pairs of column-major pixel indices (index = x * height + y).
+  // Memory grows with the outline, not the image, so large photos with many instances stay cheap.
   function decodeRle(rle) {
     const [height, width] = rle.size;
-    const mask = new Uint8Array(height * width);
     const counts = rleCounts(rle.counts);
+    const runs = [];
     let position = 0;
     counts.forEach((count, index) => {
       if (count < 0) throw new Error("negative RLE count");
-      if (index % 2 === 1) {
-        for (let p = position; p < position + count; p += 1) {
-          mask[(p % height) * width + Math.floor(p / height)] = 1;
-        }
-      }
+      if (index % 2 === 1 && count > 0) runs.push(position, position + count);
       position += count;
     });
     if (position !== height * width) throw new Error(`RLE counts cover ${position} pixels, not ${height * width}`);
-    return mask;
+    return { height, width, runs: Int32Array.from(runs) };
+  }
+
+  function maskHas(mask, x, y) {
+    const p = x * mask.height + y;
+    let low = 0;
+    let high = mask.runs.length / 2;
+    while (low < high) {
+      const middle = (low + high) >> 1;
+      if (mask.runs[2 * middle + 1] <= p) low = middle + 1;
+      else high = middle;
+    }
+    return low < mask.runs.length / 2 && mask.runs[2 * low] <= p;
   }
 
   // ---------------------------------------------------------------- drawing
@@ -114,12 +124,13 @@
       let alpha = style.mask_alpha;
       if (state.hover !== -1) alpha = index === state.hover ? HOVER_ALPHA : DIMMED_ALPHA;
       const [r, g, b] = colour(instances[index].class_id);
-      for (let p = 0; p < mask.length; p += 1) {
-        if (!mask[p]) continue;
-        const q = 4 * p;
-        pixels[q] = Math.round(pixels[q] * (1 - alpha) + r * alpha);
-        pixels[q + 1] = Math.round(pixels[q + 1] * (1 - alpha) + g * alpha);
-        pixels[q + 2] = Math.round(pixels[q + 2] * (1 - alpha) + b * alpha);
+      for (let run = 0; run < mask.runs.length; run += 2) {
+        for (let p = mask.runs[run]; p < mask.runs[run + 1]; p += 1) {
+          const q = 4 * ((p % height) * width + Math.floor(p / height));
+          pixels[q] = Math.round(pixels[q] * (1 - alpha) + r * alpha);
+          pixels[q + 1] = Math.round(pixels[q + 1] * (1 - alpha) + g * alpha);
+          pixels[q + 2] = Math.round(pixels[q + 2] * (1 - alpha) + b * alpha);
+        }
       }
     }
     context.putImageData(new ImageData(pixels, width, height), 0, 0);
@@ -179,6 +190,12 @@
       }),
     );
     $("count").textContent = `${visible.length} of ${state.result.instances.length}`;
+    const threshold = Number($("score").value);
+    for (const shown of document.querySelectorAll(".class-count")) {
+      const classId = Number(shown.dataset.classId);
+      const above = state.result.instances.filter((i) => i.class_id === classId && i.score >= threshold).length;
+      shown.textContent = `${above}/${shown.dataset.total}`;
+    }
   }
 
   function renderClasses() {
@@ -207,7 +224,12 @@
         const swatch = document.createElement("span");
         swatch.className = "swatch";
         swatch.style.background = css(colour(classId));
-        label.append(box, swatch, `${name} (${count})`);
+        const shown = document.createElement("span");
+        shown.className = "class-count";
+        shown.dataset.classId = String(classId);
+        shown.title = "shown at this score threshold / found";
+        shown.dataset.total = String(count);
+        label.append(box, swatch, name, shown);
         return label;
       });
     fieldset.replaceChildren(legend, ...toggles);
@@ -386,10 +408,9 @@
     if (!state.result) return;
     const x = Math.floor((event.offsetX / canvas.clientWidth) * canvas.width);
     const y = Math.floor((event.offsetY / canvas.clientHeight) * canvas.height);
-    const p = y * canvas.width + x;
     // The topmost instance under the pointer: the best-scoring one, drawn last.
     const under = visibleIndices()
-      .filter((index) => state.masks[index] && state.masks[index][p])
+      .filter((index) => state.masks[index] && maskHas(state.masks[index], x, y))
       .sort((a, b) => state.result.instances[b].score - state.result.instances[a].score);
     setHover(under.length ? under[0] : -1);
   });

@@ -276,3 +276,25 @@ def test_the_api_docs_render_offline(tab: OfflinePage, bundled_server: LiveServe
     page.goto(f"{bundled_server.url}/redoc")
     page.wait_for_selector("text=Segment one image")
     page.screenshot(path=str(screenshots / "redoc.png"))
+
+
+DELIVER = """async ([how, src, name]) => {
+    const blob = await (await fetch(src)).blob();
+    const data = new DataTransfer();
+    data.items.add(new File([blob], name, { type: blob.type }));
+    const event = how === "drop"
+        ? new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true })
+        : new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true });
+    (how === "drop" ? document.getElementById("drop") : document).dispatchEvent(event);
+}"""
+
+
+@pytest.mark.parametrize("how", ["drop", "paste"])
+def test_an_image_can_be_dropped_or_pasted(tab: OfflinePage, bundled_server: LiveServer, how: str) -> None:
+    page = tab.page
+    page.goto(f"{bundled_server.url}/")
+    name = f"{how}ped.png" if how == "drop" else "clipboard.png"
+    page.evaluate(DELIVER, [how, f"static/examples/{EXAMPLES[2].file_name}", name])
+    page.wait_for_selector("body[data-state=done]")
+    assert page.text_content("#status").startswith(f"{name}: 400×300")
+    assert len(drawn_list(page)) >= len(EXAMPLES[2].render().objects)

@@ -27,8 +27,9 @@ import torch
 
 from bench.results import write_result
 from model.precision import Precision
-from model.predict import instances_to_json, load_predictor
+from model.predict import load_predictor
 from model.testing import write_rule_checkpoint
+from model.wire import instances_to_json
 
 
 def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -121,7 +122,7 @@ def _program(predictor, size: tuple[int, int], batch_size: int) -> Callable[[], 
         prepared = [predictor.prepare(image) for image in images]
         results = predictor.infer(prepared)
         for detections in results:
-            instances_to_json(detections, predictor.class_names)
+            instances_to_json(detections, predictor.class_names, predictor.category_ids)
         if predictor.device.type == "cuda":
             torch.cuda.synchronize()
         return sum(len(d) for d in results)

@@ -31,8 +31,9 @@ import torch
 
 from bench.results import write_result
 from model.images import load_rgb
-from model.predict import instances_to_json, load_predictor
+from model.predict import load_predictor
 from model.testing import match_instances, official_rule_checkpoint
+from model.wire import instances_to_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = (
@@ -105,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
     programs = {"official": lambda: official_records(official, rgb)}
     for precision, predictor in ours.items():
-        programs[precision] = lambda p=predictor: instances_to_json(p.predict([rgb])[0], p.class_names)
+        programs[precision] = lambda p=predictor: instances_to_json(
+            p.predict([rgb])[0], p.class_names, p.category_ids
+        )
 
     outputs = {name: program() for name, program in programs.items()}
     for _ in range(args.warmup - 1):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from model.centermask import CenterMask
-from model.coco_classes import COCO_CLASS_NAMES
+from model.coco_classes import default_category_ids, default_class_names
 from model.configs import ModelConfig, get_config
 
 # Keys a detectron2 checkpoint may carry that are not weights of this model.
@@ -38,6 +38,8 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     config_name: str | None = None
     class_names: list[str] | None = None
+    # The dataset's category id of each contiguous class (COCO `category_id`); None in official files.
+    category_ids: list[int] | None = None
     config_overrides: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -99,9 +101,19 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         state_dict=state_dict,
         config_name=data.get("config"),
         class_names=list(data["class_names"]) if "class_names" in data else None,
+        category_ids=_category_ids(path, data.get("category_ids")),
         config_overrides=dict(data.get("config_overrides", {})),
         metadata=dict(data.get("metadata", {})),
     )
+
+
+def _category_ids(path: Path, value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(i) for i in value]
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: category_ids must be a list of integers") from None
 
 
 def _shape(tensor: torch.Tensor) -> str:
@@ -157,16 +169,22 @@ def resolve_config(
             f"{source} does not name its architecture: pass the config name (e.g. --config)"
         )
     num_classes = num_classes_of(checkpoint.state_dict)
-    class_names = checkpoint.class_names
-    if class_names is None:
-        class_names = (
-            list(COCO_CLASS_NAMES) if num_classes == 80 else [f"class_{i}" for i in range(num_classes)]
-        )
+    class_names = checkpoint.class_names or default_class_names(num_classes)
     if len(class_names) != num_classes:
         raise CheckpointError(f"{source}: {len(class_names)} class names for {num_classes} classes")
     overrides = {k: v for k, v in checkpoint.config_overrides.items() if k in OVERRIDABLE_FIELDS}
     config = get_config(name).with_overrides(num_classes=num_classes, **overrides)
     return config, class_names
+
+
+def resolve_category_ids(checkpoint: Checkpoint, num_classes: int, source: str) -> list[int]:
+    """The category id of each class: as recorded, else `default_category_ids` (COCO's for 80 classes)."""
+    category_ids = checkpoint.category_ids or default_category_ids(num_classes)
+    if len(category_ids) != num_classes:
+        raise CheckpointError(f"{source}: {len(category_ids)} category ids for {num_classes} classes")
+    if len(set(category_ids)) != num_classes:
+        raise CheckpointError(f"{source}: the category ids {category_ids} repeat")
+    return category_ids
 
 
 def load_model(path: str | Path, config_name: str | None = None) -> tuple[CenterMask, list[str], Checkpoint]:
@@ -197,14 +215,19 @@ def save_checkpoint(
     metadata: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
     config_overrides: dict[str, Any] | None = None,
+    category_ids: list[int] | None = None,
 ) -> Path:
-    """Write our checkpoint format: official-layout weights plus config name, class names and metadata."""
+    """Write our checkpoint format: official-layout weights plus config name, classes and metadata.
+
+    `category_ids` are the dataset's ids of the classes, in class order (what `category_id` reports).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": export_state_dict(model, dtype),
         "config": model.config.name,
         "class_names": list(class_names),
+        "category_ids": [int(i) for i in category_ids] if category_ids is not None else None,
         "config_overrides": dict(config_overrides or {}),
         "metadata": dict(metadata or {}),
         "format_version": FORMAT_VERSION,

@@ -165,3 +165,22 @@ COCO_CATEGORY_IDS: tuple[int, ...] = (
     89,
     90,
 )
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """Names for a checkpoint that records none: COCO's for 80 classes (the official models), else class_<k>."""
+    if num_classes == len(COCO_CLASS_NAMES):
+        return list(COCO_CLASS_NAMES)
+    return [f"class_{k}" for k in range(num_classes)]
+
+
+def default_category_ids(num_classes: int) -> list[int]:
+    """Category ids for a checkpoint that records none.
+
+    80 classes are taken for COCO's (every official centermask2 checkpoint is a COCO model), so class k
+    is COCO_CATEGORY_IDS[k]; any other count gets k + 1, the ids of a COCO-format file whose categories
+    are numbered from 1 without gaps (the synthetic shapes dataset, most exported datasets).
+    """
+    if num_classes == len(COCO_CATEGORY_IDS):
+        return list(COCO_CATEGORY_IDS)
+    return list(range(1, num_classes + 1))

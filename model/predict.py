@@ -1,4 +1,7 @@
-"""Inference API (what the service calls) and the `python -m model.predict` command line."""
+"""Inference API (what the service calls) and the `python -m model.predict` command line.
+
+The JSON it writes is the service's (`model.wire`, documented in `centermask_client.schemas`).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +10,22 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from model.centermask import CenterMask
-from model.checkpoint import file_sha256, load_model
+from model.checkpoint import file_sha256, load_model, resolve_category_ids
+from model.coco_classes import default_category_ids
 from model.detections import CLASS_AGNOSTIC_IOU, Detections, Selection
 from model.fcos import Proposals
 from model.images import load_rgb
-from model.polygons import crop_to_polygons
 from model.precision import Precision, check_supported
 from model.processing import PreparedImage, padded_shape, prepare_image, scale_boxes
 from model.quantize import CALIBRATION_IMAGES
-from model.rle import encode_pasted
+from model.wire import image_record
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "centermask_lite_V_19_slim_shapes.pth"
-MaskFormat = Literal["rle", "polygon", "none"]
 
 
 # Padded-shape buckets of the fast GPU path: with 128 px steps a lite model (600/1000) sees 8 shapes of
@@ -53,6 +54,7 @@ class Predictor:
         precision: Precision | str = Precision.FP32,
         bucket_size: int | None = None,
         calibration_images: Sequence[np.ndarray] | None = None,
+        category_ids: list[int] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.precision = Precision(precision)
@@ -73,6 +75,10 @@ class Predictor:
         if self.bucket_size % self.config.size_divisibility:
             raise ValueError(f"bucket_size must be a multiple of {self.config.size_divisibility}")
         self.class_names = class_names
+        # The dataset's id of each class, which the JSON reports as category_id beside class_id.
+        self.category_ids = (
+            category_ids if category_ids is not None else default_category_ids(len(class_names))
+        )
         self.weights_path = weights_path
         self.weights_sha256 = file_sha256(weights_path)
 
@@ -224,55 +230,17 @@ def load_predictor(
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     if weights is None and not path.is_file():
         raise FileNotFoundError(f"the bundled default weights are missing ({path}); pass a weights file")
-    model, class_names, _ = load_model(path, config)
-    return Predictor(model, class_names, path, target, precision, calibration_images=calibration_images)
-
-
-def instances_to_json(
-    detections: Detections, class_names: Sequence[str], mask_format: MaskFormat = "rle"
-) -> list[dict[str, Any]]:
-    """The `predict` JSON records of one image's detections (the contract the service shares)."""
-    height, width = detections.image_size
-    masks: list[dict[str, Any] | None] = [None] * len(detections)
-    if mask_format == "rle":
-        masks = encode_pasted(detections.pasted_masks)
-    elif mask_format == "polygon":
-        masks = [
-            {"size": [height, width], "polygons": crop_to_polygons(crop.crop, crop.x0, crop.y0)}
-            for crop in detections.mask_crops()
-        ]
-    records = []
-    for box, score, class_id, mask_score, mask in zip(
-        detections.boxes.tolist(),
-        detections.scores.tolist(),
-        detections.class_ids.tolist(),
-        detections.mask_scores.tolist(),
-        masks,
-        strict=True,
-    ):
-        record: dict[str, Any] = {
-            "box": box,
-            "score": score,
-            "class_id": class_id,
-            "class_name": class_names[class_id],
-            "mask_score": mask_score,
-        }
-        if mask is not None:
-            record["mask"] = mask
-        records.append(record)
-    return records
-
-
-def image_record(
-    file: str | None, detections: Detections, class_names: Sequence[str], mask_format: MaskFormat = "rle"
-) -> dict[str, Any]:
-    height, width = detections.image_size
-    return {
-        "file": file,
-        "height": height,
-        "width": width,
-        "instances": instances_to_json(detections, class_names, mask_format),
-    }
+    model, class_names, checkpoint = load_model(path, config)
+    category_ids = resolve_category_ids(checkpoint, len(class_names), str(path))
+    return Predictor(
+        model,
+        class_names,
+        path,
+        target,
+        precision,
+        calibration_images=calibration_images,
+        category_ids=category_ids,
+    )
 
 
 def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
@@ -322,7 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.class_agnostic_nms is not None:
             detections = detections.class_agnostic_nms(args.class_agnostic_nms)
         detections = detections.filter(score_threshold=args.score_threshold)
-        records.append(image_record(path.name, detections, predictor.class_names, args.mask_format))
+        records.append(
+            image_record(
+                path.name, detections, predictor.class_names, predictor.category_ids, args.mask_format
+            )
+        )
     args.output.write_text(json.dumps(records))
     total = sum(len(r["instances"]) for r in records)
     print(f"{len(records)} images, {total} instances → {args.output}", file=sys.stderr)

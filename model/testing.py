@@ -19,7 +19,7 @@ from pycocotools import mask as mask_utils
 
 from model.centermask import CenterMask
 from model.checkpoint import save_checkpoint
-from model.coco_classes import COCO_CLASS_NAMES
+from model.coco_classes import default_category_ids, default_class_names
 from model.configs import get_config
 
 _SCALE_LIKE = ("running_var", ".weight", ".scale", "bbox_pred.bias")
@@ -50,7 +50,7 @@ def write_rule_checkpoint(
     min_size_test: int | None = None,
     max_size_test: int | None = None,
 ) -> Path:
-    """Save one of our checkpoints holding rule weights for `config_name` (class names: COCO's when 80)."""
+    """Save one of our checkpoints holding rule weights for `config_name` (COCO's classes when 80)."""
     config = get_config(config_name).with_overrides(num_classes=num_classes)
     model = CenterMask(config)
     model.load_state_dict(rule_state_dict((k, tuple(v.shape)) for k, v in model.state_dict().items()))
@@ -59,8 +59,14 @@ def write_rule_checkpoint(
         for name, value in (("min_size_test", min_size_test), ("max_size_test", max_size_test))
         if value is not None
     }
-    names = list(COCO_CLASS_NAMES) if num_classes == 80 else [f"class_{i}" for i in range(num_classes)]
-    return save_checkpoint(path, model, names, metadata={"weights": "rule"}, config_overrides=overrides)
+    return save_checkpoint(
+        path,
+        model,
+        default_class_names(num_classes),
+        metadata={"weights": "rule"},
+        config_overrides=overrides,
+        category_ids=default_category_ids(num_classes),
+    )
 
 
 def read_manifest(path: Path) -> dict[str, tuple[int, ...]]:

@@ -5,10 +5,12 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 
 from model.predict import load_predictor
@@ -18,9 +20,17 @@ from service.images import configure_pillow
 from service.logging import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
+from service.openapi import install_openapi
+from service.pages import install_pages
 from service.runtime import PredictorLoader, Runtime
 from service.schemas import OrjsonResponse
 from service.settings import Settings
+
+DESCRIPTION = """POST an image to `/segment`: get boxes, classes, scores and COCO RLE masks back, or the
+image with them drawn (`format=png`).
+
+The demo page is at [`/`](/); every error is `{"error": {"code", "message"}}` with its status.
+"""
 
 
 def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) -> FastAPI:
@@ -37,11 +47,16 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
         yield
         await runtime.stop()
 
-    app = FastAPI(
+    # The Swagger UI and ReDoc assets come with fastapi-offline: /docs and /redoc load nothing from
+    # the internet (nor does Swagger UI's validator badge, turned off).
+    app = FastAPIOffline(
         title="CenterMask",
+        version=_version(),
         summary="Real-time instance segmentation: boxes and COCO RLE masks.",
+        description=DESCRIPTION,
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -50,9 +65,18 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     routers = (routes.protected_router, routes.open_router)
     for router in routers:
         app.include_router(router)
+    install_pages(app)
+    install_openapi(app)
     endpoints = frozenset(route.path for router in routers for route in router.routes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, endpoints=endpoints)
     return app
+
+
+def _version() -> str:
+    try:
+        return version("centermask-serve")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0.0.0"
 
 
 @functools.cache

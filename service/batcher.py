@@ -96,7 +96,16 @@ class Batcher(Generic[ItemT, ResultT]):
         """
         loop = asyncio.get_running_loop()
         for size in range(1, self._max_batch_size + 1):
+            started = loop.time()
             await loop.run_in_executor(self._executor, self._infer, [item] * size)
+            logger.info(
+                "warm-up",
+                extra={
+                    "batch_size": size,
+                    "of": self._max_batch_size,
+                    "seconds": round(loop.time() - started, 3),
+                },
+            )
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="centermask-batcher")

@@ -1,21 +1,32 @@
-"""HTTP endpoints: segmentation, model info, probes and metrics."""
+"""HTTP endpoints: segmentation (JSON or a drawn overlay), model info, the demo page, probes, metrics."""
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import Awaitable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
+from centermask_client.overlay import draw_overlay, encode_image
+from service import openapi
 from service.errors import ClientClosedRequest, NotReady, Unauthorized, error_response
-from service.images import MEDIA_TYPES
+from service.images import decode_image
 from service.logging import request_id
 from service.metrics import CONTENT_TYPE, Metrics
 from service.runtime import ImageFailed, Phase, Runtime, Segmented, SegmentOptions
-from service.schemas import BatchResponse, ErrorBody, MaskFormat, ModelInfo, OrjsonResponse, SegmentResponse
+from service.schemas import (
+    BatchResponse,
+    ImageFormat,
+    ImageResult,
+    MaskFormat,
+    ModelInfo,
+    OrjsonResponse,
+    SegmentResponse,
+)
 from service.settings import Settings
 from service.uploads import read_image, read_images
 
@@ -55,15 +66,33 @@ def segment_options(
     settings: SettingsDep,
     runtime: RuntimeDep,
     score_threshold: Annotated[
-        float | None, Query(ge=0, le=1, description="Keep detections scoring at least this.")
+        float | None,
+        Query(
+            ge=0,
+            le=1,
+            description="Keep detections scoring at least this. Default: CENTERMASK_SCORE_THRESHOLD.",
+        ),
     ] = None,
     max_detections: Annotated[
-        int | None, Query(ge=1, description="Keep at most this many, best first.")
+        int | None,
+        Query(ge=1, description="Keep at most this many, best first. Default: CENTERMASK_MAX_DETECTIONS."),
     ] = None,
     classes: Annotated[
-        list[str] | None, Query(description="Class names or ids, comma-separated or repeated.")
+        list[str] | None,
+        Query(
+            description="Keep only these classes: names (case-insensitive), `class_id:N` (the contiguous "
+            "index) or `category_id:N` (the dataset's id), comma-separated or repeated. A bare number "
+            "is refused as ambiguous.",
+            examples=["circle,ring", "category_id:1"],
+        ),
     ] = None,
-    mask_format: Annotated[MaskFormat, Query(description="How masks are encoded.")] = "rle",
+    mask_format: Annotated[
+        MaskFormat,
+        Query(
+            description="`rle`: COCO compressed RLE; `polygon`: outer ring and hole rings per region, "
+            "along pixel edges; `none`: boxes only."
+        ),
+    ] = "rle",
 ) -> SegmentOptions:
     selectors = [part.strip() for value in classes or [] for part in value.split(",") if part.strip()]
     return SegmentOptions(
@@ -76,48 +105,46 @@ def segment_options(
 
 OptionsDep = Annotated[SegmentOptions, Depends(segment_options)]
 
-_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 413, 415, 422, 500, 503, 504)}
-_IMAGE_BODY = {
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {"image": {"type": "string", "format": "binary"}},
-                "required": ["image"],
-            }
-        },
-        **{media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in MEDIA_TYPES},
-    },
-    "required": True,
-}
-_IMAGES_BODY = {
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                "required": ["images"],
-            }
-        }
-    },
-    "required": True,
-}
-
 protected_router = APIRouter(dependencies=[Depends(require_api_key)])
 open_router = APIRouter()
+
+
+OutputFormat = Literal["json", "png", "jpeg"]
+FormatDep = Annotated[
+    OutputFormat,
+    Query(
+        alias="format",
+        description="`json`: the instances; `png` or `jpeg`: the image at its own size with masks, boxes "
+        "and `class score` labels drawn (the demo page's colours).",
+    ),
+]
 
 
 @protected_router.post(
     "/segment",
     response_model=SegmentResponse,
-    responses=_ERRORS,
-    openapi_extra={"requestBody": _IMAGE_BODY},
+    responses=openapi.segment_responses(),
+    openapi_extra={"requestBody": openapi.IMAGE_BODY},
     summary="Segment one image",
 )
 async def segment(
-    request: Request, runtime: RuntimeDep, settings: SettingsDep, options: OptionsDep
+    request: Request,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    options: OptionsDep,
+    output_format: FormatDep = "json",
 ) -> Response:
+    """Detect and segment the instances of one image.
+
+    The model runs the official pipeline (candidates above 0.05, NMS, top 50); the parameters filter its
+    output, so an answer never depends on other requests. Boxes and masks are in pixels of the upright
+    image (EXIF orientation applied). With `format=png` or `jpeg` the answer is the image with the
+    instances drawn; the JSON fields are then in no body, only the instance count in `X-Instance-Count`.
+    """
     started = time.perf_counter()
+    drawing = output_format != "json"
+    if drawing and options.mask_format == "polygon":
+        options = dataclasses.replace(options, mask_format="rle")
     async with runtime.admitted():
         deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
         upload = await read_image(request, max_bytes=settings.max_image_bytes)
@@ -127,6 +154,13 @@ async def segment(
             )
         except ImageFailed as failed:
             raise failed.error from None
+        if drawing:
+            image = await asyncio.to_thread(
+                _draw, upload.data, result.record, output_format, settings.max_image_pixels
+            )
+            media_type = "image/png" if output_format == "png" else "image/jpeg"
+            count = str(len(result.record["instances"]))
+            return Response(image, media_type=media_type, headers={"X-Instance-Count": count})
     total_ms = (time.perf_counter() - started) * 1000
     return OrjsonResponse(
         {
@@ -141,13 +175,18 @@ async def segment(
 @protected_router.post(
     "/segment/batch",
     response_model=BatchResponse,
-    responses=_ERRORS,
-    openapi_extra={"requestBody": _IMAGES_BODY},
+    responses=openapi.batch_responses(),
+    openapi_extra={"requestBody": openapi.IMAGES_BODY},
     summary="Segment several images; one failing image fails the request",
 )
 async def segment_batch(
     request: Request, runtime: RuntimeDep, settings: SettingsDep, options: OptionsDep
 ) -> Response:
+    """Segment up to CENTERMASK_MAX_IMAGES_PER_REQUEST images, answered in upload order.
+
+    Each image is queued on its own, so they batch with each other and with other requests. If an image
+    fails, the request answers with that image's error, and `error.index` names it.
+    """
     started = time.perf_counter()
     async with runtime.admitted():
         deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
@@ -171,12 +210,22 @@ async def segment_batch(
     )
 
 
-@protected_router.get("/v1/model", response_model=ModelInfo, responses=_ERRORS, summary="The served model")
+@protected_router.get(
+    "/v1/model",
+    response_model=ModelInfo,
+    responses={
+        200: {"content": {"application/json": {"example": openapi.MODEL_INFO_EXAMPLE}}},
+        **openapi.error_responses(401, 503),
+    },
+    summary="The served model",
+)
 async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> ModelInfo:
+    """The config, classes (names and category ids, index = class_id), device and batching settings."""
     predictor = runtime.predictor
     return ModelInfo(
         config_name=predictor.config_name,
         class_names=predictor.class_names,
+        category_ids=predictor.category_ids,
         device=str(predictor.device),
         dtype=str(predictor.dtype).removeprefix("torch."),
         weights_sha256=predictor.weights_sha256,
@@ -190,23 +239,68 @@ async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> ModelInfo:
     )
 
 
-@open_router.get("/healthz", summary="Liveness: the process and its inference worker are alive")
+@open_router.get(
+    "/",
+    response_class=HTMLResponse,
+    responses={200: {"content": {"text/html": {}}, "description": "The demo page."}},
+    summary="The demo page",
+)
+async def page(request: Request) -> HTMLResponse:
+    """Upload, drop or paste an image, or pick an example, and see its masks drawn. Works offline."""
+    return HTMLResponse(request.app.state.page)
+
+
+@open_router.get(
+    "/healthz",
+    responses={
+        200: {"content": {"application/json": {"example": {"status": "alive", "phase": "ready"}}}},
+        503: openapi.error_responses(503)[503]
+        | {"description": "The model failed to load (the process is stopping) or the worker died."},
+    },
+    summary="Liveness: the process and its inference worker are alive",
+)
 async def healthz(runtime: RuntimeDep) -> Response:
+    """200 while the process and its inference worker are alive, whether or not the model has loaded."""
     if not runtime.is_alive:
         return error_response(503, "not_alive", f"the service is {runtime.phase}")
     return OrjsonResponse({"status": "alive", "phase": runtime.phase})
 
 
-@open_router.get("/readyz", summary="Readiness: the model is loaded, warm, and not draining")
+@open_router.get(
+    "/readyz",
+    responses={
+        200: {"content": {"application/json": {"example": {"status": "ready"}}}},
+        503: openapi.error_responses(503)[503] | {"description": "Loading, or draining for shutdown."},
+    },
+    summary="Readiness: the model is loaded, warm, and not draining",
+)
 async def readyz(runtime: RuntimeDep) -> Response:
+    """200 once the model is loaded and warm; 503 `not_ready` while loading and while draining."""
     if runtime.phase is not Phase.READY:
         return NotReady(f"the service is {runtime.phase}").to_response()
     return OrjsonResponse({"status": "ready"})
 
 
-@open_router.get("/metrics", summary="Prometheus metrics")
+@open_router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+            "description": "Prometheus text format.",
+        }
+    },
+    summary="Prometheus metrics",
+)
 async def metrics(registry: Annotated[Metrics, Depends(get_metrics)]) -> Response:
+    """Request, queue, batch and model metrics: docs/metrics.md says what each means."""
     return Response(registry.render(), media_type=CONTENT_TYPE)
+
+
+def _draw(data: bytes, record: dict[str, Any], image_format: ImageFormat, max_pixels: int) -> bytes:
+    """The uploaded image (decoded again: the model's copy is resized) with the record drawn over it."""
+    image = decode_image(data, max_pixels=max_pixels)
+    return encode_image(draw_overlay(image, ImageResult.model_validate(record).instances), image_format)
 
 
 def _timing_ms(result: Segmented) -> dict[str, float]:

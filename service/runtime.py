@@ -18,11 +18,13 @@ import numpy as np
 import torch
 
 from model.detections import Detections
-from model.predict import MaskFormat, Predictor, PreparedImage, image_record
+from model.predict import Predictor, PreparedImage
+from model.wire import image_record, select_classes
 from service.batcher import Batcher, Inference
 from service.errors import DeadlineExceeded, InvalidParameter, NotReady, Overloaded, ServiceError
 from service.images import decode_image
 from service.metrics import Metrics
+from service.schemas import MaskFormat
 from service.settings import Settings
 from service.uploads import Upload
 
@@ -165,18 +167,12 @@ class Runtime:
                 self._idle.set()
 
     def class_ids(self, selectors: Sequence[str]) -> frozenset[int]:
-        """Class names (case-insensitive) or ids → ids; InvalidParameter for unknown ones."""
-        names = self.predictor.class_names
-        by_name = {name.lower(): class_id for class_id, name in enumerate(names)}
-        ids = set()
-        for selector in selectors:
-            if selector.isdigit() and int(selector) < len(names):
-                ids.add(int(selector))
-            elif selector.lower() in by_name:
-                ids.add(by_name[selector.lower()])
-            else:
-                raise InvalidParameter(f"unknown class {selector!r}; see /v1/model for the class names")
-        return frozenset(ids)
+        """`classes=` selectors (`model.wire.select_classes`) → class ids; InvalidParameter if unknown."""
+        predictor = self.predictor
+        try:
+            return select_classes(selectors, predictor.class_names, predictor.category_ids)
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from None
 
     async def segment(
         self, uploads: Sequence[Upload], options: SegmentOptions, *, deadline: float
@@ -217,11 +213,14 @@ class Runtime:
 
     async def _load_and_warm_up(self) -> None:
         settings = self._settings
+        weights = str(settings.weights) if settings.weights is not None else None
+        logger.info(
+            "loading the model",
+            extra={"weights": weights or "bundled", "config": settings.config, "device": settings.device},
+        )
+        started = time.perf_counter()
         predictor = await asyncio.to_thread(
-            self._load_predictor,
-            weights=str(settings.weights) if settings.weights is not None else None,
-            config=settings.config,
-            device=settings.device,
+            self._load_predictor, weights=weights, config=settings.config, device=settings.device
         )
         if predictor.device.type == "cpu" and settings.device != "cpu":
             logger.warning("no CUDA device available: serving on the CPU, which is much slower")
@@ -232,6 +231,8 @@ class Runtime:
                 "config": predictor.config_name,
                 "device": str(predictor.device),
                 "weights": str(predictor.weights_path),
+                "classes": len(predictor.class_names),
+                "load_s": round(time.perf_counter() - started, 3),
             },
         )
         batcher = Batcher(
@@ -248,7 +249,16 @@ class Runtime:
         self._batcher = batcher
         if self.phase is Phase.LOADING:
             self.phase = Phase.READY
-        logger.info("ready", extra={"warm_up_s": round(time.perf_counter() - started, 3)})
+        base_url = settings.base_url
+        logger.info(
+            "ready",
+            extra={
+                "page": f"{base_url}/",
+                "docs": f"{base_url}/docs",
+                "warm_up_s": round(time.perf_counter() - started, 3),
+                "settings": settings.effective(),
+            },
+        )
 
     def _infer(self, images: list[PreparedImage]) -> list[Detections]:
         predictor = self.predictor
@@ -275,7 +285,10 @@ class Runtime:
         detections = inference.result.filter(
             options.score_threshold, options.max_detections, options.class_ids
         )
-        record = image_record(filename, detections, self.predictor.class_names, options.mask_format)
+        predictor = self.predictor
+        record = image_record(
+            filename, detections, predictor.class_names, predictor.category_ids, options.mask_format
+        )
         elapsed = time.perf_counter() - started
         self._metrics.postprocess.observe(elapsed)
         return record, elapsed

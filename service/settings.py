@@ -7,10 +7,12 @@ wins over the environment.
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.command_line import parse_settings
 
 MiB = 1024 * 1024
 
@@ -33,10 +35,14 @@ class Settings(BaseSettings):
     )
 
     weights: Path | None = Field(
-        None, description="Checkpoint to serve; unset means the bundled default model."
+        None,
+        description="Checkpoint to serve: one of ours, or an official centermask2 .pth/.pkl. Unset: the "
+        "bundled model (five synthetic shapes).",
     )
     config: str | None = Field(
-        None, description="Architecture name of an official centermask2 checkpoint given as weights."
+        None,
+        description="Architecture of an official checkpoint, e.g. centermask_lite_V_39_eSE_FPN_ms_4x. "
+        "Unset: read from the checkpoint (ours record it).",
     )
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto takes CUDA when available, else the CPU."
@@ -64,7 +70,8 @@ class Settings(BaseSettings):
         "info", description="Least severe level logged (JSON lines on stderr)."
     )
     api_key: SecretStr | None = Field(
-        None, description="When set, /segment* and /v1/model require it (X-API-Key or Bearer)."
+        None,
+        description="When set, /segment* and /v1/model require it (X-API-Key or Bearer). Unset: open.",
     )
     drain_timeout_s: NonNegativeFloat = Field(
         25, description="On shutdown, how long queued and running requests may still finish."
@@ -83,4 +90,15 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_command_line(cls, argv: Sequence[str]) -> Self:
-        return cls(_cli_parse_args=list(argv))
+        return parse_settings(cls, argv)
+
+    @property
+    def base_url(self) -> str:
+        """Where this host's users reach the service, as configured (a wildcard address is localhost)."""
+        host = "localhost" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    def effective(self) -> dict[str, Any]:
+        """Every setting's value, for the startup log; the API key only as whether it is set."""
+        values = self.model_dump(mode="json", exclude={"api_key"})
+        return {**values, "api_key": "set" if self.api_key is not None else "unset"}

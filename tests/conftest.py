@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from model.testing import write_rule_checkpoint
+from tests.helpers import TINY_SERVER_KEY, LiveServer, live_server
 
 REPO = Path(__file__).resolve().parents[1]
 # The workspace keeps shared/ beside the repository; a copy inside it (as bench/gpu_check.sh carries) also works.
@@ -41,3 +43,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The real server on the tiny checkpoint, behind the API key TINY_SERVER_KEY."""
+    log = tmp_path_factory.mktemp("tiny-server") / "server.log"
+    flags = ("--weights", str(tiny_weights), "--max-batch-size", "2", "--cpu-workers", "1")
+    with live_server(log, *flags, CENTERMASK_API_KEY=TINY_SERVER_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def bundled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The real server on the bundled model, as `centermask-serve` starts by default."""
+    log = tmp_path_factory.mktemp("bundled-server") / "server.log"
+    with live_server(log, "--max-batch-size", "1", "--cpu-workers", "1") as server:
+        yield server

@@ -214,7 +214,13 @@ class Run:
             if v
         }
         save_checkpoint(
-            self.export_path, self.model, self.dataset.class_names, metadata, torch.float16, overrides
+            self.export_path,
+            self.model,
+            self.dataset.class_names,
+            metadata,
+            torch.float16,
+            overrides,
+            category_ids=self.dataset.category_ids,
         )
 
 

@@ -195,6 +195,8 @@ def ignored(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
         "README.md",
         "service/app.py",
         "service/static/index.html",
+        "service/static/examples/shapes-1.png",
+        "centermask_client/schemas.py",
         "model/predict.py",
         "model/weights/default.pth",
         "model/configs/lite.json",

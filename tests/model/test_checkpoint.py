@@ -9,9 +9,16 @@ import pytest
 import torch
 
 from model.centermask import CenterMask
-from model.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
-from model.coco_classes import COCO_CLASS_NAMES
+from model.checkpoint import (
+    CheckpointError,
+    load_model,
+    read_checkpoint,
+    resolve_category_ids,
+    save_checkpoint,
+)
+from model.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from model.configs import get_config
+from model.predict import load_predictor
 from model.testing import rule_state_dict
 
 LITE = "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x"
@@ -107,3 +114,36 @@ def test_own_checkpoint_carries_config_classes_and_overrides(tmp_path: Path) -> 
         torch.testing.assert_close(loaded.state_dict()[key], value.half().float())
     with pytest.raises(CheckpointError, match="but config"):
         load_model(path, "centermask_V_39_eSE_FPN_ms_3x")
+
+
+def test_own_checkpoint_carries_the_datasets_category_ids(tmp_path: Path) -> None:
+    model = CenterMask(get_config(LITE).with_overrides(num_classes=3))
+    path = save_checkpoint(tmp_path / "ours.pth", model, ["a", "b", "c"], category_ids=[2, 7, 40])
+    assert read_checkpoint(path).category_ids == [2, 7, 40]
+    assert load_predictor(path).category_ids == [2, 7, 40]
+
+
+def test_official_80_class_files_map_to_coco_category_ids(tmp_path: Path) -> None:
+    path = tmp_path / "official.pth"
+    torch.save({"model": rule_weights()}, path)
+    predictor = load_predictor(path, LITE)
+    assert predictor.category_ids == list(COCO_CATEGORY_IDS)
+    assert predictor.category_ids[predictor.class_names.index("toothbrush")] == 90
+
+
+def test_files_without_ids_and_another_class_count_number_from_one(tmp_path: Path) -> None:
+    model = CenterMask(get_config(LITE).with_overrides(num_classes=5))
+    path = save_checkpoint(tmp_path / "older.pth", model, ["p", "q", "r", "s", "t"])
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.category_ids is None
+    assert resolve_category_ids(checkpoint, 5, "older.pth") == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("ids", "problem"), [([1, 2], "2 category ids for 3 classes"), ([1, 1, 2], "repeat")]
+)
+def test_inconsistent_category_ids_are_refused(tmp_path: Path, ids: list[int], problem: str) -> None:
+    model = CenterMask(get_config(LITE).with_overrides(num_classes=3))
+    path = save_checkpoint(tmp_path / "bad.pth", model, ["a", "b", "c"], category_ids=ids)
+    with pytest.raises(CheckpointError, match=problem):
+        load_predictor(path)

@@ -15,9 +15,10 @@ import torch
 
 from model.images import load_rgb
 from model.masks import paste_masks
-from model.predict import Predictor, image_record, load_predictor
+from model.predict import Predictor, load_predictor
 from model.rle import encode_pasted
 from model.testing import match_instances, official_rule_checkpoint
+from model.wire import image_record
 
 pytestmark = pytest.mark.cuda
 
@@ -41,7 +42,7 @@ def test_fp32_on_cuda_matches_the_official_outputs(official_weights: Path, share
     for image in json.loads((directory / "summary.json").read_text())["images"]:
         reference = json.loads((directory / image["file"]).with_suffix(".json").read_text())
         (detections,) = predictor.predict([load_rgb(directory / image["file"])])
-        ours = image_record(image["file"], detections, predictor.class_names)
+        ours = image_record(image["file"], detections, predictor.class_names, predictor.category_ids)
         report = match_instances(reference["instances"], ours["instances"])
         assert report.passes, (image["file"], report)
 

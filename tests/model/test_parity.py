@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from model.images import load_rgb
-from model.predict import image_record, load_predictor
+from model.predict import load_predictor
 from model.testing import match_instances, official_rule_checkpoint
+from model.wire import image_record
 from tests.model.parity import FIXTURE_CONFIGS
 
 
@@ -59,7 +60,7 @@ def official_run(request: pytest.FixtureRequest, shared_reference: Path, tmp_pat
             ImageRun(
                 reference=json.loads((directory / image["file"]).with_suffix(".json").read_text()),
                 resized_size=prepared.resized_size,
-                record=image_record(image["file"], detections, predictor.class_names),
+                record=image_record(image["file"], detections, predictor.class_names, predictor.category_ids),
             )
         )
     return OfficialRun(runs, tensors)

@@ -15,9 +15,10 @@ from torchvision.ops import box_iou
 from model.checkpoint import load_model
 from model.detections import Selection
 from model.precision import PrecisionUnavailable
-from model.predict import Predictor, image_record, load_predictor, main
+from model.predict import Predictor, load_predictor, main
 from model.processing import padded_shape, resized_shape
 from model.testing import match_instances, official_rule_checkpoint
+from model.wire import image_record
 from tests.model.parity import FIXTURE_CONFIGS
 
 
@@ -100,7 +101,7 @@ def test_selection_before_the_mask_head_keeps_the_same_detections(
 
 def test_rle_decodes_to_the_pasted_masks(predictor: Predictor) -> None:
     (detections,) = predictor.predict([random_image(4, 200, 280)])
-    record = image_record("x.png", detections, predictor.class_names)
+    record = image_record("x.png", detections, predictor.class_names, predictor.category_ids)
     dense = detections.dense_masks()
     assert len(record["instances"]) == len(detections) > 0
     for instance, expected in zip(record["instances"], dense, strict=True):
@@ -138,7 +139,15 @@ def test_cli_reproduces_reference_json(config: str, shared_reference: Path, tmp_
     for record, image in zip(records, images, strict=True):
         reference = json.loads(image.with_suffix(".json").read_text())
         assert (record["height"], record["width"]) == (reference["height"], reference["width"])
-        assert set(record["instances"][0]) == {"box", "score", "class_id", "class_name", "mask_score", "mask"}
+        assert set(record["instances"][0]) == {
+            "box",
+            "score",
+            "class_id",
+            "category_id",
+            "class_name",
+            "mask_score",
+            "mask",
+        }
         report = match_instances(reference["instances"], record["instances"])
         assert report.passes, report
 

@@ -15,8 +15,9 @@ from pycocotools import mask as mask_utils
 
 from model.centermask import CenterMask
 from model.configs import CONFIGS
-from model.predict import Predictor, image_record, load_predictor
+from model.predict import Predictor, load_predictor
 from model.testing import official_rule_checkpoint, read_manifest
+from model.wire import image_record
 
 HEIGHT, WIDTH = 120, 160
 
@@ -54,7 +55,7 @@ def test_predicts_a_small_image_end_to_end(zoo_predictor: Predictor) -> None:
     assert (np.diff(detections.scores) <= 0).all()
     assert (detections.boxes >= 0).all()
     assert (detections.boxes[:, 0::2] <= WIDTH).all() and (detections.boxes[:, 1::2] <= HEIGHT).all()
-    record = image_record("x.png", detections, zoo_predictor.class_names)
+    record = image_record("x.png", detections, zoo_predictor.class_names, zoo_predictor.category_ids)
     decoded = [mask_utils.decode(instance["mask"]) for instance in record["instances"]]
     assert all(mask.shape == (HEIGHT, WIDTH) for mask in decoded)
     assert any(mask.any() for mask in decoded)

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from model.coco_classes import COCO_CATEGORY_IDS
 from service import runtime as runtime_module
 from service.images import decode_image
 from tests.service.helpers import Served, encode, metric_value, png_body, random_image
@@ -30,7 +31,9 @@ async def test_a_multipart_upload_gets_the_predict_record(served: Served) -> Non
     assert set(body["timing_ms"]) == {"decode", "queue", "inference", "postprocess", "total"}
     assert len(body["instances"]) > 0
     instance = body["instances"][0]
-    assert set(instance) == {"box", "score", "class_id", "class_name", "mask_score", "mask"}
+    assert set(instance) == {"box", "score", "class_id", "category_id", "class_name", "mask_score", "mask"}
+    # The tiny model has COCO's 80 classes: category ids are COCO's, with its gaps.
+    assert all(i["category_id"] == COCO_CATEGORY_IDS[i["class_id"]] for i in body["instances"])
     assert instance["mask"]["size"] == [240, 320]
     assert all(i["score"] >= 0.3 for i in body["instances"])
 
@@ -74,7 +77,7 @@ async def test_score_threshold_and_max_detections_filter_after_the_model(served:
     assert top["instances"] == everything[:3]
 
 
-async def test_classes_by_name_or_id_comma_separated_or_repeated(served: Served) -> None:
+async def test_classes_by_name_class_id_or_category_id(served: Served) -> None:
     everything = (await served.client.post("/segment?score_threshold=0", **png_body(IMAGE))).json()[
         "instances"
     ]
@@ -82,11 +85,19 @@ async def test_classes_by_name_or_id_comma_separated_or_repeated(served: Served)
     wanted = {first["class_id"], second["class_id"]}
     expected = [i for i in everything if i["class_id"] in wanted]
     for query in (
-        f"classes={first['class_name']},{second['class_id']}",
-        f"classes={first['class_id']}&classes={second['class_name'].upper()}",
+        f"classes={first['class_name']},class_id:{second['class_id']}",
+        f"classes=class_id:{first['class_id']}&classes={second['class_name'].upper()}",
+        f"classes=category_id:{first['category_id']},category_id:{second['category_id']}",
     ):
         response = await served.client.post(f"/segment?score_threshold=0&{query}", **png_body(IMAGE))
-        assert response.json()["instances"] == expected
+        assert response.json()["instances"] == expected, query
+
+
+async def test_a_bare_number_is_refused_as_ambiguous(served: Served) -> None:
+    response = await served.client.post("/segment?classes=3", **png_body(IMAGE))
+    assert response.status_code == 422
+    message = response.json()["error"]["message"]
+    assert "class_id:3" in message and "category_id:3" in message
 
 
 @pytest.mark.parametrize(
@@ -97,7 +108,9 @@ async def test_classes_by_name_or_id_comma_separated_or_repeated(served: Served)
         "max_detections=0",
         "mask_format=png",
         "classes=unicorn",
-        "classes=80",
+        "classes=class_id:80",
+        "classes=category_id:12",
+        "classes=class_id:x",
     ],
 )
 async def test_invalid_parameters(served: Served, query: str) -> None:

@@ -101,6 +101,7 @@ def test_cli_trains_saves_resumes_and_evaluates(shapes: Path, tmp_path: Path) ->
                  "--val-max-images", "2"]) == 0  # fmt: skip
     model, class_names, checkpoint = load_model(out / "model.pth")
     assert class_names == list(SHAPE_CLASSES)
+    assert checkpoint.category_ids == [1, 2, 3, 4, 5]  # the annotation file's ids
     assert model.config.min_size_test == 160
     metadata = checkpoint.metadata
     assert metadata["iteration"] == 3

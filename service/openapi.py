@@ -1,0 +1,215 @@
+"""What the OpenAPI document says beyond the routes' own signatures.
+
+Examples (a real answer of the bundled model, see `service.examples`), every error status with its
+schema and codes, and the headers every answer carries: X-Request-ID everywhere, Retry-After with
+503, WWW-Authenticate with 401.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.errors import RETRY_AFTER_S
+from service.examples import response_example
+from service.images import MEDIA_TYPES
+from service.schemas import ErrorBody
+
+# Per status: the codes it can carry, each with a message like the service's.
+ERROR_CODES: dict[int, dict[str, str]] = {
+    400: {
+        "invalid_image": "cannot identify the image; send JPEG, PNG, WebP, BMP or TIFF",
+        "invalid_request": "malformed multipart body: missing boundary",
+    },
+    401: {"unauthorized": "a valid API key is required, in X-API-Key or Authorization: Bearer"},
+    404: {"not_found": "Not Found"},
+    413: {
+        "image_too_large": "the request body is larger than 20971520 bytes",
+        "too_many_pixels": "the image has 9000×9000 pixels, more than the limit of 40000000",
+        "too_many_images": "too many images: this endpoint takes at most 32",
+    },
+    415: {
+        "unsupported_media_type": "Content-Type text/plain is not supported; send multipart/form-data "
+        "with the field 'image', or the image itself as one of image/jpeg, image/png, image/webp, "
+        "image/bmp, image/tiff"
+    },
+    422: {
+        "invalid_parameter": "ambiguous class '3': write class_id:3 (the contiguous index) or "
+        "category_id:3 (the dataset's id)"
+    },
+    500: {
+        "inference_failed": "inference failed: RuntimeError: CUDA error: an illegal memory access",
+        "internal_error": "internal error; the request id is in the X-Request-ID header",
+    },
+    503: {
+        "not_ready": "the service is loading",
+        "overloaded": "the inference queue is full; retry later",
+    },
+    504: {"deadline_exceeded": "the request took longer than 30.0 s"},
+}
+_ERROR_DESCRIPTIONS = {
+    400: "The image cannot be decoded (corrupt, truncated, empty) or the multipart body is malformed.",
+    401: "An API key is configured and the request lacks it or has another one.",
+    404: "No such path.",
+    413: "More bytes than CENTERMASK_MAX_IMAGE_BYTES, more pixels than CENTERMASK_MAX_IMAGE_PIXELS, "
+    "or more images than CENTERMASK_MAX_IMAGES_PER_REQUEST.",
+    415: "Not an image format the service reads, or another Content-Type.",
+    422: "A bad query parameter, an unknown class, or a missing multipart field.",
+    500: "The forward pass failed for this image (even alone), or an unexpected error.",
+    503: "Not ready (loading, draining) or overloaded (queue full): retry after Retry-After seconds.",
+    504: "The request took longer than CENTERMASK_REQUEST_TIMEOUT_S.",
+}
+SEGMENT_ERRORS = (400, 401, 413, 415, 422, 500, 503, 504)
+
+_HEADERS = {
+    "X-Request-ID": {
+        "description": "The request's id, in every answer and in the service's log lines. A client may "
+        "send its own (1-128 characters of A-Za-z0-9._:/+=-); otherwise one is made.",
+        "schema": {"type": "string"},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer", "example": RETRY_AFTER_S},
+    },
+    "WWW-Authenticate": {
+        "description": "The scheme to authenticate with: Bearer.",
+        "schema": {"type": "string"},
+    },
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """FastAPI `responses=` entries: the error body schema, and an example per code."""
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": _ERROR_DESCRIPTIONS[status],
+            "content": {
+                "application/json": {
+                    "examples": {
+                        code: {"value": {"error": {"code": code, "message": message}}}
+                        for code, message in ERROR_CODES[status].items()
+                    }
+                }
+            },
+        }
+        for status in statuses
+    }
+
+
+def segment_responses() -> dict[int | str, dict[str, Any]]:
+    example = response_example()
+    return {
+        200: {
+            "description": "The instances, best first (format=json), or the image with them drawn "
+            "(format=png or jpeg).",
+            "content": {
+                "application/json": {"example": example},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        **error_responses(*SEGMENT_ERRORS),
+    }
+
+
+def batch_responses() -> dict[int | str, dict[str, Any]]:
+    example = response_example()
+    image = {key: value for key, value in example.items() if key not in ("model", "request_id")}
+    image["timing_ms"] = {key: value for key, value in example["timing_ms"].items() if key != "total"}
+    batch = {
+        "model": example["model"],
+        "request_id": example["request_id"],
+        "results": [image],
+        "timing_ms": {"total": example["timing_ms"]["total"]},
+    }
+    return {
+        200: {
+            "description": "One result per image, in upload order.",
+            "content": {"application/json": {"example": batch}},
+        },
+        **error_responses(*SEGMENT_ERRORS),
+    }
+
+
+MODEL_INFO_EXAMPLE = {
+    "config_name": "centermask_lite_V_19_slim_eSE_FPN_ms_4x",
+    "class_names": ["circle", "rectangle", "triangle", "star", "ring"],
+    "category_ids": [1, 2, 3, 4, 5],
+    "device": "cuda:0",
+    "dtype": "float32",
+    "weights_sha256": "9b1c0f3e2d4a5b6c7d8e9f00112233445566778899aabbccddeeff0011223344",
+    "batching": {"max_batch_size": 8, "max_batch_delay_ms": 5.0, "max_queue": 64},
+    "score_threshold": 0.3,
+    "max_detections": 100,
+}
+
+IMAGE_BODY = {
+    "description": "The image: the multipart file field `image`, or the raw bytes with their Content-Type.",
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"image": {"type": "string", "format": "binary"}},
+                "required": ["image"],
+            }
+        },
+        **{media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in MEDIA_TYPES},
+    },
+    "required": True,
+}
+IMAGES_BODY = {
+    "description": "The images: the repeated multipart file field `images`.",
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                "required": ["images"],
+            }
+        }
+    },
+    "required": True,
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Make `app.openapi()` add the shared headers to every operation."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+            )
+            _add_headers(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_headers(schema: dict[str, Any]) -> None:
+    schema.setdefault("components", {})["headers"] = _HEADERS
+    request_id = {
+        "name": "X-Request-ID",
+        "in": "header",
+        "required": False,
+        "description": _HEADERS["X-Request-ID"]["description"],
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:/+=-]{1,128}$"},
+    }
+    for path_item in schema["paths"].values():
+        for operation in path_item.values():
+            operation.setdefault("parameters", []).append(request_id)
+            for status, response in operation["responses"].items():
+                headers = response.setdefault("headers", {})
+                headers["X-Request-ID"] = {"$ref": "#/components/headers/X-Request-ID"}
+                if status == "503":
+                    headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
+                if status == "401":
+                    headers["WWW-Authenticate"] = {"$ref": "#/components/headers/WWW-Authenticate"}

@@ -1,0 +1,87 @@
+"""model.wire: the records it builds are what centermask_client.schemas describes; classes= selectors."""
+
+import numpy as np
+import pytest
+
+from centermask_client.schemas import ImageResult
+from model.detections import Detections
+from model.wire import image_record, select_classes
+
+NAMES = ["circle", "rectangle", "ring"]
+CATEGORY_IDS = [3, 1, 12]  # not 1..K, and not in class order: ids are the dataset's
+
+
+def detections() -> Detections:
+    """Three instances on a 60×80 image; the last one's mask has a hole (a ring)."""
+    ys, xs = np.mgrid[0:28, 0:28] + 0.5
+    radius = np.hypot(ys - 14, xs - 14)
+    ring = ((radius <= 13) & (radius >= 6)).astype(np.float32)
+    solid = np.ones((28, 28), dtype=np.float32)
+    return Detections(
+        image_size=(60, 80),
+        boxes=np.array([[5, 5, 30, 25], [40, 10, 70, 50], [10, 30, 38, 58]], dtype=np.float32),
+        scores=np.array([0.9, 0.6, 0.4], dtype=np.float32),
+        class_ids=np.array([0, 1, 2], dtype=np.int64),
+        mask_scores=np.array([0.8, 0.5, 0.3], dtype=np.float32),
+        mask_probs=np.stack([solid, solid, ring]),
+    )
+
+
+def test_rle_records_validate_and_decode_to_the_pasted_masks() -> None:
+    found = detections()
+    record = image_record("a.png", found, NAMES, CATEGORY_IDS)
+    result = ImageResult.model_validate(record)
+    assert [i.category_id for i in result.instances] == CATEGORY_IDS
+    assert [i.class_name for i in result.instances] == NAMES
+    for instance, expected in zip(result.instances, found.dense_masks(), strict=True):
+        np.testing.assert_array_equal(instance.mask_array(), expected)
+
+
+def test_polygon_records_validate_and_keep_the_hole() -> None:
+    record = image_record(None, detections(), NAMES, CATEGORY_IDS, "polygon")
+    ring = ImageResult.model_validate(record).instances[2]
+    assert ring.mask is not None and ring.mask.polygons is not None
+    [part] = ring.mask.polygons
+    assert len(part.holes) == 1
+    with pytest.raises(ValueError, match="mask_format=rle"):
+        ring.mask_array()
+
+
+def test_records_without_masks() -> None:
+    record = image_record(None, detections(), NAMES, CATEGORY_IDS, "none")
+    assert all("mask" not in instance for instance in record["instances"])
+    assert all(i.mask is None for i in ImageResult.model_validate(record).instances)
+
+
+@pytest.mark.parametrize(
+    ("selectors", "expected"),
+    [
+        (["circle"], {0}),
+        (["RING", "Rectangle"], {1, 2}),
+        (["class_id:1"], {1}),
+        (["category_id:12", "category_id:3"], {0, 2}),
+        (["category_id: 1", "class_id:+0"], {0, 1}),
+    ],
+)
+def test_class_selectors(selectors: list[str], expected: set[int]) -> None:
+    assert select_classes(selectors, NAMES, CATEGORY_IDS) == expected
+
+
+@pytest.mark.parametrize(
+    ("selector", "message"),
+    [
+        ("1", "ambiguous class '1'"),
+        ("unicorn", "unknown class 'unicorn'"),
+        ("class_id:3", "class ids run from 0 to 2"),
+        ("class_id:-1", "class ids run from 0 to 2"),
+        ("category_id:2", "no class has that category id"),
+        ("category_id:x", "no class has that category id"),
+    ],
+)
+def test_bad_selectors(selector: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        select_classes([selector], NAMES, CATEGORY_IDS)
+
+
+def test_a_name_that_looks_like_a_number_is_a_name() -> None:
+    assert select_classes(["7"], ["5", "7"], [1, 2]) == {1}

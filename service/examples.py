@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from model.data.shapes import Scene, render_scene
+from model.data.shapes import CLASSIC, Scene, render_scene
 
 EXAMPLES_DIR = Path(__file__).parent / "static" / "examples"
 RESPONSE_EXAMPLE = EXAMPLES_DIR / "segment-response.json"
@@ -35,7 +35,9 @@ class Example:
     seed: int
 
     def render(self) -> Scene:
-        return render_scene(np.random.default_rng([2024, self.seed]), HEIGHT, WIDTH, num_objects=OBJECTS)
+        return render_scene(
+            np.random.default_rng([2024, self.seed]), CLASSIC, HEIGHT, WIDTH, num_objects=OBJECTS
+        )
 
 
 EXAMPLES = (Example("shapes-1.png", 37), Example("shapes-2.png", 32), Example("shapes-3.png", 29))

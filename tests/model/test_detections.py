@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from model.detections import Detections
 
@@ -19,9 +20,7 @@ def _detections(rows: list[tuple[list[float], float, int]]) -> Detections:
         scores=np.array([score for _, score, _ in rows], dtype=np.float32),
         class_ids=np.array([class_id for _, _, class_id in rows], dtype=np.int64),
         mask_scores=np.array([0.5 * score for _, score, _ in rows], dtype=np.float32),
-        mask_probs=np.stack([np.full((28, 28), i / 10, dtype=np.float32) for i in range(n)])
-        if n
-        else np.zeros((0, 28, 28), dtype=np.float32),
+        mask_probs=torch.arange(n, dtype=torch.float32)[:, None, None].expand(n, 28, 28) / 10,
     )
 
 

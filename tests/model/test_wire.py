@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from centermask_client.schemas import ImageResult
 from model.detections import Detections
@@ -23,7 +24,7 @@ def detections() -> Detections:
         scores=np.array([0.9, 0.6, 0.4], dtype=np.float32),
         class_ids=np.array([0, 1, 2], dtype=np.int64),
         mask_scores=np.array([0.8, 0.5, 0.3], dtype=np.float32),
-        mask_probs=np.stack([solid, solid, ring]),
+        mask_probs=torch.from_numpy(np.stack([solid, solid, ring])),
     )
 
 

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from centermask_client.overlay import font_size
-from model.data.shapes import SHAPE_CLASSES, render_scene
+from model.data.shapes import CLASSIC, SHAPE_CLASSES, render_scene
 from model.rle import decode
 from service.examples import EXAMPLES
 from tests.helpers import TINY_SERVER_KEY, LiveServer
@@ -99,7 +99,7 @@ def tab(browser: Any, bundled_server: LiveServer) -> Iterator[OfflinePage]:
 
 def shapes_image(tmp_path: Path) -> tuple[Path, np.ndarray]:
     """A generated 360×480 scene of a circle, a rectangle, a ring and a triangle, as a PNG file."""
-    image = render_scene(np.random.default_rng([7, 7]), 360, 480, num_objects=4).image
+    image = render_scene(np.random.default_rng([7, 7]), CLASSIC, 360, 480, num_objects=4).image
     path = tmp_path / "shapes.png"
     Image.fromarray(image).save(path)
     return path, image

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from model.centermask import CenterMask
-from model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from model.checkpoint import CheckpointError, load_torch_file, read_checkpoint, save_checkpoint
 from model.configs import get_config
 from model.data.coco import CocoInstances, collate
 from model.train.step import training_losses
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = 0
     if args.resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        state = load_torch_file(state_path, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["iteration"]

@@ -16,7 +16,7 @@ import torch
 from model.centermask import CenterMask, padded_shape, postprocess, resize_image
 from model.checkpoint import file_sha256, load_model
 from model.detections import Detections
-from model.images import load_rgb
+from model.images import ImageError, load_rgb
 from model.polygons import crop_to_polygons
 from model.rle import encode_crop
 
@@ -159,7 +159,12 @@ def image_record(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.predict", description=__doc__)
-    parser.add_argument("images", nargs="+", type=Path, help="image files")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        help="image files (unreadable ones are skipped and reported; exit status 1)",
+    )
     parser.add_argument("--weights", type=Path, help="checkpoint (.pth/.pkl); default: the bundled model")
     parser.add_argument("--config", help="config name, needed for official checkpoints")
     parser.add_argument(
@@ -174,15 +179,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     predictor = load_predictor(args.weights, args.config, args.device)
-    records = []
+    records, unreadable = [], 0
     for path in args.images:
-        (detections,) = predictor.predict([load_rgb(path)])
+        try:
+            image = load_rgb(path)
+        except (ImageError, OSError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            print(f"{path}: skipped: {reason}", file=sys.stderr)
+            unreadable += 1
+            continue
+        (detections,) = predictor.predict([image])
         detections = detections.filter(score_threshold=args.score_threshold)
         records.append(image_record(path.name, detections, predictor.class_names, args.mask_format))
     args.output.write_text(json.dumps(records))
     total = sum(len(r["instances"]) for r in records)
     print(f"{len(records)} images, {total} instances → {args.output}", file=sys.stderr)
-    return 0
+    # Like cp or grep: the readable files are done, and the status says that some were not.
+    return 1 if unreadable else 0
 
 
 if __name__ == "__main__":

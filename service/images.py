@@ -17,7 +17,7 @@ _ERRORS: dict[type[ImageError], type[ServiceError]] = {
 }
 
 
-def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     """(H, W, 3) uint8 RGB, upright; raises InvalidImage, UnsupportedMediaType or TooManyPixels."""
     try:
         return load_rgb(data, max_pixels=max_pixels)

@@ -23,7 +23,7 @@ from model.predict import Predictor, PreparedImage, image_record
 from service import faults
 from service.batcher import Batcher, Inference
 from service.errors import DeadlineExceeded, NotReady, Overloaded, ServiceError, WorkerFailed
-from service.images import decode_upload
+from service.images import decode_image
 from service.metrics import Metrics
 from service.options import SegmentOptions
 from service.settings import Settings
@@ -282,7 +282,7 @@ class Runtime:
 
     def _preprocess(self, data: bytes) -> tuple[PreparedImage, float]:
         started = time.perf_counter()
-        prepared = self.predictor.prepare(decode_upload(data, max_pixels=self._settings.max_image_pixels))
+        prepared = self.predictor.prepare(decode_image(data, max_pixels=self._settings.max_image_pixels))
         elapsed = time.perf_counter() - started
         self._metrics.preprocess.observe(elapsed)
         return prepared, elapsed

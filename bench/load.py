@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model.images import load_rgb
 from model.predict import load_predictor
 from model.testing import write_rule_checkpoint
-from service.images import decode_image
 
 READY_TIMEOUT_S = 300
 WARM_UP_REQUESTS = 2
@@ -155,7 +155,7 @@ class InProcessModel:
 
     def __init__(self, weights: Path, config: str | None, image: bytes, batch_size: int) -> None:
         self.predictor = load_predictor(weights=weights, config=config, device="cpu")
-        self.batch = [self.predictor.prepare(decode_image(image, max_pixels=10**9))] * batch_size
+        self.batch = [self.predictor.prepare(load_rgb(image))] * batch_size
         self.predictor.infer(self.batch)  # warm-up
 
     def throughput(self, runs: int) -> float:

@@ -2,13 +2,25 @@
 
 Loading is strict: a file that lacks keys, has extra keys or has tensors of the wrong shape is refused
 with one error naming them, never half-loaded.
+
+Loading is safe for files of unknown origin: nothing in a file is ever imported or called beyond tensors,
+numpy arrays and plain containers. `.pkl` files (detectron2's model zoo: numpy arrays) go through an
+unpickler that knows only those. `.pth` files are read with `torch.load(weights_only=True)`; an object of
+another class (the learning-rate scheduler state of a detectron2 training checkpoint, say) becomes an
+inert placeholder that is never imported, and is dropped with the rest of the training state. A file
+that would call any other function while loading (`os.system`, `builtins.exec`, ...) is refused.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
 import pickle
-from collections.abc import Mapping
+import pickletools
+import zipfile
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +32,43 @@ from model.centermask import CenterMask
 from model.coco_classes import default_category_ids, default_class_names
 from model.configs import ModelConfig, get_config
 
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct, scalar
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct, scalar
+
 # Keys a detectron2 checkpoint may carry that are not weights of this model.
 IGNORED_SUFFIXES = ("pixel_mean", "pixel_std", "num_batches_tracked")
 # Config fields our own checkpoints may override (the test-time resize of a model trained at another scale).
 OVERRIDABLE_FIELDS = ("min_size_test", "max_size_test")
+# The entries of a checkpoint that are read; anything else (optimizer, scheduler, iteration) is ignored.
+USED_ENTRIES = ("model", "config", "class_names", "category_ids", "config_overrides", "metadata")
 FORMAT_VERSION = 1
+
+# What a weights file may reference by name, under every name numpy has pickled it as.
+_NUMPY_GLOBALS: dict[str, Any] = {
+    "numpy.core.multiarray._reconstruct": _reconstruct,
+    "numpy._core.multiarray._reconstruct": _reconstruct,
+    "numpy.core.multiarray.scalar": scalar,
+    "numpy._core.multiarray.scalar": scalar,
+    "numpy.ndarray": np.ndarray,
+    "numpy.dtype": np.dtype,
+}
+_NUMPY_DTYPE_CLASSES = tuple(
+    value for value in vars(np.dtypes).values() if isinstance(value, type) and issubclass(value, np.dtype)
+)
+_PICKLE_GLOBALS: dict[str, Any] = {
+    **_NUMPY_GLOBALS,
+    # Python 3 writes bytes this way in protocol 2 pickles (numpy array data).
+    "_codecs.encode": codecs.encode,
+    "collections.OrderedDict": OrderedDict,
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+    "builtins.bytearray": bytearray,
+    "builtins.complex": complex,
+}
+# Modules torch's safe loader refuses outright; their names are refused here too, class or not.
+_REFUSED_MODULES = frozenset({"os", "posix", "nt", "sys", "subprocess", "builtins", "shutil", "importlib"})
 
 
 class CheckpointError(ValueError):
@@ -57,22 +101,115 @@ def _to_tensor(name: str, value: Any) -> torch.Tensor:
         return value
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(value))
-    raise CheckpointError(f"entry {name!r} is a {type(value).__name__}, not a tensor or array")
+    raise CheckpointError(f"entry {name!r} is {_kind(value)}, not a tensor or array")
+
+
+class Inert:
+    """Stands for an object whose class a checkpoint names: never imported, never run, only recorded."""
+
+    qualified_name = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<not loaded: {self.qualified_name}>"
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, dtypes and plain containers; any other global is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        qualified = f"{module}.{name}"
+        if qualified not in _PICKLE_GLOBALS:
+            raise CheckpointError(
+                f"refusing to load: it references {qualified}, and .pkl weights hold only numpy arrays "
+                "and plain containers (the file may be malicious)"
+            )
+        return _PICKLE_GLOBALS[qualified]
+
+
+def _pickle_globals(stream: io.BufferedIOBase) -> Iterator[str]:
+    """The globals one pickle names, read from its opcodes without unpickling anything."""
+    for opcode, argument, _ in pickletools.genops(stream):
+        if opcode.name == "GLOBAL":
+            yield str(argument).replace(" ", ".")
+        elif opcode.name in ("STACK_GLOBAL", "INST", "OBJ"):
+            # Not written by torch.save (protocol 2); torch's safe loader refuses these opcodes as well.
+            yield f"<{opcode.name} opcode>"
+
+
+def _unknown_globals(path: Path) -> set[str]:
+    """The globals a torch file names that torch's safe loader does not know, found without loading it."""
+    if zipfile.is_zipfile(path):
+        return set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    found: set[str] = set()
+    with path.open("rb") as stream:
+        # The legacy format (torch < 1.6): pickles of the magic number, protocol, system info, the
+        # object and its storage keys, then raw storage bytes.
+        for _ in range(5):
+            found.update(_pickle_globals(stream))
+    return found - set(torch._weights_only_unpickler._get_allowed_globals())
+
+
+def _placeholders(path: Path) -> list[tuple[type, str]]:
+    """An Inert subclass for every class the file names beyond tensors and arrays; refuse anything else."""
+    placeholders = []
+    for name in sorted(_unknown_globals(path) - set(_NUMPY_GLOBALS)):
+        module, _, attribute = name.rpartition(".")
+        if module.split(".")[0] in _REFUSED_MODULES or not attribute[:1].isupper() or "<" in name:
+            raise CheckpointError(
+                f"refusing to load: it would call {name} while loading, which weights never need "
+                "(the file may be malicious)"
+            )
+        inert = type(attribute, (Inert,), {"qualified_name": name, "__module__": __name__})
+        placeholders.append((inert, name))
+    return placeholders
+
+
+def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load` for files of unknown origin: weights_only, with unknown classes as Inert placeholders.
+
+    Our training state (`last.pth`: model, AdamW state, iteration) loads as it was saved.
+    """
+    path = Path(path)
+    safe = [
+        *((value, name) for name, value in _NUMPY_GLOBALS.items()),
+        # Restoring a numpy dtype calls its __setstate__, which torch allows only for listed types.
+        *((dtype, f"numpy.dtypes.{dtype.__name__}") for dtype in _NUMPY_DTYPE_CLASSES),
+        *_placeholders(path),
+    ]
+    with torch.serialization.safe_globals(safe):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _read_file(path: Path) -> Mapping[str, Any]:
-    if path.suffix == ".pkl":
+    # A .pkl that torch.save wrote is a zip archive: the torch reader takes it.
+    if path.suffix == ".pkl" and not zipfile.is_zipfile(path):
         with path.open("rb") as stream:
             # detectron2 model-zoo files are latin-1 pickles of numpy arrays.
-            data = pickle.load(stream, encoding="latin1")
+            data = _RestrictedUnpickler(stream, encoding="latin1").load()
         if isinstance(data, Mapping) and "blobs" in data:
             raise CheckpointError(f"{path}: Caffe2/Detectron1 blob files are not CenterMask checkpoints")
         return data
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Training checkpoints can hold optimizer objects the safe loader refuses; the user chose this file.
-        return torch.load(path, map_location="cpu", weights_only=False)
+    return load_torch_file(path)
+
+
+def _inert_inside(value: Any) -> Inert | None:
+    """The first placeholder inside plain containers, if any."""
+    if isinstance(value, Inert):
+        return value
+    if isinstance(value, Mapping):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            if (found := _inert_inside(item)) is not None:
+                return found
+    return None
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -82,15 +219,18 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
         data = _read_file(path)
-    except CheckpointError:
-        raise
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
     except Exception as error:
         raise CheckpointError(f"{path}: not a readable checkpoint ({error})") from error
     if not isinstance(data, Mapping):
-        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {_kind(data)}")
+    for entry in USED_ENTRIES:
+        if entry in data and (inert := _inert_inside(data[entry])) is not None:
+            raise CheckpointError(f"{path}: its {entry!r} entry holds {inert!r}, which is not data")
     weights = data.get("model", data)
     if not isinstance(weights, Mapping):
-        raise CheckpointError(f"{path}: the 'model' entry is a {type(weights).__name__}, not a dict")
+        raise CheckpointError(f"{path}: the 'model' entry is {_kind(weights)}, not a dict")
     state_dict = {}
     for name, value in weights.items():
         key = name.removeprefix("module.")
@@ -114,6 +254,10 @@ def _category_ids(path: Path, value: Any) -> list[int] | None:
         return [int(i) for i in value]
     except (TypeError, ValueError):
         raise CheckpointError(f"{path}: category_ids must be a list of integers") from None
+
+
+def _kind(value: Any) -> str:
+    return repr(value) if isinstance(value, Inert) else f"a {type(value).__name__}"
 
 
 def _shape(tensor: torch.Tensor) -> str:
@@ -241,8 +385,8 @@ def save_checkpoint(
 def update_metadata(path: str | Path, updates: dict[str, Any]) -> None:
     """Merge `updates` into the metadata of one of our checkpoints, in place (atomically)."""
     path = Path(path)
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if "format_version" not in payload:
+    payload = load_torch_file(path)
+    if not isinstance(payload, dict) or "format_version" not in payload:
         raise CheckpointError(f"{path} is not one of our checkpoints; its metadata cannot be updated")
     payload["metadata"] = {**payload.get("metadata", {}), **updates}
     temporary = path.with_suffix(path.suffix + ".tmp")

@@ -19,7 +19,7 @@ from model.checkpoint import file_sha256, load_model, resolve_category_ids
 from model.coco_classes import default_category_ids
 from model.detections import CLASS_AGNOSTIC_IOU, Detections, Selection
 from model.fcos import Proposals
-from model.images import load_rgb
+from model.images import ImageError, load_rgb
 from model.precision import Precision, check_supported
 from model.processing import PreparedImage, padded_shape, prepare_image, scale_boxes
 from model.quantize import CALIBRATION_IMAGES
@@ -262,7 +262,12 @@ def predictor_from_arguments(args: argparse.Namespace) -> Predictor:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.predict", description=__doc__)
-    parser.add_argument("images", nargs="+", type=Path, help="image files")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        help="image files (unreadable ones are skipped and reported; exit status 1)",
+    )
     add_predictor_arguments(parser)
     parser.add_argument(
         "--score-threshold",
@@ -284,12 +289,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     predictor = predictor_from_arguments(args)
-    records = []
+    records, unreadable = [], 0
     for path in args.images:
-        (detections,) = predictor.predict([load_rgb(path)])
+        try:
+            image = load_rgb(path)
+        except (ImageError, OSError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            print(f"{path}: skipped: {reason}", file=sys.stderr)
+            unreadable += 1
+            continue
+        # Suppressors outrank what they suppress, so the threshold can go first, into the model.
+        (detections,) = predictor.predict([image], Selection(score_threshold=args.score_threshold))
         if args.class_agnostic_nms is not None:
             detections = detections.class_agnostic_nms(args.class_agnostic_nms)
-        detections = detections.filter(score_threshold=args.score_threshold)
         records.append(
             image_record(
                 path.name, detections, predictor.class_names, predictor.category_ids, args.mask_format
@@ -298,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.write_text(json.dumps(records))
     total = sum(len(r["instances"]) for r in records)
     print(f"{len(records)} images, {total} instances → {args.output}", file=sys.stderr)
-    return 0
+    # Like cp or grep: the readable files are done, and the status says that some were not.
+    return 1 if unreadable else 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ from PIL import Image
 
 
 def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """detectron2 ResizeShortestEdge: the short side to `short`, the long side capped at `max_size`."""
+    """detectron2 ResizeShortestEdge: the short side to `short`, the long side capped at `max_size`.
+
+    Unlike detectron2, a side is never rounded down to 0 (a 1×2000 image): it keeps at least 1 pixel.
+    """
     scale = short / min(height, width)
     if height < width:
         new_h, new_w = short, scale * width
@@ -26,7 +29,7 @@ def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[i
     if max(new_h, new_w) > max_size:
         rescale = max_size / max(new_h, new_w)
         new_h, new_w = new_h * rescale, new_w * rescale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def padded_shape(height: int, width: int, divisibility: int = 32) -> tuple[int, int]:

@@ -6,17 +6,16 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from types import FrameType
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
+from starlette.middleware.cors import CORSMiddleware
 
+from model.images import configure_pillow
 from model.predict import load_predictor
-from service import routes
+from service import routes, server
 from service.errors import install_error_handlers
-from service.images import configure_pillow
 from service.logging import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
@@ -25,6 +24,7 @@ from service.pages import install_pages
 from service.runtime import PredictorLoader, Runtime
 from service.schemas import OrjsonResponse
 from service.settings import Settings
+from service.uploads import Uploads
 
 DESCRIPTION = """POST an image to `/segment`: get boxes, classes, scores and COCO RLE masks back, or the
 image with them drawn (`format=png`).
@@ -61,6 +61,7 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = runtime
+    app.state.uploads = Uploads(settings)
     install_error_handlers(app)
     routers = (routes.protected_router, routes.open_router)
     for router in routers:
@@ -68,6 +69,16 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     install_pages(app)
     install_openapi(app)
     endpoints = frozenset(route.path for router in routers for route in router.routes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID"],
+            max_age=600,
+        )
+    # Added last, so outermost: every answer, CORS preflights included, gets a request id and a log line.
     app.add_middleware(RequestContextMiddleware, metrics=metrics, endpoints=endpoints)
     return app
 
@@ -92,18 +103,6 @@ def __getattr__(name: str) -> FastAPI:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class DrainingServer(uvicorn.Server):
-    """Turns the service unready the moment SIGTERM arrives, while uvicorn finishes open requests."""
-
-    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
-        super().__init__(config)
-        self._runtime = runtime
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._runtime.begin_draining()
-        super().handle_exit(sig, frame)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """`centermask-serve`: every setting as a flag (`--port 8080`) or as CENTERMASK_* in the environment."""
     try:
@@ -115,13 +114,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         sys.exit(f"centermask-serve: invalid settings\n{problems}")
     configure_logging(settings.log_level)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
-    )
-    DrainingServer(config, app.state.runtime).run()
+    server.run(create_app(settings), settings)

@@ -1,8 +1,9 @@
 """Every error the service answers, in one JSON shape: `{"error": {"code": ..., "message": ...}}`.
 
 A batch request that fails because of one of its images adds that image's position: `"index": 2`.
-Responses never carry stack traces; unexpected exceptions are logged and answered as `internal_error`
-by the request middleware.
+Responses never carry stack traces, file paths or exception texts: a 500 says "internal error" and the
+request id, and the details go to the log under that id. Unexpected exceptions are answered as
+`internal_error` by the request middleware.
 """
 
 from http import HTTPStatus
@@ -13,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from service.logging import request_id
 from service.schemas import OrjsonResponse
 
 RETRY_AFTER_S = 1
@@ -35,9 +37,10 @@ class ServiceError(Exception):
         return type(self)(self.message, index=index)
 
     def to_response(self) -> Response:
-        return error_response(
-            self.status_code, self.code, self.message, index=self.index, headers=self.headers
-        )
+        message = self.message
+        if self.status_code == 500:
+            message = f"{message}; request id {request_id.get()}"
+        return error_response(self.status_code, self.code, message, index=self.index, headers=self.headers)
 
 
 class InvalidImage(ServiceError):
@@ -54,6 +57,16 @@ class Unauthorized(ServiceError):
     status_code = 401
     code = "unauthorized"
     headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class RequestTimeout(ServiceError):
+    status_code = 408
+    code = "request_timeout"
+    # A client too slow to send its body is not kept. (A 413 does not close: closing with the body's
+    # rest unread makes the client's TCP stack drop the answer, so uvicorn reads and discards the
+    # rest, for at most the idle timeout.)
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}
+    rejection = "body_timeout"
 
 
 class ImageTooLarge(ServiceError):
@@ -89,8 +102,13 @@ class ClientClosedRequest(ServiceError):
 
 
 class InferenceFailed(ServiceError):
+    """The forward pass raised for this image, even alone. The message never holds the exception."""
+
     status_code = 500
     code = "inference_failed"
+
+    def __init__(self, message: str = "internal error while running the model", **kwargs: int | None) -> None:
+        super().__init__(message, **kwargs)
 
 
 class NotReady(ServiceError):
@@ -105,6 +123,27 @@ class Overloaded(ServiceError):
     code = "overloaded"
     headers: ClassVar[dict[str, str]] = {"Retry-After": str(RETRY_AFTER_S)}
     rejection = "queue_full"
+
+
+class TooManyUploads(Overloaded):
+    rejection = "uploads_full"
+
+
+class OutOfMemory(ServiceError):
+    """The device ran out of memory for this image even alone; other requests carry on."""
+
+    status_code = 503
+    code = "out_of_memory"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": str(RETRY_AFTER_S)}
+
+
+class WorkerFailed(ServiceError):
+    """The inference worker is out of service (device fault, hung or dead): the process awaits restart."""
+
+    status_code = 503
+    code = "worker_failed"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": str(RETRY_AFTER_S)}
+    rejection = "worker_failed"
 
 
 class DeadlineExceeded(ServiceError):
@@ -128,9 +167,7 @@ def error_response(
 
 
 def internal_error_response() -> Response:
-    return error_response(
-        500, "internal_error", "internal error; the request id is in the X-Request-ID header"
-    )
+    return error_response(500, "internal_error", f"internal error; request id {request_id.get()}")
 
 
 async def _service_error(request: Request, exc: ServiceError) -> Response:

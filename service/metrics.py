@@ -15,7 +15,11 @@ SECONDS_BUCKETS = (
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
-REJECTION_REASONS = ("queue_full", "deadline", "client_gone", "not_ready")
+REJECTION_REASONS = (
+    "queue_full", "uploads_full", "deadline", "client_gone", "body_timeout", "not_ready", "worker_failed",
+)  # fmt: skip
+# What went wrong in a failed forward pass (service/faults.py); "hung" is a pass past the watchdog.
+FAULT_KINDS = ("error", "out_of_memory", "fatal", "hung")
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -57,6 +61,14 @@ class Metrics:
         )
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
+        self.inference_failures = Counter(
+            "centermask_inference_failures_total",
+            "Forward passes that raised or hung, by kind (a failed batch is retried in halves).",
+            ("kind",),
+            registry=registry,
+        )
+        for kind in FAULT_KINDS:
+            self.inference_failures.labels(kind)
         self.queue_depth = Gauge("centermask_queue_depth", "Images waiting for inference.", registry=registry)
         self.requests_in_flight = Gauge(
             "centermask_requests_in_flight", "Segmentation requests being processed.", registry=registry

@@ -2,7 +2,8 @@
 
 import asyncio
 import dataclasses
-import secrets
+import hashlib
+import hmac
 import time
 from collections.abc import Awaitable
 from typing import Annotated, Any, Literal, TypeVar
@@ -17,7 +18,8 @@ from service.errors import ClientClosedRequest, NotReady, Unauthorized, error_re
 from service.images import decode_image
 from service.logging import request_id
 from service.metrics import CONTENT_TYPE, Metrics
-from service.runtime import ImageFailed, Phase, Runtime, Segmented, SegmentOptions
+from service.options import SegmentOptions, class_ids
+from service.runtime import ImageFailed, Phase, Runtime, Segmented
 from service.schemas import (
     BatchResponse,
     ImageFormat,
@@ -28,7 +30,7 @@ from service.schemas import (
     SegmentResponse,
 )
 from service.settings import Settings
-from service.uploads import read_image, read_images
+from service.uploads import Uploads
 
 T = TypeVar("T")
 
@@ -45,8 +47,13 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def get_uploads(request: Request) -> Uploads:
+    return request.app.state.uploads
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+UploadsDep = Annotated[Uploads, Depends(get_uploads)]
 
 
 def require_api_key(
@@ -56,10 +63,22 @@ def require_api_key(
 ) -> None:
     if settings.api_key is None:
         return
-    expected = settings.api_key.get_secret_value().encode()
     offered = api_key if api_key is not None else (bearer.credentials if bearer is not None else "")
-    if not secrets.compare_digest(offered.encode(), expected):
+    # Digests of equal length, compared in constant time: the timing says nothing about the key,
+    # not even its length.
+    expected = hashlib.sha256(settings.api_key.get_secret_value().encode()).digest()
+    if not hmac.compare_digest(hashlib.sha256(offered.encode("utf-8", "replace")).digest(), expected):
         raise Unauthorized("a valid API key is required, in X-API-Key or Authorization: Bearer")
+
+
+def require_api_key_for_probes(
+    settings: SettingsDep,
+    api_key: Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto_error=False))],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
+) -> None:
+    """The probes and /metrics need the key only with CENTERMASK_PROTECT_PROBES."""
+    if settings.protect_probes:
+        require_api_key(settings, api_key, bearer)
 
 
 def segment_options(
@@ -98,7 +117,7 @@ def segment_options(
     return SegmentOptions(
         score_threshold=settings.score_threshold if score_threshold is None else score_threshold,
         max_detections=settings.max_detections if max_detections is None else max_detections,
-        class_ids=runtime.class_ids(selectors) if selectors else None,
+        class_ids=class_ids(selectors, runtime.predictor) if selectors else None,
         mask_format=mask_format,
     )
 
@@ -106,7 +125,7 @@ def segment_options(
 OptionsDep = Annotated[SegmentOptions, Depends(segment_options)]
 
 protected_router = APIRouter(dependencies=[Depends(require_api_key)])
-open_router = APIRouter()
+open_router = APIRouter(dependencies=[Depends(require_api_key_for_probes)])
 
 
 OutputFormat = Literal["json", "png", "jpeg"]
@@ -131,6 +150,7 @@ async def segment(
     request: Request,
     runtime: RuntimeDep,
     settings: SettingsDep,
+    uploads: UploadsDep,
     options: OptionsDep,
     output_format: FormatDep = "json",
 ) -> Response:
@@ -146,12 +166,9 @@ async def segment(
     if drawing and options.mask_format == "polygon":
         options = dataclasses.replace(options, mask_format="rle")
     async with runtime.admitted():
-        deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
-        upload = await read_image(request, max_bytes=settings.max_image_bytes)
+        upload = await uploads.read_image(request)
         try:
-            [result] = await _unless_disconnected(
-                request, runtime.segment([upload], options, deadline=deadline)
-            )
+            [result] = await _unless_disconnected(request, runtime.segment([upload], options))
         except ImageFailed as failed:
             raise failed.error from None
         if drawing:
@@ -180,7 +197,7 @@ async def segment(
     summary="Segment several images; one failing image fails the request",
 )
 async def segment_batch(
-    request: Request, runtime: RuntimeDep, settings: SettingsDep, options: OptionsDep
+    request: Request, runtime: RuntimeDep, uploads: UploadsDep, options: OptionsDep
 ) -> Response:
     """Segment up to CENTERMASK_MAX_IMAGES_PER_REQUEST images, answered in upload order.
 
@@ -189,14 +206,9 @@ async def segment_batch(
     """
     started = time.perf_counter()
     async with runtime.admitted():
-        deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
-        uploads = await read_images(
-            request, max_bytes=settings.max_image_bytes, max_images=settings.max_images_per_request
-        )
+        images = await uploads.read_images(request)
         try:
-            results = await _unless_disconnected(
-                request, runtime.segment(uploads, options, deadline=deadline)
-            )
+            results = await _unless_disconnected(request, runtime.segment(images, options))
         except ImageFailed as failed:
             raise failed.error.for_image(failed.index) from None
     total_ms = (time.perf_counter() - started) * 1000

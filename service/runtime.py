@@ -1,7 +1,9 @@
 """The model's life in the service: loading, warm-up, serving requests' images, draining at shutdown.
 
 Phases: loading → ready → draining. A model that cannot be loaded ends in `failed`, which stops the
-process (the message is logged; Kubernetes restarts the pod and shows it).
+process (the message is logged; Kubernetes restarts the pod and shows it). An inference worker that
+stops for good (a device fault, a hung forward pass, a dead thread: service/batcher.py) also ends in
+`failed`: the liveness probe fails, so that the orchestrator restarts the process, and requests get 503.
 """
 
 import asyncio
@@ -15,16 +17,16 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
-import torch
 
 from model.detections import Detections
 from model.predict import Predictor, PreparedImage
-from model.wire import image_record, select_classes
+from model.wire import image_record
+from service import faults
 from service.batcher import Batcher, Inference
-from service.errors import DeadlineExceeded, InvalidParameter, NotReady, Overloaded, ServiceError
+from service.errors import DeadlineExceeded, NotReady, Overloaded, ServiceError, WorkerFailed
 from service.images import decode_image
 from service.metrics import Metrics
-from service.schemas import MaskFormat
+from service.options import SegmentOptions
 from service.settings import Settings
 from service.uploads import Upload
 
@@ -34,6 +36,11 @@ T = TypeVar("T")
 
 # A photo-like size, so warm-up exercises the same code paths and allocations as real traffic.
 _WARM_UP_SHAPE = (480, 640, 3)
+# The default inference watchdog: this many times the slowest warm-up batch (first calls of a size
+# are the slowest ones), and never less than the floor, so that a loaded machine is not taken for a
+# hung one.
+_WATCHDOG_FACTOR = 10
+_WATCHDOG_FLOOR_S = 30.0
 
 
 class PredictorLoader(Protocol):
@@ -47,14 +54,6 @@ class Phase(StrEnum):
     READY = "ready"
     DRAINING = "draining"
     FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    score_threshold: float
-    max_detections: int
-    class_ids: frozenset[int] | None
-    mask_format: MaskFormat
 
 
 @dataclass(frozen=True)
@@ -99,6 +98,7 @@ class Runtime:
         self._idle = asyncio.Event()
         self._idle.set()
         self._drain_started: float | None = None
+        self._watchdog_s: float | None = None
         metrics.track(
             queue_depth=lambda: self._batcher.depth if self._batcher else 0,
             requests_in_flight=lambda: self._in_flight,
@@ -117,6 +117,16 @@ class Runtime:
         if self.phase is Phase.FAILED:
             return False
         return self._batcher is None or self._batcher.is_running or self.phase is Phase.DRAINING
+
+    @property
+    def in_flight(self) -> int:
+        """Segmentation requests admitted and not yet answered."""
+        return self._in_flight
+
+    @property
+    def watchdog_s(self) -> float | None:
+        """The inference watchdog in force (None until warm-up has measured the default)."""
+        return self._watchdog_s
 
     def start(self) -> None:
         """Load and warm up in the background: the probes answer meanwhile."""
@@ -148,9 +158,17 @@ class Runtime:
         self._cpu_pool.shutdown(wait=False, cancel_futures=True)
         logger.info("stopped")
 
+    async def stop_inference(self) -> None:
+        """The drain time is up: queued and running images get 503 now, so that their requests are
+        still answered (in JSON) before the server closes their connections."""
+        if self._batcher is not None:
+            await self._batcher.close(0)
+
     @contextlib.asynccontextmanager
     async def admitted(self) -> AsyncIterator[None]:
         """A segmentation request's stay: refused unless ready, and waited for by the drain."""
+        if self.phase is Phase.FAILED:
+            raise WorkerFailed("the service has failed and awaits a restart; retry")
         if self.phase is not Phase.READY:
             raise NotReady(f"the service is {self.phase}")
         assert self._batcher is not None
@@ -166,22 +184,16 @@ class Runtime:
             if self._in_flight == 0:
                 self._idle.set()
 
-    def class_ids(self, selectors: Sequence[str]) -> frozenset[int]:
-        """`classes=` selectors (`model.wire.select_classes`) → class ids; InvalidParameter if unknown."""
-        predictor = self.predictor
-        try:
-            return select_classes(selectors, predictor.class_names, predictor.category_ids)
-        except ValueError as exc:
-            raise InvalidParameter(str(exc)) from None
-
-    async def segment(
-        self, uploads: Sequence[Upload], options: SegmentOptions, *, deadline: float
-    ) -> list[Segmented]:
+    async def segment(self, uploads: Sequence[Upload], options: SegmentOptions) -> list[Segmented]:
         """Segment the images of one request; all its images are queued together, so they batch.
 
-        `deadline` is in `loop.time()` seconds. Raises ImageFailed for the first failing image.
+        The request's deadline (`Settings.request_deadline_s`) starts now. Raises ImageFailed for the
+        first failing image.
         """
         assert self._batcher is not None
+        settings = self._settings
+        deadline_s = settings.request_deadline_s(len(uploads))
+        deadline = asyncio.get_running_loop().time() + deadline_s
         try:
             async with asyncio.timeout_at(deadline):
                 prepared = await _each(self._in_cpu_pool(self._preprocess, upload.data) for upload in uploads)
@@ -193,7 +205,9 @@ class Runtime:
                 )
         except TimeoutError:
             raise DeadlineExceeded(
-                f"the request took longer than {self._settings.request_timeout_s} s"
+                f"the request took longer than its deadline of {deadline_s:g} s "
+                f"(CENTERMASK_REQUEST_TIMEOUT_S = {settings.request_timeout_s:g} s per "
+                f"{settings.max_batch_size} images); raise CENTERMASK_REQUEST_TIMEOUT_S for slower devices"
             ) from None
         self._metrics.images.inc(len(uploads))
         return [
@@ -241,11 +255,17 @@ class Runtime:
             max_batch_delay_s=settings.max_batch_delay_ms / 1000,
             max_queue=settings.max_queue,
             metrics=self._metrics,
+            classify=faults.classify,
+            release_memory=lambda: faults.release_memory(predictor.device),
+            on_failure=self._worker_failed,
         )
         started = time.perf_counter()
         sample = np.random.default_rng(0).integers(0, 256, _WARM_UP_SHAPE, dtype=np.uint8)
-        await batcher.warm_up(predictor.prepare(sample))
-        batcher.start()
+        slowest_s = await batcher.warm_up(predictor.prepare(sample))
+        self._watchdog_s = settings.inference_watchdog_s or max(
+            _WATCHDOG_FLOOR_S, _WATCHDOG_FACTOR * slowest_s
+        )
+        batcher.start(watchdog_s=self._watchdog_s)
         self._batcher = batcher
         if self.phase is Phase.LOADING:
             self.phase = Phase.READY
@@ -256,19 +276,18 @@ class Runtime:
                 "page": f"{base_url}/",
                 "docs": f"{base_url}/docs",
                 "warm_up_s": round(time.perf_counter() - started, 3),
+                "inference_watchdog_s": round(self._watchdog_s, 3),
                 "settings": settings.effective(),
             },
         )
 
+    def _worker_failed(self, reason: str) -> None:
+        self.phase = Phase.FAILED
+        logger.error("the service has failed and awaits a restart (liveness now fails): %s", reason)
+
     def _infer(self, images: list[PreparedImage]) -> list[Detections]:
-        predictor = self.predictor
-        try:
-            detections = predictor.infer(images)
-        except torch.cuda.OutOfMemoryError:
-            # Hand the cached blocks back, so that the batcher's one-image retries can fit.
-            torch.cuda.empty_cache()
-            raise
-        self._metrics.observe_cuda_memory(predictor.device)
+        detections = self.predictor.infer(images)
+        self._metrics.observe_cuda_memory(self.predictor.device)
         return detections
 
     def _preprocess(self, data: bytes) -> tuple[PreparedImage, float]:

@@ -4,17 +4,28 @@
 wins over the environment.
 """
 
+import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.command_line import parse_settings
 
 MiB = 1024 * 1024
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class Settings(BaseSettings):
@@ -47,15 +58,39 @@ class Settings(BaseSettings):
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto takes CUDA when available, else the CPU."
     )
-    max_batch_size: PositiveInt = Field(8, description="Most images in one forward pass.")
+    max_batch_size: PositiveInt | None = Field(
+        None, description="Most images in one forward pass. Default: min(8, max_queue)."
+    )
     max_batch_delay_ms: NonNegativeFloat = Field(
         5, description="Longest wait for a batch to fill after its first image arrives."
     )
     max_queue: PositiveInt = Field(64, description="Images waiting for inference before requests get 503.")
-    request_timeout_s: PositiveFloat = Field(30, description="Deadline of one request; 504 after it.")
+    request_timeout_s: PositiveFloat = Field(
+        30,
+        description="Deadline of a request once its body is in, for every max_batch_size images it "
+        "holds (a batch request of 3 × max_batch_size images gets 3 × this); 504 after it.",
+    )
+    body_timeout_s: PositiveFloat = Field(
+        30, description="Longest time a client may take to send a request body; 408 after it."
+    )
+    max_concurrent_uploads: PositiveInt | None = Field(
+        None, description="Requests receiving their body at once; more get 503. Default: max_queue."
+    )
+    idle_timeout_s: PositiveFloat = Field(
+        5,
+        description="A connection that sends no complete request head for this long (after connecting "
+        "or after its last answer) is closed.",
+    )
+    inference_watchdog_s: PositiveFloat | None = Field(
+        None,
+        description="A forward pass running longer than this marks the worker failed (/healthz 503). "
+        "Default: 10 × the slowest warm-up batch, at least 30 s.",
+    )
     max_image_bytes: PositiveInt = Field(20 * MiB, description="Largest accepted encoded image.")
     max_image_pixels: PositiveInt = Field(40_000_000, description="Largest accepted width × height.")
-    max_images_per_request: PositiveInt = Field(32, description="Most images in one /segment/batch request.")
+    max_images_per_request: PositiveInt | None = Field(
+        None, description="Most images in one /segment/batch request. Default: min(32, max_queue)."
+    )
     score_threshold: float = Field(
         0.3, ge=0, le=1, description="Default for the score_threshold query parameter."
     )
@@ -73,20 +108,57 @@ class Settings(BaseSettings):
         None,
         description="When set, /segment* and /v1/model require it (X-API-Key or Bearer). Unset: open.",
     )
+    protect_probes: bool = Field(
+        False,
+        description="With api_key set, /healthz, /readyz and /metrics require it too (default: open, "
+        "for probes and scrapers).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins that browsers may call the API from, comma-separated (https://app.example), "
+        "or *. Unset: no CORS headers.",
+    )
     drain_timeout_s: NonNegativeFloat = Field(
         25, description="On shutdown, how long queued and running requests may still finish."
     )
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
     @model_validator(mode="after")
-    def _batch_requests_fit_in_queue(self) -> Self:
-        # A batch request enqueues all of its images at once or none; more images than the queue
-        # holds could never be accepted.
+    def _derive_and_check(self) -> Self:
+        """Fill the limits that default from others, then check what must hold between settings."""
+        # The model is frozen for its users; the derived defaults are set once, here.
+        if self.max_batch_size is None:
+            self.__dict__["max_batch_size"] = min(8, self.max_queue)
+        if self.max_images_per_request is None:
+            self.__dict__["max_images_per_request"] = min(32, self.max_queue)
+        if self.max_concurrent_uploads is None:
+            self.__dict__["max_concurrent_uploads"] = self.max_queue
+        # A batch request queues all of its images at once or none: more than the queue holds could
+        # never be accepted.
         if self.max_images_per_request > self.max_queue:
             raise ValueError(
-                f"max_images_per_request ({self.max_images_per_request}) must not exceed "
-                f"max_queue ({self.max_queue})"
+                f"CENTERMASK_MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) must not exceed "
+                f"CENTERMASK_MAX_QUEUE ({self.max_queue}): lower the first or raise the second"
             )
+        if self.protect_probes and self.api_key is None:
+            raise ValueError("CENTERMASK_PROTECT_PROBES needs CENTERMASK_API_KEY: there is no key to ask for")
+        for origin in self.cors_origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"CENTERMASK_CORS_ORIGINS: {origin!r} is not an origin such as https://app.example:8443 "
+                    "(scheme, host and optional port, no path) or *"
+                )
         return self
+
+    def request_deadline_s(self, images: int) -> float:
+        """The processing deadline of a request with this many images (request_timeout_s per batch)."""
+        return self.request_timeout_s * math.ceil(images / self.max_batch_size)
 
     @classmethod
     def from_command_line(cls, argv: Sequence[str]) -> Self:

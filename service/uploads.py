@@ -1,10 +1,15 @@
-"""Reading uploaded images from a request body, within the byte limits.
+"""Reading uploaded images from a request body, within the limits.
 
 `/segment` takes one image, as the multipart file field `image` or as a raw body with an image
 Content-Type; `/segment/batch` takes the repeated multipart file field `images`. Sizes are checked
 against Content-Length before reading and again while reading, so an oversized body is never held.
+A body must arrive within `body_timeout_s` (408 after it), and at most `max_concurrent_uploads`
+requests receive their bodies at once (more get 503 at once): slow or stalled clients hold neither
+memory nor request slots for long.
 """
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,14 +23,19 @@ from service.errors import (
     ImageTooLarge,
     InvalidParameter,
     InvalidRequest,
+    RequestTimeout,
     TooManyImages,
+    TooManyUploads,
     UnsupportedMediaType,
 )
 from service.images import MEDIA_TYPES
+from service.settings import Settings
 
 # Room for the multipart boundaries and part headers around the image bytes.
 _MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _MULTIPART = "multipart/form-data"
+# Longest filename echoed back in the answer's "file".
+_MAX_FILENAME = 255
 
 
 @dataclass(frozen=True)
@@ -34,28 +44,62 @@ class Upload:
     data: bytes
 
 
-async def read_image(request: Request, *, max_bytes: int) -> Upload:
-    media_type = _media_type(request)
-    if media_type == _MULTIPART:
-        [upload] = await _read_form_files(request, "image", max_files=1, max_bytes=max_bytes)
-        _check_size(upload, max_bytes)
-        return upload
-    if media_type in MEDIA_TYPES:
-        data = b"".join([chunk async for chunk in _limited_body(request, max_bytes)])
-        return Upload(filename=None, data=data)
-    raise UnsupportedMediaType(
-        f"Content-Type {media_type or '(none)'} is not supported; send {_MULTIPART} "
-        f"with the field 'image', or the image itself as one of {', '.join(MEDIA_TYPES)}"
-    )
+class Uploads:
+    """The body reader of the segmentation endpoints, and the count of bodies being received."""
 
+    def __init__(self, settings: Settings) -> None:
+        self._max_bytes = settings.max_image_bytes
+        self._max_images = settings.max_images_per_request
+        self._timeout_s = settings.body_timeout_s
+        self._max_concurrent = settings.max_concurrent_uploads
+        self.receiving = 0
 
-async def read_images(request: Request, *, max_bytes: int, max_images: int) -> list[Upload]:
-    if _media_type(request) != _MULTIPART:
-        raise UnsupportedMediaType(f"send {_MULTIPART} with the images in the repeated field 'images'")
-    uploads = await _read_form_files(request, "images", max_files=max_images, max_bytes=max_bytes)
-    for index, upload in enumerate(uploads):
-        _check_size(upload, max_bytes, index=index)
-    return uploads
+    async def read_image(self, request: Request) -> Upload:
+        async with self._slot():
+            media_type = _media_type(request)
+            if media_type == _MULTIPART:
+                [upload] = await _read_form_files(request, "image", max_files=1, max_bytes=self._max_bytes)
+                _check_size(upload, self._max_bytes)
+                return upload
+            if media_type in MEDIA_TYPES:
+                data = b"".join([chunk async for chunk in _limited_body(request, self._max_bytes)])
+                return Upload(filename=None, data=data)
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type[:100] or '(none)'} is not supported; send {_MULTIPART} "
+            f"with the field 'image', or the image itself as one of {', '.join(MEDIA_TYPES)}"
+        )
+
+    async def read_images(self, request: Request) -> list[Upload]:
+        if _media_type(request) != _MULTIPART:
+            raise UnsupportedMediaType(f"send {_MULTIPART} with the images in the repeated field 'images'")
+        async with self._slot():
+            uploads = await _read_form_files(
+                request, "images", max_files=self._max_images, max_bytes=self._max_bytes
+            )
+        for index, upload in enumerate(uploads):
+            _check_size(upload, self._max_bytes, index=index)
+        return uploads
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        if self.receiving >= self._max_concurrent:
+            raise TooManyUploads(
+                f"{self.receiving} uploads are already being received (CENTERMASK_MAX_CONCURRENT_UPLOADS); "
+                "retry later"
+            )
+        self.receiving += 1
+        deadline = asyncio.timeout(self._timeout_s)
+        try:
+            async with deadline:
+                yield
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise RequestTimeout(
+                f"the request body did not arrive within {self._timeout_s:g} s (CENTERMASK_BODY_TIMEOUT_S)"
+            ) from None
+        finally:
+            self.receiving -= 1
 
 
 def _media_type(request: Request) -> str:
@@ -96,10 +140,17 @@ async def _read_form_files(request: Request, field: str, *, max_files: int, max_
         for value in values:
             if not isinstance(value, UploadFile):
                 raise InvalidParameter(f"the multipart field '{field}' must be a file, with a filename")
-            uploads.append(Upload(filename=value.filename or None, data=await value.read()))
+            uploads.append(Upload(filename=_clean_filename(value.filename), data=await value.read()))
         return uploads
     finally:
         await form.close()
+
+
+def _clean_filename(filename: str | None) -> str | None:
+    """The client's filename as shown back: valid UTF-8, not absurdly long; None when absent."""
+    if not filename:
+        return None
+    return filename[:_MAX_FILENAME].encode("utf-8", "replace").decode("utf-8")
 
 
 def _check_size(upload: Upload, max_bytes: int, *, index: int | None = None) -> None:

@@ -27,6 +27,13 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint at a test resize of 64/128: for tests that send many images (fuzzing, load)."""
+    path = tmp_path_factory.mktemp("weights") / "small.pth"
+    return write_rule_checkpoint(path, TINY_CONFIG, min_size_test=64, max_size_test=128)
+
+
+@pytest.fixture(scope="session")
 def shared_reference() -> Path:
     """`../shared/reference` (parity fixtures and key manifests); skips where a clone has no shared/."""
     reference = SHARED / "reference"

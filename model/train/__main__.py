@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from model.centermask import CenterMask
-from model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from model.checkpoint import CheckpointError, load_torch_file, read_checkpoint, save_checkpoint
 from model.configs import get_config
 from model.data.augment import PRESETS as AUGMENTATIONS
 from model.data.augment import PROBABILITIES as AUGMENTATION_PROBABILITIES
@@ -269,7 +269,7 @@ def restore(run: Run) -> int:
     """Load what the arguments ask to start from; return the iteration to start at."""
     args = run.args
     if args.resume and run.state_path.is_file():
-        state = torch.load(run.state_path, map_location=run.device, weights_only=False)
+        state = load_torch_file(run.state_path, map_location=run.device)
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         print(f"resumed from {run.state_path} at iteration {state['iteration']}", file=sys.stderr)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
+import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from model.centermask import CenterMask
 from model.checkpoint import (
     CheckpointError,
+    Inert,
     load_model,
+    load_torch_file,
     read_checkpoint,
     resolve_category_ids,
     save_checkpoint,
@@ -147,3 +153,112 @@ def test_inconsistent_category_ids_are_refused(tmp_path: Path, ids: list[int], p
     path = save_checkpoint(tmp_path / "bad.pth", model, ["a", "b", "c"], category_ids=ids)
     with pytest.raises(CheckpointError, match=problem):
         load_predictor(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Files of unknown origin never run code.
+
+
+class RunsCode:
+    """What an attacker pickles: unpickling it calls exec, which would write `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+class OpensAFile:
+    """An object of an importable class whose construction writes `marker` (logging.FileHandler)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (logging.FileHandler, (str(self.marker),))
+
+
+def save(payload: object, path: Path) -> Path:
+    """`.pkl`: a plain pickle (the model zoo's); `.pth`: torch.save; `.legacy.pth`: torch < 1.6's format."""
+    if path.suffix == ".pkl":
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    else:
+        torch.save(payload, path, _use_new_zipfile_serialization=not path.name.endswith(".legacy.pth"))
+    return path
+
+
+# Refusal comes before any weight is looked at: a few arrays stand for the weights.
+NUMPY_WEIGHTS = {"backbone.fpn_output3.bias": np.zeros(4, np.float32), "x.weight": np.ones((2, 2))}
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".legacy.pth", ".pkl"])
+def test_a_file_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path, suffix: str) -> None:
+    marker = tmp_path / "ran"
+    path = save({"model": NUMPY_WEIGHTS, "optimizer": RunsCode(marker)}, tmp_path / f"evil{suffix}")
+    with pytest.raises(CheckpointError, match=r"refusing to load: it (would call|references) .*exec"):
+        load_model(path, LITE)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".legacy.pth", ".pkl"])
+@pytest.mark.parametrize("where", ["weights", "metadata", "whole file"])
+def test_an_object_among_the_data_is_refused_and_never_built(tmp_path: Path, suffix: str, where: str) -> None:
+    marker = tmp_path / "opened"
+    evil = OpensAFile(marker)
+    payload = {
+        "weights": {"model": {**NUMPY_WEIGHTS, "extra": evil}},
+        "metadata": {"model": NUMPY_WEIGHTS, "metadata": {"note": evil}},
+        "whole file": evil,
+    }[where]
+    path = save(payload, tmp_path / f"evil{suffix}")
+    with pytest.raises(CheckpointError, match=r"logging\.FileHandler"):
+        load_model(path, LITE)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["model_final.pth", "model_final.legacy.pth"])
+def test_training_state_of_unknown_classes_is_inert_and_skipped(tmp_path: Path, name: str) -> None:
+    """A detectron2 training checkpoint: its scheduler state holds an fvcore object we never import."""
+    module = types.ModuleType("fvcore_param_scheduler")
+
+    class CosineParamScheduler:
+        def __init__(self, start: float) -> None:
+            self.start = start
+
+    CosineParamScheduler.__module__ = module.__name__
+    CosineParamScheduler.__qualname__ = "CosineParamScheduler"
+    module.CosineParamScheduler = CosineParamScheduler
+    weights = rule_weights()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1, momentum=0.9)
+    optimizer.step()
+    marker = tmp_path / "opened"
+    sys.modules[module.__name__] = module
+    try:
+        path = save(
+            {
+                "model": weights,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": {"_multiplier": CosineParamScheduler(0.1), "last_epoch": 7},
+                "trainer": {"hooks": [OpensAFile(marker)]},
+                "iteration": 7,
+            },
+            tmp_path / name,
+        )
+    finally:
+        del sys.modules[module.__name__]
+    model, _, _ = load_model(path, LITE)
+    assert_same_weights(model, weights)
+    assert module.__name__ not in sys.modules and not marker.exists()
+    state = load_torch_file(path)
+    assert isinstance(state["scheduler"]["_multiplier"], Inert)
+    assert state["scheduler"]["_multiplier"].qualified_name == f"{module.__name__}.CosineParamScheduler"
+    assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9
+
+
+def test_a_pkl_written_by_torch_save_loads(tmp_path: Path) -> None:
+    weights = rule_weights()
+    path = tmp_path / "torch.pkl"
+    torch.save({"model": weights}, path)
+    model, _, _ = load_model(path, LITE)
+    assert_same_weights(model, weights)

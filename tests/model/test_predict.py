@@ -38,6 +38,15 @@ def test_resize_rounding_matches_detectron2(size, short, longest, expected) -> N
     assert resized_shape(*size, short, longest) == expected
 
 
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((1, 2000), (1, 1333)), ((2000, 1), (1333, 1)), ((1, 1), (800, 800)), ((1, 7), (190, 1333))],
+)
+def test_no_side_is_ever_resized_to_zero(size, expected) -> None:
+    # detectron2 rounds the short side of a 1×2000 image to 0 pixels and fails.
+    assert resized_shape(*size, 800, 1333) == expected
+
+
 def test_padding_to_multiples_of_32() -> None:
     assert padded_shape(600, 800) == (608, 800)
     assert padded_shape(1, 33) == (32, 64)
@@ -118,6 +127,37 @@ def test_filter_threshold_classes_and_count(predictor: Predictor) -> None:
     assert len(detections.filter(max_detections=3)) == 3
     wanted = int(detections.class_ids[0])
     assert set(detections.filter(class_ids=[wanted]).class_ids.tolist()) == {wanted}
+
+
+@pytest.mark.parametrize("shape", [(1, 2000), (2000, 1), (1, 1)])
+def test_degenerate_images_are_segmented(predictor: Predictor, shape: tuple[int, int]) -> None:
+    image = np.random.default_rng(7).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    (detections,) = predictor.predict([image])
+    record = image_record("line.png", detections, predictor.class_names, predictor.category_ids)
+    assert (record["height"], record["width"]) == shape
+    for instance, mask in zip(record["instances"], detections.dense_masks(), strict=True):
+        assert mask_utils.decode(instance["mask"]).shape == shape == mask.shape
+
+
+def test_the_cli_skips_unreadable_files_and_says_which(tiny_weights: Path, tmp_path: Path, capsys) -> None:
+    good = tmp_path / "line.png"
+    Image.fromarray(random_image(8, 2000, 1)).save(good)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    gif = tmp_path / "anim.gif"
+    Image.fromarray(random_image(9, 20, 20)).save(gif)
+    missing = tmp_path / "missing.png"
+    output = tmp_path / "out.json"
+    paths = [good, corrupt, gif, missing]
+    status = main(["--weights", str(tiny_weights), *map(str, paths), "--output", str(output)])
+    assert status == 1
+    records = json.loads(output.read_text())
+    assert [(r["file"], r["height"], r["width"]) for r in records] == [("line.png", 2000, 1)]
+    errors = capsys.readouterr().err
+    assert f"{corrupt}: skipped: cannot" in errors
+    assert f"{gif}: skipped: GIF images are not supported" in errors
+    assert f"{missing}: skipped: No such file or directory" in errors
+    assert "Traceback" not in errors
 
 
 def test_rejects_non_rgb_arrays(predictor: Predictor) -> None:

@@ -34,3 +34,10 @@ async def served(tiny_weights: Path) -> AsyncIterator[Served]:
     """One ready app shared by the tests that only send requests (warm-up is paid once)."""
     async with serve(tiny_settings(tiny_weights, max_batch_size=3, max_batch_delay_ms=20)) as served:
         yield served
+
+
+@pytest.fixture(scope="session")
+async def small_served(small_weights: Path) -> AsyncIterator[Served]:
+    """A ready app on the 64/128-resize checkpoint, for tests that send many images."""
+    async with serve(tiny_settings(small_weights, max_batch_size=4, max_batch_delay_ms=20)) as served:
+        yield served

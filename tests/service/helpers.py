@@ -3,10 +3,15 @@
 import asyncio
 import contextlib
 import io
+import os
+import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,3 +147,133 @@ def png_header_only(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+
+
+class Faults:
+    """Faults injected into a predictor's forward pass, through a torch forward pre-hook on its backbone.
+
+    `plan(batch)` is called with the padded input batch (N, 3, H, W) of every forward pass; it may
+    raise (an injected exception, a simulated out-of-memory or device error) or block (a hang).
+    The predictor itself has no test code: the hook is torch's own seam.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.plan: Callable[[Any], None] | None = None
+        self.calls = 0
+        self._handle = predictor.model.backbone.register_forward_pre_hook(self._hook)
+
+    def _hook(self, _module: Any, args: tuple[Any, ...]) -> None:
+        self.calls += 1
+        if self.plan is not None:
+            self.plan(args[0])
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+# --------------------------------------------------------------------------------------------------
+# The real server: `centermask-serve` in a subprocess on a free loopback port.
+
+REPO = Path(__file__).resolve().parents[2]
+# What the `centermask-serve` console script runs, without needing the package installed.
+CENTERMASK_SERVE = [sys.executable, "-c", "from service.app import main; main()"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clean_environment(**variables: str) -> dict[str, str]:
+    """This process's environment without CENTERMASK_* settings, plus `variables`."""
+    return {
+        name: value for name, value in os.environ.items() if not name.startswith("CENTERMASK_")
+    } | variables
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        families = metric_families(httpx.get(f"{self.url}/metrics", timeout=TIMEOUT_S).text)
+        wanted = labels or {}
+        for family in families.values():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in wanted.items()):
+                    return sample.value
+        return 0.0
+
+    def wait_for(self, condition: Callable[[], bool], what: str) -> None:
+        """Poll `condition` until it holds; fail after TIMEOUT_S, or as soon as the server exits."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while not condition():
+            assert self.process.poll() is None, (
+                f"the server exited while waiting for {what}\n{self.log.read_text()}"
+            )
+            assert time.monotonic() < deadline, f"no {what} after {TIMEOUT_S} s\n{self.log.read_text()}"
+            time.sleep(0.02)
+
+    def is_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False  # not listening yet
+
+
+@contextlib.contextmanager
+def running_server(
+    weights: Path,
+    log: Path,
+    *flags: str,
+    command: Sequence[str] = CENTERMASK_SERVE,
+    env: dict[str, str] | None = None,
+) -> Iterator[RunningServer]:
+    """`centermask-serve` on 127.0.0.1 with `weights` and `flags`, ready; killed if still running after.
+
+    stdout and stderr go to `log`."""
+    port = free_port()
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            [
+                *command,
+                *("--host", "127.0.0.1", "--port", str(port), "--weights", str(weights), "--device", "cpu"),
+                *flags,
+            ],
+            cwd=REPO,
+            env=clean_environment(**(env or {})),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    server = RunningServer(process, port, log)
+    try:
+        server.wait_for(server.is_ready, "readiness")
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def wait_for_exit(process: subprocess.Popen, timeout_s: float = TIMEOUT_S) -> int:
+    try:
+        return process.wait(timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()

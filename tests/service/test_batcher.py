@@ -148,7 +148,7 @@ async def test_images_past_their_deadline_are_dropped_with_deadline_exceeded(bat
     assert network.batches == [["blocker"], ["on-time"]]
 
 
-async def test_a_failing_batch_is_retried_image_by_image(batcher, network) -> None:
+async def test_a_failing_batch_is_retried_in_halves_down_to_single_images(batcher, network) -> None:
     network.poison = {"poison"}
     blocker = await hold_worker(batcher, network)
     futures = batcher.submit([Item("a"), Item("poison"), Item("b")], deadline=deadline())
@@ -156,7 +156,7 @@ async def test_a_failing_batch_is_retried_image_by_image(batcher, network) -> No
     results = await asyncio.gather(blocker, *futures, return_exceptions=True)
     assert isinstance(results[2], InferenceFailed)
     assert [r.result for r in (results[1], results[3])] == ["result of a", "result of b"]
-    assert network.batches[1:] == [["a", "poison", "b"], ["a"], ["poison"], ["b"]]
+    assert network.batches[1:] == [["a", "poison", "b"], ["a"], ["poison", "b"], ["poison"], ["b"]]
     # The worker carries on.
     [after] = batcher.submit([Item("after")], deadline=deadline())
     assert (await after).result == "result of after"
@@ -219,6 +219,9 @@ async def test_metrics_record_batches_and_waits(network) -> None:
 async def test_warm_up_runs_every_batch_size_outside_the_metrics(network) -> None:
     metrics = Metrics()
     batcher = Batcher(network, max_batch_size=3, max_batch_delay_s=0.05, max_queue=8, metrics=metrics)
-    await batcher.warm_up(Item("w"))
+    try:
+        assert await batcher.warm_up(Item("w")) > 0
+    finally:
+        await batcher.close(timeout_s=TIMEOUT_S)
     assert network.batches == [["w"], ["w", "w"], ["w", "w", "w"]]
     assert metrics.registry.get_sample_value("centermask_batch_size_count") == 0

@@ -4,16 +4,19 @@ The ControlledPredictor holds inference at a gate, so each situation is set up d
 """
 
 import asyncio
+import signal
 import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from model.predict import Predictor, load_predictor
 from service.app import create_app
 from service.runtime import Phase
+from service.server import DrainingServer
 from tests.service.helpers import (
     TIMEOUT_S,
     Served,
@@ -132,6 +135,9 @@ async def test_requests_past_their_deadline_get_504_and_are_not_computed(
         await wait_until(predictor().entered.is_set)
         queued = await served.client.post("/segment", **png_body(random_image(2, 210, 300)))
         assert queued.status_code == 504 and queued.json()["error"]["code"] == "deadline_exceeded"
+        # The answer says which setting to raise.
+        assert "deadline of 2 s" in queued.json()["error"]["message"]
+        assert "raise CENTERMASK_REQUEST_TIMEOUT_S" in queued.json()["error"]["message"]
         assert (await running).status_code == 504
 
         predictor().release()
@@ -242,3 +248,24 @@ async def test_a_client_that_hangs_up_while_uploading(served: Served) -> None:
     sent = await post_then_disconnect(served.app, encode(IMAGE)[:1000], disconnect, partial=True)
     assert sent[0]["status"] == 499
     assert gone() == before + 1
+
+
+async def test_requests_still_waiting_when_the_drain_time_is_up_get_503(
+    tiny_weights: Path, controlled
+) -> None:
+    load, predictor = controlled
+    async with serve(tiny_settings(tiny_weights, max_batch_size=1), load) as served:
+        predictor().hold()
+        running = asyncio.ensure_future(served.client.post("/segment", **png_body(IMAGE)))
+        await wait_until(predictor().entered.is_set)
+        queued = asyncio.ensure_future(served.client.post("/segment", **png_body(IMAGE)))
+        await wait_until(lambda: queue_depth(served) == 1)
+
+        server = DrainingServer(uvicorn.Config(served.app), served.runtime, drain_timeout_s=0)
+        server.handle_exit(signal.SIGTERM, None)
+        # The drain time is up at once: uvicorn may stop, and the waiting requests are answered first.
+        assert await server.on_tick(1)
+        for response in (await running, await queued):
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "not_ready" and "Retry-After" in response.headers
+        predictor().release()

@@ -4,6 +4,10 @@ import pytest
 
 from tests.service.helpers import Served, metric_families, png_body, random_image
 
+REJECTION_REASONS = (
+    "queue_full", "uploads_full", "deadline", "client_gone", "body_timeout", "not_ready", "worker_failed",
+)  # fmt: skip
+
 pytestmark = pytest.mark.anyio
 
 EXPECTED = {
@@ -16,6 +20,7 @@ EXPECTED = {
     "centermask_requests_total": "counter",
     "centermask_images_total": "counter",
     "centermask_rejected_total": "counter",
+    "centermask_inference_failures_total": "counter",
     "centermask_queue_depth": "gauge",
     "centermask_requests_in_flight": "gauge",
     "centermask_model_loaded": "gauge",
@@ -42,7 +47,10 @@ async def test_every_metric_is_exposed(served: Served) -> None:
     assert samples[("centermask_cuda_memory_allocated_bytes", ())] == 0
     assert samples[("centermask_requests_total", (("endpoint", "/segment"), ("status_code", "200")))] >= 1
     assert {labels for name, labels in samples if name == "centermask_rejected_total"} == {
-        (("reason", reason),) for reason in ("queue_full", "deadline", "client_gone", "not_ready")
+        (("reason", reason),) for reason in REJECTION_REASONS
+    }
+    assert {labels for name, labels in samples if name == "centermask_inference_failures_total"} == {
+        (("kind", kind),) for kind in ("error", "out_of_memory", "fatal", "hung")
     }
     assert samples[("centermask_images_total", ())] >= 1
 

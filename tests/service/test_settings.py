@@ -1,5 +1,6 @@
 """Settings from the environment and the command line, with their validation."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,8 @@ from service.settings import Settings
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CENTERMASK_MAX_BATCH_SIZE", "CENTERMASK_API_KEY", "CENTERMASK_WEIGHTS", "CENTERMASK_PORT"):
-        monkeypatch.delenv(name, raising=False)
+    for name in [name for name in os.environ if name.startswith("CENTERMASK_")]:
+        monkeypatch.delenv(name)
 
 
 def test_defaults() -> None:
@@ -25,8 +26,55 @@ def test_defaults() -> None:
     assert settings.max_image_pixels == 40_000_000
     assert (settings.score_threshold, settings.max_detections) == (0.3, 100)
     assert (settings.host, settings.port, settings.log_level) == ("0.0.0.0", 8000, "info")
-    assert settings.api_key is None
+    assert settings.api_key is None and settings.protect_probes is False and settings.cors_origins == []
     assert settings.drain_timeout_s == 25
+    assert (settings.body_timeout_s, settings.idle_timeout_s) == (30, 5)
+    assert settings.max_concurrent_uploads == 64 and settings.max_images_per_request == 32
+    assert settings.inference_watchdog_s is None
+
+
+def test_derived_limits_follow_what_they_depend_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lowering the queue alone is enough: the limits that must fit in it follow.
+    monkeypatch.setenv("CENTERMASK_MAX_QUEUE", "4")
+    settings = Settings()
+    assert (settings.max_batch_size, settings.max_images_per_request, settings.max_concurrent_uploads) == (
+        4,
+        4,
+        4,
+    )
+    explicit = Settings(max_queue=4, max_batch_size=2, max_images_per_request=3, max_concurrent_uploads=9)
+    assert (explicit.max_batch_size, explicit.max_images_per_request, explicit.max_concurrent_uploads) == (
+        2,
+        3,
+        9,
+    )
+
+
+def test_batch_deadlines_scale_with_their_images() -> None:
+    settings = Settings(request_timeout_s=10, max_batch_size=8)
+    assert [settings.request_deadline_s(n) for n in (1, 8, 9, 32)] == [10, 10, 20, 40]
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"max_images_per_request": 65, "max_queue": 64}, "CENTERMASK_MAX_IMAGES_PER_REQUEST"),
+        ({"max_images_per_request": 8, "max_queue": 4}, "CENTERMASK_MAX_QUEUE"),
+        ({"protect_probes": True}, "CENTERMASK_API_KEY"),
+        ({"cors_origins": ["https://app.example/path"]}, "CENTERMASK_CORS_ORIGINS"),
+        ({"cors_origins": ["app.example"]}, "CENTERMASK_CORS_ORIGINS"),
+    ],
+)
+def test_contradictions_name_the_setting_to_change(values: dict, named: str) -> None:
+    with pytest.raises(ValidationError, match=named):
+        Settings(**values)
+
+
+def test_cors_origins_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CENTERMASK_CORS_ORIGINS", "https://a.example, http://localhost:3000,")
+    assert Settings().cors_origins == ["https://a.example", "http://localhost:3000"]
+    flags = Settings.from_command_line(["--cors-origins", "*"])
+    assert flags.cors_origins == ["*"]
 
 
 def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,7 +108,10 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
         {"score_threshold": 1.5},
         {"device": "gpu"},
         {"port": 70000},
-        {"max_images_per_request": 65, "max_queue": 64},
+        {"body_timeout_s": 0},
+        {"idle_timeout_s": -1},
+        {"inference_watchdog_s": 0},
+        {"max_concurrent_uploads": 0},
     ],
 )
 def test_out_of_range_values_are_refused(values: dict) -> None:
@@ -73,3 +124,12 @@ def test_the_command_explains_invalid_settings(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(SystemExit) as exit_info:
         main([])
     assert "max_batch_size: Input should be greater than 0" in str(exit_info.value.code)
+
+
+def test_the_command_names_the_setting_of_a_contradiction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CENTERMASK_MAX_QUEUE", "4")
+    monkeypatch.setenv("CENTERMASK_MAX_IMAGES_PER_REQUEST", "16")
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    message = str(exit_info.value.code)
+    assert "CENTERMASK_MAX_IMAGES_PER_REQUEST (16) must not exceed CENTERMASK_MAX_QUEUE (4)" in message

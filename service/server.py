@@ -1,0 +1,99 @@
+"""The HTTP server process: uvicorn, hardened against idle and slow connections, draining on SIGTERM."""
+
+import asyncio
+import time
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.runtime import Runtime
+from service.settings import Settings
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, where a connection must also send each request head in time.
+
+    uvicorn closes a keep-alive connection that stays silent after an answer, but not one that never
+    completes a request head: a client trickling header bytes (or sending none after connecting) would
+    hold its connection forever. Here every connection gets `timeout_keep_alive` seconds, from
+    connecting or from its last answer, to deliver a complete request head; a request being served is
+    left to the application's own deadlines (body timeout, request deadline).
+    """
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._restart_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._restart_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _restart_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        if not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_overdue)
+
+    def _head_overdue(self) -> None:
+        serving = self.cycle is not None and not self.cycle.response_complete
+        if not serving:
+            self.timeout_keep_alive_handler()
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM: unready at once, yet still listening, so that requests still arriving (an ingress
+    that has not yet seen the endpoint go) get a clean 503 instead of a refused connection; admitted
+    requests finish. Once none is left, or the drain timeout has passed, uvicorn's own graceful
+    shutdown follows. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime, *, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self._runtime = runtime
+        self._drain_timeout_s = drain_timeout_s
+        self._drain_started: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_started is None and not self.should_exit:
+            # A signal handler: only attributes are set here; `on_tick` does the rest.
+            self._runtime.begin_draining()
+            self._drain_started = time.monotonic()
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if await super().on_tick(counter):
+            return True
+        if self._drain_started is None:
+            return False
+        elapsed = time.monotonic() - self._drain_started
+        if self._runtime.in_flight and elapsed < self._drain_timeout_s:
+            return False
+        if self._runtime.in_flight:
+            await self._runtime.stop_inference()
+        # What is left of the drain timeout (at least a second, for the answers just given) bounds
+        # uvicorn's wait for open connections.
+        self.config.timeout_graceful_shutdown = max(1, round(self._drain_timeout_s - elapsed))
+        return True
+
+
+def run(app: FastAPI, settings: Settings) -> None:
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=GuardedH11Protocol,
+        timeout_keep_alive=settings.idle_timeout_s,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+    )
+    DrainingServer(config, app.state.runtime, drain_timeout_s=settings.drain_timeout_s).run()

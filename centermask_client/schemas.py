@@ -115,9 +115,14 @@ class BatchResponse(BaseModel):
 
 
 class BatchingInfo(BaseModel):
-    max_batch_size: int
+    max_batch_size: int = Field(
+        description="In force for the device (CENTERMASK_MAX_BATCH_SIZE or its default)."
+    )
     max_batch_delay_ms: float
     max_queue: int
+    bucket_size: int = Field(
+        description="Padded image sizes are multiples of this; images of one padded size share batches."
+    )
 
 
 class ModelInfo(BaseModel):
@@ -125,11 +130,14 @@ class ModelInfo(BaseModel):
     class_names: list[str] = Field(description="Index = class_id.")
     category_ids: list[int] = Field(description="The category_id of each class, index = class_id.")
     device: str
-    dtype: str
+    precision: str = Field(description="fp32 (exact to the official outputs), bf16, fp16 or int8.")
+    dtype: str = Field(description="What the network's floating-point layers compute in.")
     weights_sha256: str
     batching: BatchingInfo
     score_threshold: float = Field(description="Default of the score_threshold parameter.")
     max_detections: int = Field(description="Default of the max_detections parameter.")
+    class_agnostic_nms: bool = Field(description="Default of the class_agnostic_nms parameter.")
+    class_agnostic_iou: float = Field(description="Box IoU above which class-agnostic NMS merges detections.")
 
 
 class ErrorDetail(BaseModel):

@@ -5,6 +5,7 @@ to images before and after it is in `model.processing`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.backbone import build_bottom_up
@@ -16,6 +17,9 @@ from model.layers import FrozenBatchNorm2d, NormFactory
 from model.mask_head import MASK_LEVELS, CenterROIHeads
 from model.processing import padded_shape
 from model.quantize import quantize_pyramid
+
+# RoIs per group of the mask and MaskIoU heads' batches (see CenterMask.segment).
+ROI_GROUP = 8
 
 
 class CenterMask(nn.Module):
@@ -128,11 +132,25 @@ class CenterMask(nn.Module):
         # RoIAlign in float32 (torchvision has no bfloat16 kernel on the CPU, and it keeps box sampling exact).
         float_pyramid = {level: pyramid[level].float() for level in MASK_LEVELS}
         roi_features = self.roi_heads.pool(float_pyramid, [p.boxes for p in proposals], image_sizes)
-        roi_features = roi_features.to(dtype=self.compute_dtype, memory_format=self.memory_format)
         classes = torch.cat([p.classes for p in proposals])
         scores = torch.cat([p.scores for p in proposals])
-        mask_probs, mask_scores = self.roi_heads.predict(roi_features, classes, scores)
-        return list(zip(mask_probs.float().split(counts), mask_scores.float().split(counts), strict=True))
+        # The heads run on a multiple of ROI_GROUP RoIs (zero rows added): kernels pick their blocking by
+        # the batch size, so a fixed multiple makes each RoI's result independent of how many others
+        # there are. That is what lets a request's selection drop detections before the heads.
+        count = classes.numel()
+        padding = -count % ROI_GROUP
+        roi_features = F.pad(roi_features, (0, 0, 0, 0, 0, 0, 0, padding))
+        roi_features = roi_features.to(dtype=self.compute_dtype, memory_format=self.memory_format)
+        mask_probs, mask_scores = self.roi_heads.predict(
+            roi_features, F.pad(classes, (0, padding)), F.pad(scores, (0, padding))
+        )
+        return list(
+            zip(
+                mask_probs[:count].float().split(counts),
+                mask_scores[:count].float().split(counts),
+                strict=True,
+            )
+        )
 
     def forward(
         self, batch: torch.Tensor, image_sizes: list[tuple[int, int]]

@@ -177,21 +177,21 @@ class Batcher(Generic[ItemT, ResultT]):
             return False
         return self._worker is not None and not self._worker.done()
 
-    async def warm_up(self, item: ItemT) -> float:
-        """Run every batch size the worker can form once, before serving; returns the slowest, in seconds.
+    async def warm_up(self, steps: Sequence[tuple[dict[str, Any], Callable[[], object]]]) -> float:
+        """Run each warm-up step (what it covers, for the log; the call) in the inference thread, before
+        serving; returns the slowest, in seconds.
 
-        First calls of a size are slow (allocator growth, cuDNN autotuning on GPU); the first requests
-        should not pay for that. Warm-up batches are not counted in the metrics, and not watched.
+        First calls of a shape and batch size are slow (allocator growth, cuDNN autotuning on GPU); the
+        first requests should not pay for that. Warm-up is not counted in the metrics, and not watched.
         """
         slowest = 0.0
-        for size in range(1, self._max_batch_size + 1):
+        for step, (what, call) in enumerate(steps, start=1):
             started = time.perf_counter()
-            await self._thread.submit(self._infer, [item] * size)
+            await self._thread.submit(call)
             seconds = time.perf_counter() - started
             slowest = max(slowest, seconds)
             logger.info(
-                "warm-up",
-                extra={"batch_size": size, "of": self._max_batch_size, "seconds": round(seconds, 3)},
+                "warm-up", extra={**what, "step": step, "of": len(steps), "seconds": round(seconds, 3)}
             )
         return slowest
 

@@ -8,6 +8,7 @@ and "unset" instead of "null" for settings without a default value.
 from __future__ import annotations
 
 import argparse
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -29,12 +30,23 @@ def parse_settings(settings_cls: type[SettingsT], argv: Sequence[str]) -> Settin
     def add_argument(parser: Any, *names: str, **kwargs: Any) -> Any:
         field = settings_cls.model_fields.get(kwargs.get("dest", ""))
         if field is not None and "metavar" in kwargs:
-            kwargs["metavar"] = value_kind(kwargs["dest"], field.annotation)
+            named = [item for item in field.metadata if isinstance(item, Metavar)]
+            kwargs["metavar"] = named[0] if named else value_kind(kwargs["dest"], field.annotation)
             kwargs["help"] = kwargs.get("help", "").replace("(default: null)", "(default: unset)")
+            if field.default_factory is not None:
+                kwargs["help"] = re.sub(
+                    r"\(default factory: [^)]*\)",
+                    f"(default: {field.default_factory()} here)",
+                    kwargs["help"],
+                )
         return parser.add_argument(*names, **kwargs)
 
     source = CliSettingsSource(settings_cls, add_argument_method=add_argument, formatter_class=_HelpFormatter)
     return settings_cls(_cli_settings_source=source(args=list(argv)))
+
+
+class Metavar(str):
+    """`Annotated` metadata naming what a flag takes, for types whose values no rule below describes."""
 
 
 def value_kind(name: str, annotation: Any) -> str:
@@ -42,6 +54,10 @@ def value_kind(name: str, annotation: Any) -> str:
     options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(options) == 1:
         annotation = options[0]
+    if typing.get_origin(annotation) is typing.Annotated:  # PositiveInt and other constrained types
+        annotation = typing.get_args(annotation)[0]
+    if annotation is bool:
+        return "{true,false}"
     if typing.get_origin(annotation) is typing.Literal:
         return "{" + ",".join(str(choice) for choice in typing.get_args(annotation)) + "}"
     if annotation is Path:

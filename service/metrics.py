@@ -3,7 +3,8 @@
 The names are a contract with the deployment's dashboards, alerts and autoscaler: do not rename them.
 """
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
@@ -80,6 +81,11 @@ class Metrics:
         self.cuda_memory_allocated = Gauge(
             "centermask_cuda_memory_allocated_bytes", "CUDA memory held by tensors.", registry=registry
         )
+        self.cuda_memory_peak_allocated = Gauge(
+            "centermask_cuda_memory_peak_allocated_bytes",
+            "Most CUDA memory held by tensors during the last batch.",
+            registry=registry,
+        )
         self.cuda_memory_reserved = Gauge(
             "centermask_cuda_memory_reserved_bytes",
             "CUDA memory held by the caching allocator.",
@@ -100,8 +106,17 @@ class Metrics:
         self.model_loaded.set_function(lambda: float(model_loaded()))
         self.model_ready.set_function(lambda: float(model_ready()))
 
-    def observe_cuda_memory(self, device: torch.device) -> None:
-        if device.type == "cuda":
+    @contextlib.contextmanager
+    def cuda_memory_peak(self, device: torch.device) -> Iterator[None]:
+        """Around one forward pass: the CUDA memory gauges, with the pass's own peak (no-op on the CPU)."""
+        if device.type != "cuda":
+            yield
+            return
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            yield
+        finally:
+            self.cuda_memory_peak_allocated.set(torch.cuda.max_memory_allocated(device))
             self.cuda_memory_allocated.set(torch.cuda.memory_allocated(device))
             self.cuda_memory_reserved.set(torch.cuda.memory_reserved(device))
 

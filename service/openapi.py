@@ -139,11 +139,14 @@ MODEL_INFO_EXAMPLE = {
     "class_names": ["circle", "rectangle", "triangle", "star", "ring"],
     "category_ids": [1, 2, 3, 4, 5],
     "device": "cuda:0",
-    "dtype": "float32",
+    "precision": "fp16",
+    "dtype": "float16",
     "weights_sha256": "9b1c0f3e2d4a5b6c7d8e9f00112233445566778899aabbccddeeff0011223344",
-    "batching": {"max_batch_size": 8, "max_batch_delay_ms": 5.0, "max_queue": 64},
+    "batching": {"max_batch_size": 8, "max_batch_delay_ms": 5.0, "max_queue": 64, "bucket_size": 128},
     "score_threshold": 0.3,
     "max_detections": 100,
+    "class_agnostic_nms": True,
+    "class_agnostic_iou": 0.7,
 }
 
 IMAGE_BODY = {

@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from centermask_client.schemas import MaskFormat
+from model.detections import Detections, Selection
 from model.predict import Predictor
 from model.wire import select_classes
 from service.errors import InvalidParameter
@@ -14,10 +15,32 @@ _MAX_MESSAGE = 300
 
 @dataclass(frozen=True)
 class SegmentOptions:
+    """What a request keeps of the model's output. `class_agnostic_iou`: one label per object (detections
+    overlapping a better one above this box IoU go, whatever their class); None keeps the model's output."""
+
     score_threshold: float
     max_detections: int
     class_ids: frozenset[int] | None
     mask_format: MaskFormat
+    class_agnostic_iou: float | None = None
+
+    @property
+    def before_masks(self) -> Selection:
+        """What can be dropped before the mask head without changing what the request gets.
+
+        The score threshold always can (a detection that suppresses another outscores it). Class-agnostic
+        NMS needs every class and rank, so with it the classes and the count apply afterwards.
+        """
+        if self.class_agnostic_iou is not None:
+            return Selection(score_threshold=self.score_threshold)
+        return Selection(self.score_threshold, self.max_detections, self.class_ids)
+
+    def after_masks(self, detections: Detections) -> Detections:
+        """The rest: class-agnostic NMS, then classes and count (a no-op without NMS: already applied)."""
+        if self.class_agnostic_iou is None:
+            return detections
+        kept = detections.class_agnostic_nms(self.class_agnostic_iou)
+        return kept.filter(max_detections=self.max_detections, class_ids=self.class_ids)
 
 
 def class_ids(selectors: Sequence[str], predictor: Predictor) -> frozenset[int]:

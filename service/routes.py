@@ -112,6 +112,14 @@ def segment_options(
             "along pixel edges; `none`: boxes only."
         ),
     ] = "rle",
+    class_agnostic_nms: Annotated[
+        bool | None,
+        Query(
+            description="One label per object: of detections whose boxes overlap above "
+            "CENTERMASK_CLASS_AGNOSTIC_IOU, keep the best-scoring whatever its class (applied to the "
+            "model's output before the other filters). Default: CENTERMASK_CLASS_AGNOSTIC_NMS."
+        ),
+    ] = None,
 ) -> SegmentOptions:
     selectors = [part.strip() for value in classes or [] for part in value.split(",") if part.strip()]
     return SegmentOptions(
@@ -119,6 +127,9 @@ def segment_options(
         max_detections=settings.max_detections if max_detections is None else max_detections,
         class_ids=class_ids(selectors, runtime.predictor) if selectors else None,
         mask_format=mask_format,
+        class_agnostic_iou=settings.class_agnostic_iou
+        if (settings.class_agnostic_nms if class_agnostic_nms is None else class_agnostic_nms)
+        else None,
     )
 
 
@@ -239,15 +250,19 @@ async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> ModelInfo:
         class_names=predictor.class_names,
         category_ids=predictor.category_ids,
         device=str(predictor.device),
+        precision=str(predictor.precision),
         dtype=str(predictor.dtype).removeprefix("torch."),
         weights_sha256=predictor.weights_sha256,
         batching={
-            "max_batch_size": settings.max_batch_size,
+            "max_batch_size": runtime.max_batch_size,
             "max_batch_delay_ms": settings.max_batch_delay_ms,
             "max_queue": settings.max_queue,
+            "bucket_size": predictor.bucket_size,
         },
         score_threshold=settings.score_threshold,
         max_detections=settings.max_detections,
+        class_agnostic_nms=settings.class_agnostic_nms,
+        class_agnostic_iou=settings.class_agnostic_iou,
     )
 
 

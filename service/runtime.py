@@ -8,6 +8,7 @@ stops for good (a device fault, a hung forward pass, a dead thread: service/batc
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -16,9 +17,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
-import numpy as np
+import torch
 
-from model.detections import Detections
+from model.detections import Detections, Selection
 from model.predict import Predictor, PreparedImage
 from model.wire import image_record
 from service import faults
@@ -34,8 +35,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# A photo-like size, so warm-up exercises the same code paths and allocations as real traffic.
-_WARM_UP_SHAPE = (480, 640, 3)
 # The default inference watchdog: this many times the slowest warm-up batch (first calls of a size
 # are the slowest ones), and never less than the floor, so that a loaded machine is not taken for a
 # hung one.
@@ -46,7 +45,9 @@ _WATCHDOG_FLOOR_S = 30.0
 class PredictorLoader(Protocol):
     """`model.predict.load_predictor`, or a wrapper of it."""
 
-    def __call__(self, *, weights: str | None, config: str | None, device: str) -> Predictor: ...
+    def __call__(
+        self, *, weights: str | None, config: str | None, device: str, precision: str
+    ) -> Predictor: ...
 
 
 class Phase(StrEnum):
@@ -54,6 +55,18 @@ class Phase(StrEnum):
     READY = "ready"
     DRAINING = "draining"
     FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image queued for inference, with what its request wants of the model's output."""
+
+    image: PreparedImage
+    selection: Selection
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return self.image.padded_shape
 
 
 @dataclass(frozen=True)
@@ -91,7 +104,8 @@ class Runtime:
         self._on_fatal_error = on_fatal_error
         self.phase = Phase.LOADING
         self._predictor: Predictor | None = None
-        self._batcher: Batcher[PreparedImage, Detections] | None = None
+        self._batcher: Batcher[Job, Detections] | None = None
+        self._max_batch_size = 1
         self._cpu_pool = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="centermask-cpu")
         self._loader: asyncio.Task[None] | None = None
         self._in_flight = 0
@@ -192,12 +206,13 @@ class Runtime:
         """
         assert self._batcher is not None
         settings = self._settings
-        deadline_s = settings.request_deadline_s(len(uploads))
+        deadline_s = settings.request_deadline_s(len(uploads), self._max_batch_size)
         deadline = asyncio.get_running_loop().time() + deadline_s
         try:
             async with asyncio.timeout_at(deadline):
                 prepared = await _each(self._in_cpu_pool(self._preprocess, upload.data) for upload in uploads)
-                futures = self._batcher.submit([image for image, _ in prepared], deadline=deadline)
+                jobs = [Job(image, options.before_masks) for image, _ in prepared]
+                futures = self._batcher.submit(jobs, deadline=deadline)
                 inferences = await _each(futures)
                 records = await _each(
                     self._in_cpu_pool(self._postprocess, upload.filename, inference, options)
@@ -207,7 +222,7 @@ class Runtime:
             raise DeadlineExceeded(
                 f"the request took longer than its deadline of {deadline_s:g} s "
                 f"(CENTERMASK_REQUEST_TIMEOUT_S = {settings.request_timeout_s:g} s per "
-                f"{settings.max_batch_size} images); raise CENTERMASK_REQUEST_TIMEOUT_S for slower devices"
+                f"{self._max_batch_size} images); raise CENTERMASK_REQUEST_TIMEOUT_S for slower devices"
             ) from None
         self._metrics.images.inc(len(uploads))
         return [
@@ -233,8 +248,13 @@ class Runtime:
             extra={"weights": weights or "bundled", "config": settings.config, "device": settings.device},
         )
         started = time.perf_counter()
+        torch.set_num_threads(settings.torch_threads)
         predictor = await asyncio.to_thread(
-            self._load_predictor, weights=weights, config=settings.config, device=settings.device
+            self._load_predictor,
+            weights=weights,
+            config=settings.config,
+            device=settings.device,
+            precision=settings.precision,
         )
         if predictor.device.type == "cpu" and settings.device != "cpu":
             logger.warning("no CUDA device available: serving on the CPU, which is much slower")
@@ -244,14 +264,16 @@ class Runtime:
             extra={
                 "config": predictor.config_name,
                 "device": str(predictor.device),
+                "precision": str(predictor.precision),
                 "weights": str(predictor.weights_path),
                 "classes": len(predictor.class_names),
                 "load_s": round(time.perf_counter() - started, 3),
             },
         )
+        self._max_batch_size = settings.batch_size_for(predictor.device.type)
         batcher = Batcher(
             self._infer,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=self._max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000,
             max_queue=settings.max_queue,
             metrics=self._metrics,
@@ -260,8 +282,16 @@ class Runtime:
             on_failure=self._worker_failed,
         )
         started = time.perf_counter()
-        sample = np.random.default_rng(0).integers(0, 256, _WARM_UP_SHAPE, dtype=np.uint8)
-        slowest_s = await batcher.warm_up(predictor.prepare(sample))
+        slowest_s = await batcher.warm_up(
+            [
+                (
+                    {"shape": list(shape), "batch_size": size},
+                    functools.partial(predictor.warm_up, shape, size),
+                )
+                for shape in predictor.common_shapes()
+                for size in range(1, self._max_batch_size + 1)
+            ]
+        )
         self._watchdog_s = settings.inference_watchdog_s or max(
             _WATCHDOG_FLOOR_S, _WATCHDOG_FACTOR * slowest_s
         )
@@ -285,10 +315,15 @@ class Runtime:
         self.phase = Phase.FAILED
         logger.error("the service has failed and awaits a restart (liveness now fails): %s", reason)
 
-    def _infer(self, images: list[PreparedImage]) -> list[Detections]:
-        detections = self.predictor.infer(images)
-        self._metrics.observe_cuda_memory(self.predictor.device)
-        return detections
+    @property
+    def max_batch_size(self) -> int:
+        """The most images in one forward pass (resolved for the device once the model is loaded)."""
+        return self._max_batch_size
+
+    def _infer(self, jobs: list[Job]) -> list[Detections]:
+        predictor = self.predictor
+        with self._metrics.cuda_memory_peak(predictor.device):
+            return predictor.infer([job.image for job in jobs], [job.selection for job in jobs])
 
     def _preprocess(self, data: bytes) -> tuple[PreparedImage, float]:
         started = time.perf_counter()
@@ -301,9 +336,7 @@ class Runtime:
         self, filename: str | None, inference: Inference[Detections], options: SegmentOptions
     ) -> tuple[dict[str, Any], float]:
         started = time.perf_counter()
-        detections = inference.result.filter(
-            options.score_threshold, options.max_detections, options.class_ids
-        )
+        detections = options.after_masks(inference.result)
         predictor = self.predictor
         record = image_record(
             filename, detections, predictor.class_names, predictor.category_ids, options.mask_format

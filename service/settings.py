@@ -17,14 +17,41 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     SecretStr,
+    StringConstraints,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.command_line import parse_settings
+from service.command_line import Metavar, parse_settings
 
 MiB = 1024 * 1024
+# Batches on a CPU only add latency: a forward pass already keeps every core busy (bench/RESULTS.md).
+DEFAULT_BATCH_SIZE = {"cuda": 8, "cpu": 1}
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, bounded by a cgroup CPU quota (a container's limit)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return min(cpus, max(1, math.ceil(quota))) if quota is not None else cpus
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """The CPU limit of this process's cgroup in CPUs (v2 cpu.max, or v1 CFS quota); None if unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
@@ -55,11 +82,20 @@ class Settings(BaseSettings):
         description="Architecture of an official checkpoint, e.g. centermask_lite_V_39_eSE_FPN_ms_4x. "
         "Unset: read from the checkpoint (ours record it).",
     )
-    device: Literal["auto", "cuda", "cpu"] = Field(
-        "auto", description="auto takes CUDA when available, else the CPU."
+    device: Annotated[
+        str, StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$"), Metavar("{auto,cpu,cuda,cuda:N}")
+    ] = Field(
+        "auto", description="auto takes CUDA when available, else the CPU; cuda or cuda:N fails without it."
+    )
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
+        "fp32",
+        description="fp32: exact to the official outputs; bf16: CPUs with AVX-512 BF16/AMX, and CUDA; "
+        "fp16: CUDA; int8: CPUs with AVX-512 VNNI/AMX. One the device cannot run stops startup.",
     )
     max_batch_size: PositiveInt | None = Field(
-        None, description="Most images in one forward pass. Default: min(8, max_queue)."
+        None,
+        description="Most images in one forward pass. Default: 8 on CUDA, 1 on a CPU (batches there only "
+        "add latency), never more than max_queue.",
     )
     max_batch_delay_ms: NonNegativeFloat = Field(
         5, description="Longest wait for a batch to fill after its first image arrives."
@@ -96,8 +132,22 @@ class Settings(BaseSettings):
     )
     max_detections: PositiveInt = Field(100, description="Default for the max_detections query parameter.")
     cpu_workers: PositiveInt = Field(
-        min(4, os.cpu_count() or 1),
-        description="Threads for decoding, resizing and mask encoding (inference has its own thread).",
+        default_factory=lambda: min(8, available_cpus()),
+        description="Threads for decoding, resizing and mask encoding (inference has its own thread). "
+        "Default: the CPUs this process may use (its container's CPU limit), at most 8.",
+    )
+    torch_threads: PositiveInt = Field(
+        default_factory=available_cpus,
+        description="Threads of one forward pass on the CPU. Default: the CPUs this process may use "
+        "(its container's CPU limit, which PyTorch itself ignores).",
+    )
+    class_agnostic_nms: bool = Field(
+        False,
+        description="Default of the class_agnostic_nms query parameter: keep one label per object (the "
+        "best-scoring of detections whose boxes overlap above class_agnostic_iou, whatever their class).",
+    )
+    class_agnostic_iou: float = Field(
+        0.7, gt=0, le=1, description="Box IoU above which class-agnostic NMS takes two detections as one."
     )
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
@@ -110,8 +160,8 @@ class Settings(BaseSettings):
     )
     protect_probes: bool = Field(
         False,
-        description="With api_key set, /healthz, /readyz and /metrics require it too (default: open, "
-        "for probes and scrapers).",
+        description="With api_key set, /healthz, /readyz and /metrics require it too; by default they stay "
+        "open, for probes and scrapers.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -133,8 +183,6 @@ class Settings(BaseSettings):
     def _derive_and_check(self) -> Self:
         """Fill the limits that default from others, then check what must hold between settings."""
         # The model is frozen for its users; the derived defaults are set once, here.
-        if self.max_batch_size is None:
-            self.__dict__["max_batch_size"] = min(8, self.max_queue)
         if self.max_images_per_request is None:
             self.__dict__["max_images_per_request"] = min(32, self.max_queue)
         if self.max_concurrent_uploads is None:
@@ -156,9 +204,15 @@ class Settings(BaseSettings):
                 )
         return self
 
-    def request_deadline_s(self, images: int) -> float:
+    def request_deadline_s(self, images: int, max_batch_size: int) -> float:
         """The processing deadline of a request with this many images (request_timeout_s per batch)."""
-        return self.request_timeout_s * math.ceil(images / self.max_batch_size)
+        return self.request_timeout_s * math.ceil(images / max_batch_size)
+
+    def batch_size_for(self, device: str) -> int:
+        """The most images in one forward pass on a device of this type ("cpu" or "cuda")."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return min(DEFAULT_BATCH_SIZE[device], self.max_queue)
 
     @classmethod
     def from_command_line(cls, argv: Sequence[str]) -> Self:

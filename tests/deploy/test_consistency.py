@@ -300,9 +300,21 @@ def configured_environments() -> dict[str, dict[str, str]]:
                 for k, v in service["environment"].items()
                 if k.startswith("CENTERMASK_") and v is not None
             }
+    instructions = dockerfile_instructions(DOCKER / "Dockerfile")
+    # ENV values may name build arguments: take their defaults (the last stage's declaration wins).
+    build_args = {
+        name: value.strip('"')
+        for i, a in instructions
+        if i == "ARG" and "=" in a
+        for name, value in [a.split("=", 1)]
+    }
+
+    def expanded(value: str) -> str:
+        return re.sub(r"\$\{(\w+)\}", lambda m: build_args[m.group(1)], value)
+
     envs["Dockerfile"] = {
-        k: v
-        for i, a in dockerfile_instructions(DOCKER / "Dockerfile")
+        k: expanded(v)
+        for i, a in instructions
         if i == "ENV"
         for k, v in re.findall(r"(CENTERMASK_\w+)=(\S+)", a)
     }

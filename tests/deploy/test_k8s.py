@@ -209,12 +209,20 @@ def test_settings_come_from_the_configmap_and_optional_secret(overlay: str) -> N
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_thread_counts_follow_the_cpu_request(overlay: str) -> None:
+def test_thread_counts_follow_the_cpu_resources(overlay: str) -> None:
+    """torch's threads follow the guaranteed CPUs, the worker pool the CPUs the pod may use."""
     c = container(overlay)
-    assert "cpu" in c["resources"]["requests"]
-    for var in ("OMP_NUM_THREADS", "CENTERMASK_CPU_WORKERS"):
+    assert "cpu" in c["resources"]["requests"] and "cpu" in c["resources"]["limits"]
+    for var, resource in (("OMP_NUM_THREADS", "requests.cpu"), ("CENTERMASK_CPU_WORKERS", "limits.cpu")):
         ref = env(overlay)[var]["valueFrom"]["resourceFieldRef"]
-        assert ref["resource"] == "requests.cpu" and ref["containerName"] == c["name"]
+        assert ref["resource"] == resource and ref["containerName"] == c["name"]
+
+
+def test_the_gpu_pod_has_the_cpus_its_pre_and_postprocessing_need() -> None:
+    resources = container("gpu")["resources"]
+    assert (
+        int(resources["requests"]["cpu"]) >= 8 and resources["limits"]["cpu"] == resources["requests"]["cpu"]
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -103,8 +103,8 @@ def test_selection_before_the_mask_head_keeps_the_same_detections(
     np.testing.assert_array_equal(selected.boxes, expected.boxes)
     np.testing.assert_array_equal(selected.scores, expected.scores)
     np.testing.assert_array_equal(selected.class_ids, expected.class_ids)
-    np.testing.assert_allclose(selected.mask_scores, expected.mask_scores, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(selected.mask_probs, expected.mask_probs, atol=1e-5)
+    np.testing.assert_array_equal(selected.mask_scores, expected.mask_scores)
+    assert torch.equal(selected.mask_probs, expected.mask_probs)
     np.testing.assert_array_equal(selected.dense_masks(), expected.dense_masks())
 
 

@@ -20,8 +20,9 @@ def controlled() -> Iterator[tuple[PredictorLoader, Callable[[], ControlledPredi
     """A loader to pass to create_app, and a getter for the ControlledPredictor it built."""
     built: list[ControlledPredictor] = []
 
-    def load(*, weights: str | None, config: str | None, device: str) -> Predictor:
-        built.append(ControlledPredictor(load_predictor(weights=weights, config=config, device=device)))
+    def load(*, weights: str | None, config: str | None, device: str, precision: str) -> Predictor:
+        predictor = load_predictor(weights=weights, config=config, device=device, precision=precision)
+        built.append(ControlledPredictor(predictor))
         return built[-1]  # type: ignore[return-value]
 
     yield load, lambda: built[-1]

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.detections import Detections
+from model.detections import Detections, Selection
 from model.predict import Predictor, PreparedImage, load_predictor
 from service.app import create_app
 from service.runtime import Phase, PredictorLoader, Runtime
@@ -112,14 +112,16 @@ class ControlledPredictor:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._predictor, name)
 
-    def infer(self, images: Sequence[PreparedImage]) -> list[Detections]:
+    def infer(
+        self, images: Sequence[PreparedImage], selections: Sequence[Selection] | None = None
+    ) -> list[Detections]:
         self.entered.set()
         if not self.gate.wait(TIMEOUT_S):
             raise TimeoutError("the test never opened the gate")
         self.batches.append([image.original_size for image in images])
         if any(image.original_size in self.poison_sizes for image in images):
             raise RuntimeError("poisoned batch")
-        return self._predictor.infer(images)
+        return self._predictor.infer(images, selections)
 
     def hold(self) -> None:
         """Close the gate, and forget the batches seen so far (warm-up)."""

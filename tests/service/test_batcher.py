@@ -1,6 +1,7 @@
 """The dynamic batcher, against a test double of the network: fast and fully deterministic."""
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -216,12 +217,20 @@ async def test_metrics_record_batches_and_waits(network) -> None:
     assert registry.get_sample_value("centermask_batch_inference_seconds_count") == 1
 
 
-async def test_warm_up_runs_every_batch_size_outside_the_metrics(network) -> None:
+async def test_warm_up_runs_every_step_in_the_inference_thread_outside_the_metrics(network) -> None:
     metrics = Metrics()
     batcher = Batcher(network, max_batch_size=3, max_batch_delay_s=0.05, max_queue=8, metrics=metrics)
+    threads = []
+
+    def step(size: int) -> None:
+        threads.append(threading.current_thread().name)
+        network([Item("w")] * size)
+
     try:
-        assert await batcher.warm_up(Item("w")) > 0
+        steps = [({"batch_size": size}, functools.partial(step, size)) for size in (1, 2, 3)]
+        assert await batcher.warm_up(steps) > 0
     finally:
         await batcher.close(timeout_s=TIMEOUT_S)
     assert network.batches == [["w"], ["w", "w"], ["w", "w", "w"]]
+    assert threads == ["centermask-infer"] * 3
     assert metrics.registry.get_sample_value("centermask_batch_size_count") == 0

@@ -45,7 +45,7 @@ def test_help_names_every_flag_with_its_kind_and_default(capsys: pytest.CaptureF
     for internal in ("{Path,null}", "SecretStr", "null", "{str,null}"):
         assert internal not in text
     for flag in ("--weights PATH", "--request-timeout-s SECONDS", "--max-batch-delay-ms MILLISECONDS",
-                 "--max-image-bytes BYTES", "--device {auto,cuda,cpu}", "--api-key SECRET"):  # fmt: skip
+                 "--max-image-bytes BYTES", "--device {auto,cpu,cuda,cuda:N}", "--api-key SECRET"):  # fmt: skip
         assert flag in text
 
 

@@ -72,9 +72,15 @@ async def test_model_info(tiny_weights: Path) -> None:
         info = (await served.client.get("/v1/model")).json()
     assert info["config_name"] == "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x"
     assert len(info["class_names"]) == 80 and info["class_names"][0] == "person"
-    assert (info["device"], info["dtype"]) == ("cpu", "float32")
+    assert (info["device"], info["precision"], info["dtype"]) == ("cpu", "fp32", "float32")
     assert len(info["weights_sha256"]) == 64
-    assert info["batching"] == {"max_batch_size": 1, "max_batch_delay_ms": 5.0, "max_queue": 64}
+    assert info["batching"] == {
+        "max_batch_size": 1,
+        "max_batch_delay_ms": 5.0,
+        "max_queue": 64,
+        "bucket_size": 32,
+    }
+    assert (info["class_agnostic_nms"], info["class_agnostic_iou"]) == (False, 0.7)
     assert (info["score_threshold"], info["max_detections"]) == (0.3, 100)
 
 

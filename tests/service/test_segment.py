@@ -5,8 +5,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from torchvision.ops import nms
 
 from model.coco_classes import COCO_CATEGORY_IDS
 from model.images import load_rgb
@@ -266,3 +268,19 @@ async def test_results_do_not_depend_on_batch_companions(served: Served) -> None
     assert await batched(other_sizes) == alone
     assert_same_detections(await batched(same_size), alone)
     assert_same_detections(await batched([*other_sizes, *same_size]), alone)
+
+
+async def test_class_agnostic_nms_keeps_one_label_per_object(served: Served) -> None:
+    everything = (await served.client.post("/segment?score_threshold=0", **png_body(IMAGE))).json()[
+        "instances"
+    ]
+    response = await served.client.post(
+        "/segment?score_threshold=0&class_agnostic_nms=true&max_detections=5", **png_body(IMAGE)
+    )
+    kept = response.json()["instances"]
+    # The model's output, class-agnostic NMS over it, then the request's count.
+    boxes = torch.tensor([i["box"] for i in everything])
+    scores = torch.tensor([i["score"] for i in everything])
+    expected = sorted(nms(boxes, scores, 0.7).tolist())[:5]
+    assert [i["box"] for i in kept] == [everything[j]["box"] for j in expected]
+    assert len({i["class_id"] for i in kept}) >= 1 and len(kept) == 5

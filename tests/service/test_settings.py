@@ -20,7 +20,10 @@ def test_defaults() -> None:
     settings = Settings()
     assert settings.weights is None and settings.config is None
     assert settings.device == "auto"
-    assert (settings.max_batch_size, settings.max_batch_delay_ms, settings.max_queue) == (8, 5, 64)
+    assert (settings.max_batch_size, settings.max_batch_delay_ms, settings.max_queue) == (None, 5, 64)
+    assert (settings.batch_size_for("cuda"), settings.batch_size_for("cpu")) == (8, 1)
+    assert settings.precision == "fp32" and settings.class_agnostic_nms is False
+    assert 1 <= settings.torch_threads <= (os.cpu_count() or 1)
     assert settings.request_timeout_s == 30
     assert settings.max_image_bytes == 20 * 1024 * 1024
     assert settings.max_image_pixels == 40_000_000
@@ -37,7 +40,11 @@ def test_derived_limits_follow_what_they_depend_on(monkeypatch: pytest.MonkeyPat
     # Lowering the queue alone is enough: the limits that must fit in it follow.
     monkeypatch.setenv("CENTERMASK_MAX_QUEUE", "4")
     settings = Settings()
-    assert (settings.max_batch_size, settings.max_images_per_request, settings.max_concurrent_uploads) == (
+    assert (
+        settings.batch_size_for("cuda"),
+        settings.max_images_per_request,
+        settings.max_concurrent_uploads,
+    ) == (
         4,
         4,
         4,
@@ -51,8 +58,9 @@ def test_derived_limits_follow_what_they_depend_on(monkeypatch: pytest.MonkeyPat
 
 
 def test_batch_deadlines_scale_with_their_images() -> None:
-    settings = Settings(request_timeout_s=10, max_batch_size=8)
-    assert [settings.request_deadline_s(n) for n in (1, 8, 9, 32)] == [10, 10, 20, 40]
+    settings = Settings(request_timeout_s=10)
+    assert [settings.request_deadline_s(n, 8) for n in (1, 8, 9, 32)] == [10, 10, 20, 40]
+    assert settings.request_deadline_s(3, 1) == 30
 
 
 @pytest.mark.parametrize(

@@ -1,23 +1,29 @@
-"""Load test of the HTTP service, compared with the model's own throughput in this process.
+"""Load test of the HTTP service, against the same model's throughput in this process.
 
-    python -m bench.load --spawn --batch-size 1 --concurrency 4 --requests 60 --duration 120
+    python -m bench.load --spawn --concurrency 1 4 16 --requests 200 --duration 60
 
 With --spawn the script starts `centermask-serve` on a free 127.0.0.1 port (rule weights for
---rule-config, or --weights/--config), with --max-batch-size set to --batch-size; options this script
-does not know are passed on to the server (`--max-batch-delay-ms 10`), and CENTERMASK_* variables
-reach it through the environment. Without --spawn it loads --url, which must already be serving.
+--rule-config, or --weights/--config) with the given --device, --precision, --threads and
+--batch-size; options this script does not know are passed on to the server (`--max-batch-delay-ms 10`),
+and CENTERMASK_* variables reach it through the environment. Without --spawn it loads --url, which must
+already be serving (then there is no in-process comparison unless --weights names the same model).
 
-Phases, one after the other so they never compete for the CPU:
-1. in-process: `predictor.infer` on that image, prepared once, at --batch-size (needs --spawn or
-   --weights, so that the same model is measured);
-2. load: --concurrency clients POST the same JPEG to /segment until --requests answers or --duration
-   seconds, whichever comes first (after a few unmeasured warm-up requests);
-3. the spawned server is stopped and the in-process measurement repeated. The ratio uses the mean of
-   both: on a shared machine the background load drifts.
+Phases, one after the other so that they never compete for the CPU:
+1. in-process: the work a program would do to get the same JSON without the service — decode the JPEG,
+   `predictor.prepare`, `predictor.infer` with the request's selection, `image_record` — one image at a
+   time;
+2. saturation: for each --concurrency, that many clients POST the JPEG to /segment back to back until
+   --requests answers or --duration seconds (after a few unmeasured warm-up requests);
+3. half load: requests arrive at a fixed rate, half the best saturation throughput, for --duration
+   seconds; its latency percentiles are the service's latency under a comfortable load;
+4. in-process again. The ratio uses the mean of both in-process runs: on a shared machine the
+   background load drifts.
 
-Prints throughput (images/s), latency percentiles, answers by status, mean server-side stage times,
-and the ratio of service throughput to in-process throughput (the serving overhead: 1.0 is free).
+Prints a table (throughput, latency percentiles, answers by status, mean server-side stage times) and
+the service/in-process ratio at saturation; writes bench/results/load-*.json.
 """
+
+from __future__ import annotations
 
 import argparse
 import asyncio
@@ -35,18 +41,24 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import torch
 from PIL import Image
 
+from bench.results import write_result
+from model.detections import Selection
 from model.images import load_rgb
+from model.precision import Precision
 from model.predict import load_predictor
 from model.testing import write_rule_checkpoint
+from model.wire import image_record
+from service.settings import Settings
 
-READY_TIMEOUT_S = 300
-WARM_UP_REQUESTS = 2
+READY_TIMEOUT_S = 600
+WARM_UP_REQUESTS = 3
 
 
 @dataclass
@@ -59,6 +71,23 @@ class LoadResult:
     @property
     def succeeded(self) -> int:
         return self.statuses[200]
+
+    @property
+    def throughput(self) -> float:
+        return self.succeeded / self.elapsed_s if self.elapsed_s else 0.0
+
+    def percentiles_ms(self) -> tuple[float, float, float]:
+        if not self.latencies_s:
+            return (float("nan"),) * 3
+        p50, p90, p99 = np.percentile(1000 * np.array(self.latencies_s), [50, 90, 99])
+        return float(p50), float(p90), float(p99)
+
+    def record(self, response: httpx.Response, sent: float) -> None:
+        self.latencies_s.append(time.perf_counter() - sent)
+        self.statuses[response.status_code] += 1
+        if response.status_code == 200:
+            for stage, ms in response.json()["timing_ms"].items():
+                self.stage_ms.setdefault(stage, []).append(ms)
 
 
 def synthetic_jpeg(height: int, width: int) -> bytes:
@@ -79,17 +108,28 @@ def free_port() -> int:
 
 @contextmanager
 def spawned_server(
-    weights: Path, config: str | None, batch_size: int, threads: int, extra: Sequence[str]
+    weights: Path, config: str | None, args: argparse.Namespace, extra: Sequence[str]
 ) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-c", "from service.app import main; main()"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--weights", str(weights)]
-    command += ["--max-batch-size", str(batch_size), "--log-level", "warning", *extra]
+    command += [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--weights",
+        str(weights),
+        "--log-level",
+        "warning",
+    ]
+    command += ["--device", args.device, "--precision", args.precision, "--torch-threads", str(args.threads)]
+    if args.batch_size is not None:
+        command += ["--max-batch-size", str(args.batch_size)]
     if config is not None:
         command += ["--config", config]
+    command += list(extra)
     with tempfile.NamedTemporaryFile("w+", prefix="centermask-serve-", suffix=".log", delete=False) as log:
-        environment = os.environ | {"OMP_NUM_THREADS": str(threads)}
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, log.name)
@@ -117,14 +157,20 @@ def wait_ready(url: str, process: subprocess.Popen | None, log_name: str) -> Non
     sys.exit(f"{url} was not ready within {READY_TIMEOUT_S} s; log: {log_name}")
 
 
-async def run_load(url: str, image: bytes, concurrency: int, requests: int, duration_s: float) -> LoadResult:
+def _client(url: str, connections: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=url, limits=limits, timeout=300)
+
+
+async def saturation(
+    url: str, image: bytes, concurrency: int, requests: int, duration_s: float
+) -> LoadResult:
+    """`concurrency` clients, each sending its next request as soon as the last is answered."""
     result = LoadResult()
     headers = {"Content-Type": "image/jpeg"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+    async with _client(url, concurrency) as client:
         for _ in range(WARM_UP_REQUESTS):
             (await client.post("/segment", content=image, headers=headers)).raise_for_status()
-
         started = time.perf_counter()
         stop_at = started + duration_s
         issued = 0
@@ -135,34 +181,59 @@ async def run_load(url: str, image: bytes, concurrency: int, requests: int, dura
                 issued += 1
                 sent = time.perf_counter()
                 try:
-                    response = await client.post("/segment", content=image, headers=headers)
+                    result.record(await client.post("/segment", content=image, headers=headers), sent)
                 except httpx.HTTPError as exc:
                     result.statuses[type(exc).__name__] += 1
-                    continue
-                result.latencies_s.append(time.perf_counter() - sent)
-                result.statuses[response.status_code] += 1
-                if response.status_code == 200:
-                    for stage, ms in response.json()["timing_ms"].items():
-                        result.stage_ms.setdefault(stage, []).append(ms)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.elapsed_s = time.perf_counter() - started
     return result
 
 
-class InProcessModel:
-    """The same model in this process, for the throughput `predictor.infer` reaches without serving."""
+async def fixed_rate(url: str, image: bytes, rate: float, duration_s: float) -> LoadResult:
+    """Requests arriving every 1/rate seconds whatever the answers (an open loop), for `duration_s`."""
+    result = LoadResult()
+    headers = {"Content-Type": "image/jpeg"}
+    async with _client(url, 256) as client:
 
-    def __init__(self, weights: Path, config: str | None, image: bytes, batch_size: int) -> None:
-        self.predictor = load_predictor(weights=weights, config=config, device="cpu")
-        self.batch = [self.predictor.prepare(load_rgb(image))] * batch_size
-        self.predictor.infer(self.batch)  # warm-up
+        async def one() -> None:
+            sent = time.perf_counter()
+            try:
+                result.record(await client.post("/segment", content=image, headers=headers), sent)
+            except httpx.HTTPError as exc:
+                result.statuses[type(exc).__name__] += 1
 
-    def throughput(self, runs: int) -> float:
         started = time.perf_counter()
-        for _ in range(runs):
-            self.predictor.infer(self.batch)
-        return runs * len(self.batch) / (time.perf_counter() - started)
+        tasks = []
+        for index in range(max(1, int(rate * duration_s))):
+            await asyncio.sleep(max(0.0, started + index / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+        result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+class InProcess:
+    """The same model in this process, doing what the service does for one request, one at a time."""
+
+    def __init__(self, weights: Path, config: str | None, image: bytes, args: argparse.Namespace) -> None:
+        self.predictor = load_predictor(weights, config, args.device, args.precision)
+        self.image = image
+        self.selection = Selection(Settings().score_threshold, Settings().max_detections)
+        self.run()  # warm-up
+
+    def run(self) -> dict[str, Any]:
+        predictor = self.predictor
+        prepared = predictor.prepare(load_rgb(self.image))
+        (detections,) = predictor.infer([prepared], [self.selection])
+        return image_record(None, detections, predictor.class_names, predictor.category_ids)
+
+    def throughput(self, seconds: float) -> float:
+        started, count = time.perf_counter(), 0
+        while time.perf_counter() - started < seconds:
+            self.run()
+            count += 1
+        return count / (time.perf_counter() - started)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,60 +245,86 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, help="checkpoint; default with --spawn: rule weights")
     parser.add_argument("--config", help="config name, for official checkpoints")
     parser.add_argument("--rule-config", default="centermask_lite_V_19_slim_eSE_FPN_ms_4x")
-    parser.add_argument(
-        "--batch-size", type=int, default=1, help="server max batch size and in-process batch"
-    )
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=60, help="stop after this many answers")
-    parser.add_argument("--duration", type=float, default=120, help="or after this many seconds")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=[p.value for p in Precision], default="fp32")
+    parser.add_argument("--batch-size", type=int, help="server max batch size (default: the service's)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[4])
+    parser.add_argument("--requests", type=int, default=60, help="stop a saturation phase after this many")
+    parser.add_argument("--duration", type=float, default=60, help="longest phase, in seconds")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--in-process-runs", type=int, default=6, help="batches, before and after")
+    parser.add_argument("--in-process-seconds", type=float, default=15)
     parser.add_argument(
-        "--threads", type=int, default=torch.get_num_threads(), help="torch threads, here and in the server"
+        "--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides"
     )
     args, server_args = parser.parse_known_args(argv)
 
     torch.set_num_threads(args.threads)
     image = synthetic_jpeg(args.height, args.width)
+    phases: dict[str, LoadResult] = {}
     with tempfile.TemporaryDirectory() as scratch:
         weights, config = args.weights, args.config
         if weights is None and args.spawn:
             weights = write_rule_checkpoint(Path(scratch) / "rule.pth", args.rule_config)
-        model = InProcessModel(weights, config, image, args.batch_size) if weights is not None else None
-        # Measured before and after the load phase: on a shared machine the background load drifts.
-        model_rates = [model.throughput(args.in_process_runs)] if model else []
-        if args.spawn:
-            with spawned_server(weights, config, args.batch_size, args.threads, server_args) as url:
-                load = asyncio.run(run_load(url, image, args.concurrency, args.requests, args.duration))
-        else:
-            wait_ready(args.url, None, "(not spawned)")
-            load = asyncio.run(run_load(args.url, image, args.concurrency, args.requests, args.duration))
+        model = InProcess(weights, config, image, args) if weights is not None else None
+        in_process = [model.throughput(args.in_process_seconds)] if model else []
         if model:
-            model_rates.append(model.throughput(args.in_process_runs))
+            del model.predictor  # the memory goes back before the server starts
+        with spawned_server(weights, config, args, server_args) if args.spawn else _existing(args.url) as url:
+            for concurrency in args.concurrency:
+                phases[f"saturation c={concurrency}"] = asyncio.run(
+                    saturation(url, image, concurrency, args.requests, args.duration)
+                )
+            best = max(result.throughput for result in phases.values())
+            phases[f"half load {best / 2:.2f}/s"] = asyncio.run(
+                fixed_rate(url, image, best / 2, args.duration)
+            )
+        if model:
+            model = InProcess(weights, config, image, args)
+            in_process.append(model.throughput(args.in_process_seconds))
 
-    service_rate = load.succeeded / load.elapsed_s
-    latencies_ms = 1000 * np.array(load.latencies_s)
-    p50, p90, p99 = np.percentile(latencies_ms, [50, 90, 99]) if len(latencies_ms) else (np.nan,) * 3
     print(
-        f"{args.height}x{args.width} JPEG, batch size {args.batch_size}, {args.concurrency} clients, "
-        f"torch threads {torch.get_num_threads()}"
+        f"{args.height}x{args.width} JPEG, device {args.device}, precision {args.precision}, "
+        f"torch threads {args.threads}, server batch size {args.batch_size or 'default'}"
     )
-    print(f"service:    {service_rate:.2f} images/s ({load.succeeded} in {load.elapsed_s:.1f} s)")
-    print(f"latency:    p50 {p50:.0f} ms, p90 {p90:.0f} ms, p99 {p99:.0f} ms")
-    print(
-        "answers:    "
-        + ", ".join(f"{status}: {count}" for status, count in sorted(load.statuses.items(), key=str))
-    )
-    print("server ms:  " + ", ".join(f"{stage} {np.mean(ms):.1f}" for stage, ms in load.stage_ms.items()))
-    if model_rates:
-        model_rate = statistics.mean(model_rates)
-        print(
-            f"in-process: {model_rate:.2f} images/s (predictor.infer, batch {args.batch_size}; "
-            f"{model_rates[0]:.2f} before the load phase, {model_rates[1]:.2f} after)"
+    print(f"{'phase':<24} {'img/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}  answers / server ms")
+    rows = []
+    for name, result in phases.items():
+        p50, p90, p99 = result.percentiles_ms()
+        stages = {stage: round(statistics.mean(ms), 1) for stage, ms in result.stage_ms.items()}
+        answers = dict(sorted(((str(k), v) for k, v in result.statuses.items())))
+        print(f"{name:<24} {result.throughput:>7.2f} {p50:>8.0f} {p90:>8.0f} {p99:>8.0f}  {answers} {stages}")
+        rows.append(
+            {
+                "phase": name,
+                "images_per_s": result.throughput,
+                "p50_ms": p50,
+                "p90_ms": p90,
+                "p99_ms": p99,
+                "answers": answers,
+                "server_stage_ms": stages,
+            }
         )
-        print(f"ratio:      {service_rate / model_rate:.3f} (service / in-process)")
-    return 0 if load.succeeded == sum(load.statuses.values()) else 1
+    summary: dict[str, Any] = {}
+    if in_process:
+        rate = statistics.mean(in_process)
+        best = max(result.throughput for name, result in phases.items() if name.startswith("saturation"))
+        summary = {"in_process_images_per_s": in_process, "saturation_ratio": best / rate}
+        print(f"in-process {rate:.2f} images/s ({in_process[0]:.2f} before, {in_process[1]:.2f} after)")
+        print(f"ratio      {best / rate:.3f} (best saturation / in-process)")
+    half = next(result for name, result in phases.items() if name.startswith("half load"))
+    p50, _, p99 = half.percentiles_ms()
+    summary["half_load_p99_over_p50"] = p99 / p50
+    print(f"half load  p99 / p50 = {p99 / p50:.2f}")
+    write_result("load", {**{k: str(v) for k, v in vars(args).items()}, **summary}, rows)
+    ok = all(result.succeeded == sum(result.statuses.values()) for result in phases.values())
+    return 0 if ok else 1
+
+
+@contextmanager
+def _existing(url: str) -> Iterator[str]:
+    wait_ready(url, None, "(not spawned)")
+    yield url
 
 
 if __name__ == "__main__":

@@ -337,6 +337,7 @@ def train(run: Run, start: int, stop: StopRequest) -> int:
         num_workers=args.workers,
         persistent_workers=args.workers > 0,
         drop_last=True,
+        worker_init_fn=_leave_signals_to_the_trainer,
     )
     progress = Progress(args.iters, args.log_every)
     batches = endless(loader)
@@ -356,6 +357,13 @@ def train(run: Run, start: int, stop: StopRequest) -> int:
             run.save(iteration, run_validation(run.export_path, args))
             run.model.train()
     return iteration
+
+
+def _leave_signals_to_the_trainer(_worker_id: int) -> None:
+    """Data workers ignore SIGTERM/SIGINT: a signal sent to the whole process group (Ctrl-C, `kill` of
+    the group, a container stop) must let the trainer save and stop, not kill the worker it waits on."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

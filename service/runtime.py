@@ -46,7 +46,9 @@ _WATCHDOG_FLOOR_S = 30.0
 class PredictorLoader(Protocol):
     """`model.predict.load_predictor`, or a wrapper of it."""
 
-    def __call__(self, *, weights: str | None, config: str | None, device: str) -> Predictor: ...
+    def __call__(
+        self, *, weights: str | None, config: str | None, device: str, backend: str, onnx: str | None
+    ) -> Predictor: ...
 
 
 class Phase(StrEnum):
@@ -228,15 +230,26 @@ class Runtime:
     async def _load_and_warm_up(self) -> None:
         settings = self._settings
         weights = str(settings.weights) if settings.weights is not None else None
+        onnx = str(settings.onnx_model) if settings.onnx_model is not None else None
         logger.info(
             "loading the model",
-            extra={"weights": weights or "bundled", "config": settings.config, "device": settings.device},
+            extra={
+                "weights": weights or "bundled",
+                "config": settings.config,
+                "device": settings.device,
+                "backend": settings.backend,
+            },
         )
         started = time.perf_counter()
         predictor = await asyncio.to_thread(
-            self._load_predictor, weights=weights, config=settings.config, device=settings.device
+            self._load_predictor,
+            weights=weights,
+            config=settings.config,
+            device=settings.device,
+            backend=settings.backend,
+            onnx=onnx,
         )
-        if predictor.device.type == "cpu" and settings.device != "cpu":
+        if predictor.device.type == "cpu" and settings.device != "cpu" and settings.backend == "torch":
             logger.warning("no CUDA device available: serving on the CPU, which is much slower")
         self._predictor = predictor
         logger.info(

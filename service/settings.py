@@ -56,7 +56,17 @@ class Settings(BaseSettings):
         "Unset: read from the checkpoint (ours record it).",
     )
     device: Literal["auto", "cuda", "cpu"] = Field(
-        "auto", description="auto takes CUDA when available, else the CPU."
+        "auto", description="auto takes CUDA when available, else the CPU (always the CPU with onnxruntime)."
+    )
+    backend: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        description="What runs the network: torch, or onnxruntime (the network exported to ONNX, run by "
+        "ONNX Runtime on the CPU in fp32; needs the [onnx] extra).",
+    )
+    onnx_model: Path | None = Field(
+        None,
+        description="With backend onnxruntime: the graphs `python -m model.export --out` wrote for the "
+        "served weights (e.g. /models/centermask.onnx). Unset: exported at start.",
     )
     max_batch_size: PositiveInt | None = Field(
         None, description="Most images in one forward pass. Default: min(8, max_queue)."
@@ -146,6 +156,8 @@ class Settings(BaseSettings):
                 f"CENTERMASK_MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) must not exceed "
                 f"CENTERMASK_MAX_QUEUE ({self.max_queue}): lower the first or raise the second"
             )
+        if self.onnx_model is not None and self.backend != "onnxruntime":
+            raise ValueError("CENTERMASK_ONNX_MODEL is run by CENTERMASK_BACKEND=onnxruntime: set that too")
         if self.protect_probes and self.api_key is None:
             raise ValueError("CENTERMASK_PROTECT_PROBES needs CENTERMASK_API_KEY: there is no key to ask for")
         for origin in self.cors_origins:

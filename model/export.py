@@ -24,8 +24,7 @@ SHA-256), so that the onnxruntime backend refuses graphs exported from other wei
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import importlib.util
 import json
 import sys
 import warnings
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model.backends import ONNX_EXTRA
 from model.centermask import CenterMask
 from model.checkpoint import file_sha256, load_model
 from model.deform_conv import ModulatedDeformConv2d
@@ -129,6 +129,9 @@ def export_model(
     Both graphs pass `onnx.checker` (full check, shapes inferred) before they are returned; `metadata` goes
     into each file's metadata_props, beside the graph's name.
     """
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModuleNotFoundError(f"the ONNX export needs {' and '.join(missing)}: {ONNX_EXTRA}")
     import onnx
 
     if opset < MIN_OPSET:
@@ -164,15 +167,10 @@ def export_model(
         ("mask_head", MaskHeadGraph(model), roi_example, MASK_HEAD_INPUTS, MASK_HEAD_OUTPUTS,
          {"roi_features": {0: rois}, "classes": {0: rois}, "scores": {0: rois}}),
     ):  # fmt: skip
-        # The exporter reports its progress on stdout and warns about its own naming of dimensions; a
-        # service's output is not the place for either.
-        with (
-            contextlib.redirect_stdout(io.StringIO()),
-            warnings.catch_warnings(),
-            torch.inference_mode(False),
-            torch.no_grad(),
-        ):
-            warnings.simplefilter("ignore", UserWarning)
+        # verbose=False keeps the exporter's progress off stdout; its note on how it names the dynamic
+        # dimensions is no warning for our users either.
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
             program = torch.onnx.export(
                 graph.eval(),
                 example,

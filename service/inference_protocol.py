@@ -47,6 +47,8 @@ from service.routes import (
 )
 from service.runtime import ImageFailed, Phase, Runtime, Segmented
 from service.schemas import OrjsonResponse
+from service.settings import Settings
+from service.uploads import Uploads
 
 MODEL_ALIAS = "centermask"
 MODEL_VERSION = "1"
@@ -248,16 +250,25 @@ async def server_ready(runtime: RuntimeDep) -> Response:
     responses=_errors(401, 404, 503),
     summary="Open Inference Protocol: model readiness",
 )
+async def model_ready(runtime: RuntimeDep, model_name: ModelName) -> Response:
+    """200 once the model is ready to infer; 404 for another model; 503 while not ready."""
+    return _model_ready(runtime, model_name, None)
+
+
 @probe_router.get(
     "/v2/models/{model_name}/versions/{model_version}/ready",
     response_model=ModelReady,
     responses=_errors(401, 404, 503),
     summary="Open Inference Protocol: model version readiness",
 )
-async def model_ready(
-    runtime: RuntimeDep, model_name: ModelName, model_version: ModelVersion | None = None
+async def model_version_ready(
+    runtime: RuntimeDep, model_name: ModelName, model_version: ModelVersion
 ) -> Response:
     """200 once the model is ready to infer; 404 for another model or version; 503 while not ready."""
+    return _model_ready(runtime, model_name, model_version)
+
+
+def _model_ready(runtime: Runtime, model_name: str, model_version: str | None) -> Response:
     _require_ready(runtime)
     _check_model(runtime, model_name, model_version)
     return OrjsonResponse({"name": model_name, "ready": True})
@@ -269,17 +280,26 @@ async def model_ready(
     responses=_errors(401, 404, 503),
     summary="Open Inference Protocol: model metadata",
 )
+async def model_metadata(runtime: RuntimeDep, model_name: ModelName) -> Response:
+    """The model's versions, platform, input and outputs. `-1` in an output's shape is the number of
+    instances in all the request's images."""
+    return _model_metadata(runtime, model_name, None)
+
+
 @model_router.get(
     "/v2/models/{model_name}/versions/{model_version}",
     response_model=ModelMetadata,
     responses=_errors(401, 404, 503),
     summary="Open Inference Protocol: model version metadata",
 )
-async def model_metadata(
-    runtime: RuntimeDep, model_name: ModelName, model_version: ModelVersion | None = None
+async def model_version_metadata(
+    runtime: RuntimeDep, model_name: ModelName, model_version: ModelVersion
 ) -> Response:
-    """The model's versions, platform, input and outputs. `-1` in an output's shape is the number of
-    instances in all the request's images."""
+    """As the model's metadata, for version 1, the only one."""
+    return _model_metadata(runtime, model_name, model_version)
+
+
+def _model_metadata(runtime: Runtime, model_name: str, model_version: str | None) -> Response:
     _check_model(runtime, model_name, model_version)
     predictor = runtime.predictor
     return OrjsonResponse(
@@ -300,33 +320,54 @@ async def model_metadata(
 # Inference
 
 
+_INFER_RESPONSES = {200: _INFER_ANSWER, **_errors(400, 401, 404, 413, 415, 422, 500, 503, 504)}
+
+
 @model_router.post(
     "/v2/models/{model_name}/infer",
     response_model=InferenceResponse,
-    responses={200: _INFER_ANSWER, **_errors(400, 401, 404, 413, 415, 422, 500, 503, 504)},
+    responses=_INFER_RESPONSES,
     openapi_extra={"requestBody": _INFER_BODY},
     summary="Open Inference Protocol: segment images",
 )
-@model_router.post(
-    "/v2/models/{model_name}/versions/{model_version}/infer",
-    response_model=InferenceResponse,
-    responses={200: _INFER_ANSWER, **_errors(400, 401, 404, 413, 415, 422, 500, 503, 504)},
-    openapi_extra={"requestBody": _INFER_BODY},
-    summary="Open Inference Protocol: segment images with a model version",
-)
 async def infer(
-    request: Request,
-    runtime: RuntimeDep,
-    settings: SettingsDep,
-    uploads: UploadsDep,
-    model_name: ModelName,
-    model_version: ModelVersion | None = None,
+    request: Request, runtime: RuntimeDep, settings: SettingsDep, uploads: UploadsDep, model_name: ModelName
 ) -> Response:
     """Segment the images of the `image` input (one batch) and answer the instances as named tensors.
 
     The same images sent to `/segment` get the same instances; the parameters (`score_threshold`,
     `max_detections`, `mask_format`, `classes`) default to the service's settings, as there.
     """
+    return await _infer(request, runtime, settings, uploads, model_name, None)
+
+
+@model_router.post(
+    "/v2/models/{model_name}/versions/{model_version}/infer",
+    response_model=InferenceResponse,
+    responses=_INFER_RESPONSES,
+    openapi_extra={"requestBody": _INFER_BODY},
+    summary="Open Inference Protocol: segment images with a model version",
+)
+async def infer_version(
+    request: Request,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    uploads: UploadsDep,
+    model_name: ModelName,
+    model_version: ModelVersion,
+) -> Response:
+    """As infer, with version 1, the only one."""
+    return await _infer(request, runtime, settings, uploads, model_name, model_version)
+
+
+async def _infer(
+    request: Request,
+    runtime: Runtime,
+    settings: Settings,
+    uploads: Uploads,
+    model_name: str,
+    model_version: str | None,
+) -> Response:
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise UnsupportedMediaType(
             "compressed request bodies are not supported: send it without Content-Encoding"
@@ -335,17 +376,17 @@ async def infer(
         _check_model(runtime, model_name, model_version)
         parsed = parse_request(await uploads.read_tensor_body(request), request.headers.get(HEADER_LENGTH))
         options = _options(parsed.parameters, settings.score_threshold, settings.max_detections, runtime)
+        outputs = parsed.outputs
+        if outputs is None:
+            wanted = [name for name in OUTPUTS if name != "masks" or options.mask_format != "none"]
+            outputs = dict.fromkeys(wanted, parsed.binary_output)
+        elif "masks" in outputs and options.mask_format == "none":
+            raise InvalidRequest("the output 'masks' was asked for with mask_format none")
         images = uploads.images(parsed.images)
         try:
             results = await unless_disconnected(request, runtime.segment(images, options))
         except ImageFailed as failed:
             raise failed.error.for_image(failed.index) from None
-    outputs = parsed.outputs
-    if outputs is None:
-        wanted = [name for name in OUTPUTS if name != "masks" or options.mask_format != "none"]
-        outputs = dict.fromkeys(wanted, parsed.binary_output)
-    elif "masks" in outputs and options.mask_format == "none":
-        raise InvalidRequest("the output 'masks' was asked for with mask_format none")
     header: dict[str, Any] = {"model_name": model_name, "model_version": MODEL_VERSION}
     if parsed.id is not None:
         header["id"] = parsed.id

@@ -198,6 +198,15 @@ def image_input(data: list[str], shape: list[int] | None = None, **fields) -> di
         ({**image_input(["aGVsbG8="]), "parameters": {"score_threshold": 2}}, 400, "score_threshold"),
         ({**image_input(["aGVsbG8="]), "parameters": {"mask_format": "png"}}, 400, "mask_format"),
         ({**image_input(["aGVsbG8="]), "parameters": {"classes": "unicorn"}}, 422, "unicorn"),
+        (
+            {
+                **image_input(["aGVsbG8="]),
+                "parameters": {"mask_format": "none"},
+                "outputs": [{"name": "masks"}],
+            },
+            400,
+            "mask_format none",
+        ),
     ],
 )
 def test_bad_requests_get_the_protocols_error_shape(

@@ -1,11 +1,13 @@
 """End-to-end model throughput: uint8 RGB image in → COCO RLE records out, over a grid of settings.
 
     python -m bench.model_bench --config centermask_lite_V_19_slim_eSE_FPN_ms_4x --size 480x640 \
-        --batch-size 1 --precision fp32 bf16 --threads 2 --device cpu --runs 10
+        --batch-size 1 --precision fp32 bf16 --backend torch onnxruntime --threads 2 --device cpu --runs 10
 
-Every combination of --config, --size, --batch-size and --precision is timed; the combinations of one config
-and device are measured round-robin (one run of each in turn), so that drift of the machine affects them alike
-and their ratios are meaningful. Weights are the deterministic rule weights (about 50 detections per image,
+Every combination of --config, --backend, --precision, --size and --batch-size is timed (the onnxruntime
+backend in fp32 only: other precisions are skipped for it); the combinations of one config and device are
+measured round-robin (one run of each in turn), so that drift of the machine affects them alike and their
+ratios are meaningful. Both backends run the same pre- and postprocessing; ONNX Runtime gets as many threads
+as torch (--threads). Weights are the deterministic rule weights (about 50 detections per image,
 like the official CPU timings in shared/reference/TIMINGS.md) unless --weights is given. Prints a table and
 writes bench/results/model-*.json.
 """
@@ -26,10 +28,14 @@ import numpy as np
 import torch
 
 from bench.results import write_result
+from model.backends import Backend
 from model.precision import Precision
-from model.predict import load_predictor
+from model.predict import Predictor, load_predictor
 from model.testing import write_rule_checkpoint
 from model.wire import instances_to_json
+
+# (backend, precision, size, batch size): one timed combination.
+_Key = tuple[str, str, tuple[int, int], int]
 
 
 def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -53,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", nargs="+", type=parse_size, default=[(480, 640)], help="HxW of the input")
     parser.add_argument("--batch-size", nargs="+", type=int, default=[1])
     parser.add_argument("--precision", nargs="+", choices=[p.value for p in Precision], default=["fp32"])
+    parser.add_argument("--backend", nargs="+", choices=[b.value for b in Backend], default=["torch"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
@@ -64,44 +71,58 @@ def main(argv: list[str] | None = None) -> int:
     for config in args.config:
         with tempfile.TemporaryDirectory() as scratch:
             weights = args.weights or write_rule_checkpoint(Path(scratch) / "rule.pth", config)
-            predictors = {
-                precision: load_predictor(weights, config if args.weights else None, args.device, precision)
-                for precision in args.precision
+            variants = [
+                (backend, precision)
+                for backend, precision in itertools.product(args.backend, args.precision)
+                if backend == Backend.TORCH or precision == Precision.FP32
+            ]
+            predictors: dict[tuple[str, str], Predictor] = {
+                (backend, precision): load_predictor(
+                    weights, config if args.weights else None, args.device, precision, backend=backend
+                )
+                for backend, precision in variants
             }
-        programs: dict[tuple[str, tuple[int, int], int], Callable[[], int]] = {}
-        for precision, size, batch_size in itertools.product(args.precision, args.size, args.batch_size):
-            programs[(precision, size, batch_size)] = _program(predictors[precision], size, batch_size)
+        programs: dict[_Key, Callable[[], int]] = {}
+        for (backend, precision), size, batch_size in itertools.product(variants, args.size, args.batch_size):
+            programs[(backend, precision, size, batch_size)] = _program(
+                predictors[(backend, precision)], size, batch_size
+            )
         for program in programs.values():
             for _ in range(args.warmup):
                 program()
-        timings: dict[tuple[str, tuple[int, int], int], list[float]] = {key: [] for key in programs}
-        detections: dict[tuple[str, tuple[int, int], int], int] = {}
+        timings: dict[_Key, list[float]] = {key: [] for key in programs}
+        detections: dict[_Key, int] = {}
         for _ in range(args.runs):
             for key, program in programs.items():
                 started = time.perf_counter()
                 detections[key] = program()
-                timings[key].append((time.perf_counter() - started) * 1000 / key[2])
-        for (precision, size, batch_size), values in timings.items():
+                timings[key].append((time.perf_counter() - started) * 1000 / key[3])
+        for (backend, precision, size, batch_size), values in timings.items():
             median = statistics.median(values)
+            predictor = predictors[(backend, precision)]
             rows.append(
                 {
-                    "config": predictors[precision].config_name,
-                    "device": str(predictors[precision].device),
+                    "config": predictor.config_name,
+                    "backend": backend,
+                    "device": str(predictor.device),
                     "precision": precision,
                     "size": f"{size[0]}x{size[1]}",
                     "batch_size": batch_size,
                     "median_ms_per_image": round(median, 2),
                     "min_ms_per_image": round(min(values), 2),
                     "images_per_s": round(1000 / median, 2),
-                    "detections_per_image": detections[(precision, size, batch_size)] / batch_size,
+                    "detections_per_image": detections[(backend, precision, size, batch_size)] / batch_size,
                 }
             )
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    header = f"{'config':<44} {'device':<6} {'prec':<5} {'size':>9} {'batch':>5} {'ms/img':>8} {'min':>8} {'img/s':>7}"
+    header = (
+        f"{'config':<44} {'backend':<11} {'device':<6} {'prec':<5} {'size':>9} {'batch':>5} {'ms/img':>8} "
+        f"{'min':>8} {'img/s':>7}"
+    )
     print(header)
     for row in rows:
         print(
-            f"{row['config']:<44} {row['device']:<6} {row['precision']:<5} {row['size']:>9} "
+            f"{row['config']:<44} {row['backend']:<11} {row['device']:<6} {row['precision']:<5} {row['size']:>9} "
             f"{row['batch_size']:>5} {row['median_ms_per_image']:>8.1f} {row['min_ms_per_image']:>8.1f} "
             f"{row['images_per_s']:>7.2f}"
         )
@@ -114,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _program(predictor, size: tuple[int, int], batch_size: int) -> Callable[[], int]:
+def _program(predictor: Predictor, size: tuple[int, int], batch_size: int) -> Callable[[], int]:
     """One timed call: a batch of images of one size through `infer` and the JSON encoder."""
     images = [synthetic_image(*size, seed) for seed in range(batch_size)]
 

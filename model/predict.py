@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.centermask import CenterMask
+from model.backends import Backend, backend_device, check_backend
+from model.centermask import CenterMask, NetworkSteps
 from model.checkpoint import file_sha256, load_model, resolve_category_ids
 from model.coco_classes import default_category_ids
 from model.detections import CLASS_AGNOSTIC_IOU, Detections, Selection
@@ -37,7 +38,8 @@ class Predictor:
     """A loaded CenterMask model with its preprocessing and postprocessing. Build once, reuse.
 
     The network is rewritten for inference when the predictor is built (batch norms folded, channels-last
-    weights, the precision's dtype): pass it a freshly loaded model, which it then owns.
+    weights, the precision's dtype): pass it a freshly loaded model, which it then owns. Or pass another
+    backend's network (`model.onnx_backend.OnnxCenterMask`, built for inference already).
 
     `bucket_size` is the multiple that padded image sizes are rounded up to. Images of the same padded shape
     can share a forward pass; an image's padded shape depends on its own size alone, so a result never depends
@@ -47,7 +49,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: CenterMask,
+        model: NetworkSteps,
         class_names: list[str],
         weights_path: Path,
         device: str | torch.device = "cpu",
@@ -58,18 +60,24 @@ class Predictor:
     ) -> None:
         self.device = torch.device(device)
         self.precision = Precision(precision)
+        self.backend = model.backend
         check_supported(self.precision, self.device)
+        check_backend(self.backend, self.precision, self.device)
         if self.device.type == "cuda":
             configure_cuda(self.precision)
-        self.model = model.eval().to(self.device)
         self.config = model.config
-        calibration = None
-        if self.precision is Precision.INT8:
-            images = calibration_images if calibration_images is not None else default_calibration_images()
-            calibration = [
-                self.model.normalize_and_pad([self._resized(image).pixels.float()]) for image in images
-            ]
-        self.model.optimize_for_inference(self.precision.dtype, calibration=calibration)
+        self.model = model
+        if isinstance(model, CenterMask):  # other backends come built for inference (model.onnx_backend)
+            self.model = model.eval().to(self.device)
+            calibration = None
+            if self.precision is Precision.INT8:
+                images = (
+                    calibration_images if calibration_images is not None else default_calibration_images()
+                )
+                calibration = [
+                    model.normalize_and_pad([self._resized(image).pixels.float()]) for image in images
+                ]
+            model.optimize_for_inference(self.precision.dtype, calibration=calibration)
         fast = self.device.type == "cuda" and self.precision is not Precision.FP32
         self.bucket_size = bucket_size or (FAST_BUCKET_SIZE if fast else self.config.size_divisibility)
         if self.bucket_size % self.config.size_divisibility:
@@ -218,22 +226,35 @@ def load_predictor(
     device: str | torch.device = "cpu",
     precision: Precision | str = Precision.FP32,
     calibration_images: Sequence[np.ndarray] | None = None,
+    backend: Backend | str = Backend.TORCH,
+    onnx: str | Path | None = None,
 ) -> Predictor:
     """Load weights (default: the bundled model) into a Predictor on `device` ("cpu", "cuda", "auto").
 
     `precision` is "fp32" (exact to the official outputs), "bf16", "fp16" (CUDA) or "int8" (CPU; calibrated
     on `calibration_images`, by default generated shapes scenes); one the device cannot run fails here,
-    before the (slow) load.
+    before the (slow) load. `backend` "onnxruntime" runs the network exported to ONNX (fp32, CPU): exported
+    while loading, or read from `onnx` (the `--out` of `python -m model.export` for these weights).
     """
-    target = resolve_device(str(device))
+    backend = Backend(backend)
+    target = resolve_device(backend_device(backend, str(device)))
     check_supported(Precision(precision), target)
+    check_backend(backend, Precision(precision), target)
+    if onnx is not None and backend is not Backend.ONNXRUNTIME:
+        raise ValueError("exported ONNX graphs are run by the onnxruntime backend: pass backend onnxruntime")
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     if weights is None and not path.is_file():
         raise FileNotFoundError(f"the bundled default weights are missing ({path}); pass a weights file")
     model, class_names, checkpoint = load_model(path, config)
     category_ids = resolve_category_ids(checkpoint, len(class_names), str(path))
+    network: NetworkSteps = model
+    if backend is Backend.ONNXRUNTIME:
+        from model.export import provenance
+        from model.onnx_backend import OnnxCenterMask
+
+        network = OnnxCenterMask.from_model(model, provenance(model, class_names, path), onnx)
     return Predictor(
-        model,
+        network,
         class_names,
         path,
         target,
@@ -254,10 +275,25 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
         default=Precision.FP32.value,
         help="fp32 (exact to the official outputs), bf16 (CPUs with AVX-512 BF16 or AMX, CUDA), fp16 (CUDA)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=[b.value for b in Backend],
+        default=Backend.TORCH.value,
+        help="torch, or onnxruntime: the network exported to ONNX, run by ONNX Runtime (CPU, fp32; the [onnx] "
+        "extra)",
+    )
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        help="with --backend onnxruntime: the graphs `python -m model.export --out` wrote for these weights "
+        "(default: export them while loading)",
+    )
 
 
 def predictor_from_arguments(args: argparse.Namespace) -> Predictor:
-    return load_predictor(args.weights, args.config, args.device, args.precision)
+    return load_predictor(
+        args.weights, args.config, args.device, args.precision, backend=args.backend, onnx=args.onnx
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from model.images import configure_pillow
 from model.predict import load_predictor
-from service import routes, server
+from service import inference_protocol, routes, server
 from service.errors import install_error_handlers
 from service.logging import configure_logging
 from service.metrics import Metrics
@@ -27,7 +27,7 @@ from service.settings import Settings
 from service.uploads import Uploads
 
 DESCRIPTION = """POST an image to `/segment`: get boxes, classes, scores and COCO RLE masks back, or the
-image with them drawn (`format=png`).
+image with them drawn (`format=png`). Triton and KServe clients speak the Open Inference Protocol under `/v2`.
 
 The demo page is at [`/`](/); every error is `{"error": {"code", "message"}}` with its status.
 """
@@ -63,11 +63,16 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     app.state.runtime = runtime
     app.state.uploads = Uploads(settings)
     install_error_handlers(app)
-    routers = (routes.protected_router, routes.open_router)
+    routers = (
+        routes.protected_router,
+        routes.open_router,
+        inference_protocol.probe_router,
+        inference_protocol.model_router,
+    )
     for router in routers:
         app.include_router(router)
     install_pages(app)
-    install_openapi(app)
+    install_openapi(app, inference_protocol.openapi_schemas())
     endpoints = frozenset(route.path for router in routers for route in router.routes)
     if settings.cors_origins:
         app.add_middleware(

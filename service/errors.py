@@ -4,6 +4,9 @@ A batch request that fails because of one of its images adds that image's positi
 Responses never carry stack traces, file paths or exception texts: a 500 says "internal error" and the
 request id, and the details go to the log under that id. Unexpected exceptions are answered as
 `internal_error` by the request middleware.
+
+Under `/v2` (the Open Inference Protocol, service/inference_protocol.py) the same errors take that
+protocol's shape, `{"error": "<message>"}`, with the same status and headers.
 """
 
 from http import HTTPStatus
@@ -18,6 +21,8 @@ from service.logging import request_id
 from service.schemas import OrjsonResponse
 
 RETRY_AFTER_S = 1
+# Where the Open Inference Protocol's endpoints live.
+INFERENCE_PROTOCOL_PREFIX = "/v2"
 
 
 class ServiceError(Exception):
@@ -36,11 +41,14 @@ class ServiceError(Exception):
         """The same error, attributed to one image of a batch request."""
         return type(self)(self.message, index=index)
 
-    def to_response(self) -> Response:
+    def to_response(self, path: str = "") -> Response:
+        """The error's answer to a request for `path` (whose prefix decides the body's shape)."""
         message = self.message
         if self.status_code == 500:
             message = f"{message}; request id {request_id.get()}"
-        return error_response(self.status_code, self.code, message, index=self.index, headers=self.headers)
+        return error_response(
+            self.status_code, self.code, message, index=self.index, headers=self.headers, path=path
+        )
 
 
 class InvalidImage(ServiceError):
@@ -152,6 +160,10 @@ class DeadlineExceeded(ServiceError):
     rejection = "deadline"
 
 
+def speaks_inference_protocol(path: str) -> bool:
+    return path == INFERENCE_PROTOCOL_PREFIX or path.startswith(INFERENCE_PROTOCOL_PREFIX + "/")
+
+
 def error_response(
     status_code: int,
     code: str,
@@ -159,37 +171,41 @@ def error_response(
     *,
     index: int | None = None,
     headers: dict[str, str] | None = None,
+    path: str = "",
 ) -> Response:
+    if speaks_inference_protocol(path):
+        where = f"image {index}: " if index is not None else ""
+        return OrjsonResponse({"error": where + message}, status_code=status_code, headers=headers)
     error: dict[str, object] = {"code": code, "message": message}
     if index is not None:
         error["index"] = index
     return OrjsonResponse({"error": error}, status_code=status_code, headers=headers)
 
 
-def internal_error_response() -> Response:
-    return error_response(500, "internal_error", f"internal error; request id {request_id.get()}")
+def internal_error_response(path: str = "") -> Response:
+    return error_response(500, "internal_error", f"internal error; request id {request_id.get()}", path=path)
 
 
 async def _service_error(request: Request, exc: ServiceError) -> Response:
     if exc.rejection is not None:
         request.app.state.metrics.rejected.labels(exc.rejection).inc()
-    return exc.to_response()
+    return exc.to_response(request.url.path)
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     problems = []
     for error in exc.errors():
         # loc is e.g. ("query", "score_threshold"); the location kind is noise to a client.
         where = ".".join(str(part) for part in error["loc"][1:]) or str(error["loc"][0])
         problems.append(f"{where}: {error['msg']}")
-    return InvalidParameter("; ".join(problems)).to_response()
+    return InvalidParameter("; ".join(problems)).to_response(request.url.path)
 
 
-async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     status = HTTPStatus(exc.status_code)
     code = status.phrase.lower().replace(" ", "_").replace("-", "_")
     message = exc.detail if isinstance(exc.detail, str) else status.phrase
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    return error_response(exc.status_code, code, message, headers=exc.headers, path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

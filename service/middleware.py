@@ -17,14 +17,25 @@ logger = logging.getLogger("service.access")
 # Ids clients may pass in X-Request-ID to correlate logs; anything else is replaced by a fresh one.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 # Probes and scrapes arrive every few seconds; logging them at info would drown the requests.
-_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_QUIET_ENDPOINTS = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{model_name}/ready",
+        "/v2/models/{model_name}/versions/{model_version}/ready",
+    }
+)
 
 
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: Metrics, endpoints: frozenset[str]) -> None:
         self.app = app
         self.metrics = metrics
-        # Only known paths become label values, so scanners cannot blow up the metrics' cardinality.
+        # Only known paths (or route templates, for paths with parameters) become label values, so
+        # scanners cannot blow up the metrics' cardinality.
         self.endpoints = endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -51,15 +62,19 @@ class RequestContextMiddleware:
         except Exception:
             logger.exception("unhandled error")
             if not response_started:
-                await internal_error_response()(scope, receive, send_with_request_id)
+                await internal_error_response(scope["path"])(scope, receive, send_with_request_id)
         finally:
             latency_s = time.perf_counter() - started
             path = scope["path"]
-            endpoint = path if path in self.endpoints else "unmatched"
+            # The router records the matched route in the scope: its template names a parametrised path.
+            template = getattr(scope.get("route"), "path", None)
+            endpoint = (
+                path if path in self.endpoints else template if template in self.endpoints else "unmatched"
+            )
             self.metrics.requests.labels(endpoint, str(status_code)).inc()
             self.metrics.request_duration.labels(endpoint, str(status_code)).observe(latency_s)
             logger.log(
-                logging.DEBUG if path in _QUIET_PATHS else logging.INFO,
+                logging.DEBUG if endpoint in _QUIET_ENDPOINTS else logging.INFO,
                 "request",
                 extra={
                     "method": scope["method"],

@@ -178,8 +178,9 @@ IMAGES_BODY = {
 }
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Make `app.openapi()` add the shared headers to every operation."""
+def install_openapi(app: FastAPI, schemas: dict[str, Any] | None = None) -> None:
+    """Make `app.openapi()` add the shared headers to every operation, and `schemas` to the components
+    (those of request bodies that are read by hand)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -191,6 +192,7 @@ def install_openapi(app: FastAPI) -> None:
                 routes=app.routes,
             )
             _add_headers(schema)
+            schema["components"].setdefault("schemas", {}).update(schemas or {})
             app.openapi_schema = schema
         return app.openapi_schema
 

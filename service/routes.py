@@ -179,7 +179,7 @@ async def segment(
     async with runtime.admitted():
         upload = await uploads.read_image(request)
         try:
-            [result] = await _unless_disconnected(request, runtime.segment([upload], options))
+            [result] = await unless_disconnected(request, runtime.segment([upload], options))
         except ImageFailed as failed:
             raise failed.error from None
         if drawing:
@@ -219,7 +219,7 @@ async def segment_batch(
     async with runtime.admitted():
         images = await uploads.read_images(request)
         try:
-            results = await _unless_disconnected(request, runtime.segment(images, options))
+            results = await unless_disconnected(request, runtime.segment(images, options))
         except ImageFailed as failed:
             raise failed.error.for_image(failed.index) from None
     total_ms = (time.perf_counter() - started) * 1000
@@ -339,7 +339,7 @@ def _timing_ms(result: Segmented) -> dict[str, float]:
     }
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it if the client disconnects first (its queued images are dropped)."""
     work_task = asyncio.ensure_future(work)
     # The body has been read, so the next message from the server can only be the disconnect.

@@ -46,7 +46,14 @@ class PredictorLoader(Protocol):
     """`model.predict.load_predictor`, or a wrapper of it."""
 
     def __call__(
-        self, *, weights: str | None, config: str | None, device: str, precision: str
+        self,
+        *,
+        weights: str | None,
+        config: str | None,
+        device: str,
+        precision: str,
+        backend: str,
+        onnx: str | None,
     ) -> Predictor: ...
 
 
@@ -243,9 +250,15 @@ class Runtime:
     async def _load_and_warm_up(self) -> None:
         settings = self._settings
         weights = str(settings.weights) if settings.weights is not None else None
+        onnx = str(settings.onnx_model) if settings.onnx_model is not None else None
         logger.info(
             "loading the model",
-            extra={"weights": weights or "bundled", "config": settings.config, "device": settings.device},
+            extra={
+                "weights": weights or "bundled",
+                "config": settings.config,
+                "device": settings.device,
+                "backend": settings.backend,
+            },
         )
         started = time.perf_counter()
         torch.set_num_threads(settings.torch_threads)
@@ -255,8 +268,10 @@ class Runtime:
             config=settings.config,
             device=settings.device,
             precision=settings.precision,
+            backend=settings.backend,
+            onnx=onnx,
         )
-        if predictor.device.type == "cpu" and settings.device != "cpu":
+        if predictor.device.type == "cpu" and settings.device != "cpu" and settings.backend == "torch":
             logger.warning("no CUDA device available: serving on the CPU, which is much slower")
         self._predictor = predictor
         logger.info(

@@ -85,12 +85,24 @@ class Settings(BaseSettings):
     device: Annotated[
         str, StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$"), Metavar("{auto,cpu,cuda,cuda:N}")
     ] = Field(
-        "auto", description="auto takes CUDA when available, else the CPU; cuda or cuda:N fails without it."
+        "auto",
+        description="auto takes CUDA when available, else the CPU; cuda or cuda:N fails without it. "
+        "onnxruntime always runs on the CPU.",
     )
     precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
         "fp32",
         description="fp32: exact to the official outputs; bf16: CPUs with AVX-512 BF16/AMX, and CUDA; "
         "fp16: CUDA; int8: CPUs with AVX-512 VNNI/AMX. One the device cannot run stops startup.",
+    )
+    backend: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        description="What runs the network: torch, or onnxruntime (the network exported to ONNX, run by "
+        "ONNX Runtime on the CPU in fp32; needs the [onnx] extra).",
+    )
+    onnx_model: Path | None = Field(
+        None,
+        description="With backend onnxruntime: the graphs `python -m model.export --out` wrote for the "
+        "served weights (e.g. /models/centermask.onnx). Unset: exported at start.",
     )
     max_batch_size: PositiveInt | None = Field(
         None,
@@ -194,6 +206,8 @@ class Settings(BaseSettings):
                 f"CENTERMASK_MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) must not exceed "
                 f"CENTERMASK_MAX_QUEUE ({self.max_queue}): lower the first or raise the second"
             )
+        if self.onnx_model is not None and self.backend != "onnxruntime":
+            raise ValueError("CENTERMASK_ONNX_MODEL is run by CENTERMASK_BACKEND=onnxruntime: set that too")
         if self.protect_probes and self.api_key is None:
             raise ValueError("CENTERMASK_PROTECT_PROBES needs CENTERMASK_API_KEY: there is no key to ask for")
         for origin in self.cors_origins:

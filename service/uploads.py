@@ -1,7 +1,8 @@
 """Reading uploaded images from a request body, within the limits.
 
 `/segment` takes one image, as the multipart file field `image` or as a raw body with an image
-Content-Type; `/segment/batch` takes the repeated multipart file field `images`. Sizes are checked
+Content-Type; `/segment/batch` takes the repeated multipart file field `images`; the Open Inference
+Protocol's infer takes a JSON or binary tensor body (service/inference_protocol.py parses it). Sizes are checked
 against Content-Length before reading and again while reading, so an oversized body is never held.
 A body must arrive within `body_timeout_s` (408 after it), and at most `max_concurrent_uploads`
 requests receive their bodies at once (more get 503 at once): slow or stalled clients hold neither
@@ -76,6 +77,22 @@ class Uploads:
             uploads = await _read_form_files(
                 request, "images", max_files=self._max_images, max_bytes=self._max_bytes
             )
+        for index, upload in enumerate(uploads):
+            _check_size(upload, self._max_bytes, index=index)
+        return uploads
+
+    async def read_tensor_body(self, request: Request) -> bytes:
+        """The whole body of an Open Inference Protocol request (images inside JSON or binary tensors), up
+        to max_images_per_request base64-encoded images' worth, under the same slot and deadline."""
+        async with self._slot():
+            limit = self._max_images * (4 * ((self._max_bytes + 2) // 3) + _MULTIPART_OVERHEAD_BYTES)
+            return b"".join([chunk async for chunk in _limited_body(request, limit)])
+
+    def images(self, payloads: list[bytes]) -> list[Upload]:
+        """Encoded images taken out of a request body, checked against the per-request and per-image limits."""
+        if len(payloads) > self._max_images:
+            raise TooManyImages(f"too many images: this endpoint takes at most {self._max_images}")
+        uploads = [Upload(filename=None, data=data) for data in payloads]
         for index, upload in enumerate(uploads):
             _check_size(upload, self._max_bytes, index=index)
         return uploads

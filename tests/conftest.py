@@ -34,6 +34,18 @@ def small_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_onnx(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint exported by `python -m model.export` (the path given as --out)."""
+    for module in ("onnx", "onnxruntime", "onnxscript"):
+        pytest.importorskip(module, reason=f"{module} is not installed (pip install -e .[onnx])")
+    from model.export import main as export
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    assert export(["--weights", str(tiny_weights), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def shared_reference() -> Path:
     """`../shared/reference` (parity fixtures and key manifests); skips where a clone has no shared/."""
     reference = SHARED / "reference"

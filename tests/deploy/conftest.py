@@ -39,6 +39,24 @@ K8S_VERSIONS = ("1.29.0", None)
 # are checked structurally by test_k8s.py instead.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
+# KServe's InferenceService (k8s/kserve): a CRD too; its predictor is a pod spec plus these fields of
+# KServe's own (ComponentExtensionSpec), which test_kserve.py checks structurally.
+KSERVE = K8S / "kserve"
+KSERVE_PREDICTOR_FIELDS = {
+    "minReplicas",
+    "maxReplicas",
+    "scaleMetric",
+    "scaleTarget",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "logger",
+    "batcher",
+    "labels",
+    "annotations",
+    "deploymentStrategy",
+}
+
 
 def tool(name: str) -> str:
     """Path of an executable, or skip the test that needs it."""
@@ -320,3 +338,8 @@ def all_monitoring_expressions() -> list[tuple[str, str]]:
 def expression_params() -> list[Any]:
     """all_monitoring_expressions() as test parameters, identified by where they come from."""
     return [pytest.param(where, expr, id=where) for where, expr in all_monitoring_expressions()]
+
+
+def kserve_predictor() -> dict[str, Any]:
+    """The rendered InferenceService's predictor (KServe's fields and the pod spec it embeds)."""
+    return find(rendered("kserve"), "InferenceService")["spec"]["predictor"]

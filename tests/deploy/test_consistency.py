@@ -45,6 +45,7 @@ from .conftest import (
     dockerfile_stages,
     expression_params,
     find,
+    kserve_predictor,
     lazy_params,
     load_yaml,
     parse_duration,
@@ -193,6 +194,9 @@ def probe_paths() -> dict[str, str]:
         monitor = find(rendered(f"overlays/{overlay}"), "ServiceMonitor")
         for endpoint in monitor["spec"]["endpoints"]:
             paths[f"k8s {overlay} ServiceMonitor"] = endpoint["path"]
+    (kserve,) = kserve_predictor()["containers"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        paths[f"kserve {probe}"] = kserve[probe]["httpGet"]["path"]
     for name, service in compose_config("cpu")["services"].items():
         if name.startswith("centermask"):
             (url,) = re.findall(r"http://127\.0\.0\.1:%s(/\w+)", service["healthcheck"]["test"][-1])
@@ -234,6 +238,9 @@ def test_ports_agree() -> None:
         assert configmap_data(docs)["CENTERMASK_PORT"] == str(default_port)
         container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
         assert [p["containerPort"] for p in container["ports"]] == [default_port]
+    (kserve,) = kserve_predictor()["containers"]
+    assert [p["containerPort"] for p in kserve["ports"]] == [default_port]
+    assert {e["name"]: e.get("value") for e in kserve["env"]}["CENTERMASK_PORT"] == str(default_port)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,10 +284,16 @@ def test_every_setting_is_documented() -> None:
 def configured_environments() -> dict[str, dict[str, str]]:
     """{where: {CENTERMASK_*: value}} that a deployment would start the service with."""
     envs: dict[str, dict[str, str]] = {}
+    containers = {}
     for overlay in OVERLAYS:
         docs = rendered(f"overlays/{overlay}")
-        env = dict(configmap_data(docs))
-        container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        containers[f"k8s {overlay}"] = (
+            dict(configmap_data(docs)),
+            find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0],
+        )
+    (kserve,) = kserve_predictor()["containers"]
+    containers["k8s kserve"] = ({}, kserve)
+    for where, (env, container) in containers.items():
         cpu_request = container["resources"]["requests"]["cpu"]
         cores = math.ceil(float(cpu_request[:-1]) / 1000 if cpu_request.endswith("m") else float(cpu_request))
         for e in container["env"]:
@@ -292,7 +305,7 @@ def configured_environments() -> dict[str, dict[str, str]]:
                 env[e["name"]] = str(cores)
             elif "secretKeyRef" in e["valueFrom"]:
                 env[e["name"]] = "some-secret-value"
-        envs[f"k8s {overlay}"] = env
+        envs[where] = env
     for name, service in compose_config("cpu")["services"].items():
         if name.startswith("centermask"):
             envs[f"compose {name}"] = {

@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,9 +21,8 @@ def controlled() -> Iterator[tuple[PredictorLoader, Callable[[], ControlledPredi
     """A loader to pass to create_app, and a getter for the ControlledPredictor it built."""
     built: list[ControlledPredictor] = []
 
-    def load(*, weights: str | None, config: str | None, device: str, precision: str) -> Predictor:
-        predictor = load_predictor(weights=weights, config=config, device=device, precision=precision)
-        built.append(ControlledPredictor(predictor))
+    def load(**options: Any) -> Predictor:
+        built.append(ControlledPredictor(load_predictor(**options)))
         return built[-1]  # type: ignore[return-value]
 
     yield load, lambda: built[-1]

@@ -64,6 +64,15 @@ def test_every_route_the_app_serves_is_described(app: FastAPI, spec: dict[str, A
         "/healthz",
         "/readyz",
         "/metrics",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{model_name}",
+        "/v2/models/{model_name}/versions/{model_version}",
+        "/v2/models/{model_name}/ready",
+        "/v2/models/{model_name}/versions/{model_version}/ready",
+        "/v2/models/{model_name}/infer",
+        "/v2/models/{model_name}/versions/{model_version}/infer",
     }
 
 
@@ -131,3 +140,14 @@ def test_the_examples_are_real_answers(spec: dict[str, Any]) -> None:
     ModelInfo.model_validate(
         spec["paths"]["/v1/model"]["get"]["responses"]["200"]["content"]["application/json"]["example"]
     )
+
+
+def test_the_inference_protocol_documents_its_bodies_and_error_shape(spec: dict[str, Any]) -> None:
+    infer = spec["paths"]["/v2/models/{model_name}/infer"]["post"]
+    body = infer["requestBody"]["content"]
+    assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/InferenceRequest"}
+    assert {"InferenceRequest", "RequestInput", "RequestOutput"} <= set(spec["components"]["schemas"])
+    assert "application/octet-stream" in body
+    protocol_error = {"$ref": "#/components/schemas/InferenceErrorBody"}
+    for status in ("400", "404", "413", "503"):
+        assert infer["responses"][status]["content"]["application/json"]["schema"] == protocol_error

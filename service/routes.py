@@ -325,8 +325,8 @@ async def metrics(registry: Annotated[Metrics, Depends(get_metrics)]) -> Respons
 
 
 def _draw(data: bytes, record: dict[str, Any], image_format: ImageFormat, max_pixels: int) -> bytes:
-    """The uploaded image (decoded again: the model's copy is resized) with the record drawn over it."""
-    image = decode_image(data, max_pixels=max_pixels)
+    """The uploaded image (decoded again, in full: the model's copy is resized) with the record drawn on it."""
+    image = decode_image(data, max_pixels=max_pixels).pixels
     return encode_image(draw_overlay(image, ImageResult.model_validate(record).instances), image_format)
 
 

@@ -120,6 +120,8 @@ class Runtime:
         self._idle.set()
         self._drain_started: float | None = None
         self._watchdog_s: float | None = None
+        # `load_image`'s draft_to, known once the model is: the resize the model applies, or None.
+        self._draft_to: tuple[int, int] | None = None
         metrics.track(
             queue_depth=lambda: self._batcher.depth if self._batcher else 0,
             requests_in_flight=lambda: self._in_flight,
@@ -274,6 +276,7 @@ class Runtime:
         if predictor.device.type == "cpu" and settings.device != "cpu" and settings.backend == "torch":
             logger.warning("no CUDA device available: serving on the CPU, which is much slower")
         self._predictor = predictor
+        self._draft_to = predictor.resize if settings.jpeg_draft else None
         logger.info(
             "model loaded",
             extra={
@@ -342,7 +345,8 @@ class Runtime:
 
     def _preprocess(self, data: bytes) -> tuple[PreparedImage, float]:
         started = time.perf_counter()
-        prepared = self.predictor.prepare(decode_image(data, max_pixels=self._settings.max_image_pixels))
+        image = decode_image(data, max_pixels=self._settings.max_image_pixels, draft_to=self._draft_to)
+        prepared = self.predictor.prepare(image)
         elapsed = time.perf_counter() - started
         self._metrics.preprocess.observe(elapsed)
         return prepared, elapsed

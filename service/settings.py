@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         description="With backend onnxruntime: the graphs `python -m model.export --out` wrote for the "
         "served weights (e.g. /models/centermask.onnx). Unset: exported at start.",
     )
+    jpeg_draft: bool = Field(
+        False,
+        description="Decode a JPEG that the model shrinks by 2x or more at 1/2, 1/4 or 1/8 scale (libjpeg "
+        "DCT scaling): much faster decoding of large photos, slightly different pixels. Answers stay in the "
+        "full image's pixels.",
+    )
     max_batch_size: PositiveInt | None = Field(
         None,
         description="Most images in one forward pass. Default: 8 on CUDA, 1 on a CPU (batches there only "

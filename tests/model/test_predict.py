@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from pycocotools import mask as mask_utils
 from torchvision.ops import box_iou
 
 from model.checkpoint import load_model
+from model.data.shapes import CLASSIC, render_scene
 from model.detections import Selection
+from model.images import load_image
 from model.precision import PrecisionUnavailable
 from model.predict import Predictor, load_predictor, main
 from model.processing import padded_shape, resized_shape
@@ -275,3 +278,52 @@ def test_precisions_the_hardware_cannot_run_fail_before_loading(tiny_weights: Pa
         load_predictor(tiny_weights, precision="fp16")
     with pytest.raises(ValueError):
         load_predictor(tiny_weights, precision="int4")
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Predictor:
+    """The bundled model (resize 384/640): it finds the generated shapes, so its answers can be compared."""
+    return load_predictor()
+
+
+def large_jpeg() -> bytes:
+    """A generated shapes scene at 1800 × 2400, as a camera with more pixels than the model uses takes it."""
+    scene = render_scene(np.random.default_rng([2024, 37]), CLASSIC, 450, 600, num_objects=5)
+    buffer = io.BytesIO()
+    Image.fromarray(scene.image).resize((2400, 1800), Image.Resampling.BICUBIC).save(
+        buffer, "JPEG", quality=92
+    )
+    return buffer.getvalue()
+
+
+def test_a_reduced_jpeg_decode_answers_in_the_full_images_pixels(bundled: Predictor) -> None:
+    data = large_jpeg()
+    full, drafted = load_image(data), load_image(data, draft_to=bundled.resize)
+    assert drafted.pixels.shape[:2] == (450, 600) and full.pixels.shape[:2] == (1800, 2400)
+    records = [
+        image_record("big.jpg", detections, bundled.class_names, bundled.category_ids)
+        for (detections,) in (
+            bundled.predict([image], Selection(score_threshold=0.3)) for image in (full, drafted)
+        )
+    ]
+    exact, fast = records
+    assert (fast["height"], fast["width"]) == (exact["height"], exact["width"]) == (1800, 2400)
+    assert len(fast["instances"]) == len(exact["instances"]) == 5
+    for ours, theirs in zip(exact["instances"], fast["instances"], strict=True):
+        assert ours["class_id"] == theirs["class_id"]
+        # A model pixel is 4.7 image pixels here; the boxes agree to well under one of them.
+        np.testing.assert_allclose(theirs["box"], ours["box"], atol=3)
+        assert theirs["mask"]["size"] == ours["mask"]["size"] == [1800, 2400]
+        a, b = (mask_utils.decode(instance["mask"]).astype(bool) for instance in (ours, theirs))
+        assert (a & b).sum() / (a | b).sum() > 0.97
+
+
+def test_the_cli_with_jpeg_draft_writes_the_full_images_size(tiny_weights: Path, tmp_path: Path) -> None:
+    path = tmp_path / "big.jpg"
+    path.write_bytes(large_jpeg())
+    output = tmp_path / "out.json"
+    flags = ["--jpeg-draft", "--mask-format", "rle", "--score-threshold", "0.2"]
+    assert main(["--weights", str(tiny_weights), str(path), "--output", str(output), *flags]) == 0
+    (record,) = json.loads(output.read_text())
+    assert (record["height"], record["width"]) == (1800, 2400)
+    assert all(instance["mask"]["size"] == [1800, 2400] for instance in record["instances"])

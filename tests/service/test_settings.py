@@ -34,6 +34,7 @@ def test_defaults() -> None:
     assert (settings.body_timeout_s, settings.idle_timeout_s) == (30, 5)
     assert settings.max_concurrent_uploads == 64 and settings.max_images_per_request == 32
     assert settings.inference_watchdog_s is None
+    assert settings.jpeg_draft is False
 
 
 def test_derived_limits_follow_what_they_depend_on(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ from model.backends import Backend, backend_device, check_backend
 from model.centermask import CenterMask, NetworkSteps
 from model.checkpoint import file_sha256, load_model, resolve_category_ids
 from model.coco_classes import default_category_ids
+from model.dense import DenseRunner, check_cuda_graphs
 from model.detections import CLASS_AGNOSTIC_IOU, Detections, Selection
 from model.fcos import Proposals
 from model.images import DecodedImage, ImageError, load_image
@@ -45,6 +46,10 @@ class Predictor:
     can share a forward pass; an image's padded shape depends on its own size alone, so a result never depends
     on its batch-mates. The default, 32, is the official padding (results exact); on CUDA in bf16/fp16 it is
     128, which changes results by about as much as the precision does, and lets mixed sizes batch together.
+
+    `compile` (torch.compile) and `cuda_graphs` (CUDA only) speed up the dense part of the network for the
+    batch shapes `warm_up` has run; other shapes run eagerly, and either one that fails falls back to eager
+    with a logged warning (model.dense). Compiled fp32 is close to, not bit-exact to, eager fp32.
     """
 
     def __init__(
@@ -57,6 +62,8 @@ class Predictor:
         bucket_size: int | None = None,
         calibration_images: Sequence[np.ndarray] | None = None,
         category_ids: list[int] | None = None,
+        compile: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.precision = Precision(precision)
@@ -78,6 +85,8 @@ class Predictor:
                     model.normalize_and_pad([self._resized(image).pixels.float()]) for image in images
                 ]
             model.optimize_for_inference(self.precision.dtype, calibration=calibration)
+        # After the rewrite for inference: what is compiled and captured is the network as it will run.
+        self.dense = DenseRunner(self.model, device=self.device, compile=compile, cuda_graphs=cuda_graphs)
         fast = self.device.type == "cuda" and self.precision is not Precision.FP32
         self.bucket_size = bucket_size or (FAST_BUCKET_SIZE if fast else self.config.size_divisibility)
         if self.bucket_size % self.config.size_divisibility:
@@ -97,6 +106,16 @@ class Predictor:
     @property
     def dtype(self) -> torch.dtype:
         return self.precision.dtype
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the dense part runs compiled for warmed-up shapes (asked for, and compiling has not failed)."""
+        return self.dense.compiled
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether warmed-up shapes replay CUDA graphs (asked for, and no capture has failed)."""
+        return self.dense.cuda_graphs
 
     @property
     def resize(self) -> tuple[int, int]:
@@ -128,14 +147,17 @@ class Predictor:
 
     @torch.inference_mode()
     def warm_up(self, shape: tuple[int, int], batch_size: int) -> None:
-        """Run the whole network once on a batch of that padded shape, mask heads included.
+        """Run the whole network once on a batch of that padded shape, mask heads included; with `compile` or
+        `cuda_graphs`, compile and capture the dense part for it first (the only place that happens).
 
         First calls of a shape and batch size are slow (allocator growth, cuDNN autotuning); the mask head is
         given the most boxes the detector can keep, whatever the weights find in a blank image.
         """
         height, width = shape
         images = [torch.zeros((3, height, width), device=self.device)] * batch_size
-        pyramid, _ = self.model.detect(self.model.normalize_and_pad(images, shape))
+        batch = self.model.normalize_and_pad(images, shape)
+        self.dense.prepare(batch)
+        pyramid, _ = self._detect(batch)
         count = self.config.post_nms_topk
         corners = torch.linspace(0, 0.5, count, device=self.device)[:, None]
         boxes = torch.cat(
@@ -165,7 +187,7 @@ class Predictor:
         selections = selections if selections is not None else [Selection()] * len(images)
         pixels = [image.pixels.to(self.device, non_blocking=True).float() for image in images]
         batch = self.model.normalize_and_pad(pixels, images[0].padded_shape)
-        pyramid, proposals = self.model.detect(batch)
+        pyramid, proposals = self._detect(batch)
         kept_proposals, kept_boxes = [], []
         for image, image_proposals, selection in zip(images, proposals, selections, strict=True):
             boxes, nonempty = scale_boxes(image_proposals.boxes, image.resized_size, image.original_size)
@@ -192,6 +214,11 @@ class Predictor:
                 images, kept_proposals, kept_boxes, masks, strict=True
             )
         ]
+
+    def _detect(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[Proposals]]:
+        """`NetworkSteps.detect`, its dense part run as this predictor runs it."""
+        pyramid, head = self.dense(batch)
+        return pyramid, self.model.decode(head)
 
     def predict(
         self, images: Sequence[np.ndarray | DecodedImage], selection: Selection | None = None
@@ -239,6 +266,8 @@ def load_predictor(
     calibration_images: Sequence[np.ndarray] | None = None,
     backend: Backend | str = Backend.TORCH,
     onnx: str | Path | None = None,
+    compile: bool = False,
+    cuda_graphs: bool = False,
 ) -> Predictor:
     """Load weights (default: the bundled model) into a Predictor on `device` ("cpu", "cuda", "auto").
 
@@ -246,11 +275,14 @@ def load_predictor(
     on `calibration_images`, by default generated shapes scenes); one the device cannot run fails here,
     before the (slow) load. `backend` "onnxruntime" runs the network exported to ONNX (fp32, CPU): exported
     while loading, or read from `onnx` (the `--out` of `python -m model.export` for these weights).
+    `compile` and `cuda_graphs` as in `Predictor`; CUDA graphs without a CUDA device fail here too.
     """
     backend = Backend(backend)
     target = resolve_device(backend_device(backend, str(device)))
     check_supported(Precision(precision), target)
     check_backend(backend, Precision(precision), target)
+    if cuda_graphs:
+        check_cuda_graphs(target)
     if onnx is not None and backend is not Backend.ONNXRUNTIME:
         raise ValueError("exported ONNX graphs are run by the onnxruntime backend: pass backend onnxruntime")
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
@@ -272,6 +304,8 @@ def load_predictor(
         precision,
         calibration_images=calibration_images,
         category_ids=category_ids,
+        compile=compile,
+        cuda_graphs=cuda_graphs,
     )
 
 
@@ -301,6 +335,13 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: export them while loading)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the backbone, FPN and FCOS head compiled by torch.compile for ordinary photos' padded shapes "
+        "(compiled before the first image: tens of seconds; other shapes run eagerly; a failure falls back to "
+        "eager with a warning)",
+    )
+    parser.add_argument(
         "--jpeg-draft",
         action="store_true",
         help="decode JPEGs that the resize shrinks by 2x or more at 1/2, 1/4 or 1/8 scale: faster, with "
@@ -314,9 +355,19 @@ def draft_from_arguments(args: argparse.Namespace, predictor: Predictor) -> tupl
 
 
 def predictor_from_arguments(args: argparse.Namespace) -> Predictor:
-    return load_predictor(
-        args.weights, args.config, args.device, args.precision, backend=args.backend, onnx=args.onnx
+    predictor = load_predictor(
+        args.weights,
+        args.config,
+        args.device,
+        args.precision,
+        backend=args.backend,
+        onnx=args.onnx,
+        compile=args.compile,
     )
+    if args.compile:  # compiling happens at warm-up only: for the shapes of ordinary photos, one at a time
+        for shape in predictor.common_shapes():
+            predictor.warm_up(shape, batch_size=1)
+    return predictor
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -243,7 +243,8 @@ async def segment_batch(
     summary="The served model",
 )
 async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> ModelInfo:
-    """The config, classes (names and category ids, index = class_id), device and batching settings."""
+    """The config, classes (names and category ids, index = class_id), device, speed options in force and
+    batching settings."""
     predictor = runtime.predictor
     return ModelInfo(
         config_name=predictor.config_name,
@@ -253,6 +254,8 @@ async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> ModelInfo:
         precision=str(predictor.precision),
         dtype=str(predictor.dtype).removeprefix("torch."),
         weights_sha256=predictor.weights_sha256,
+        compiled=predictor.compiled,
+        cuda_graphs=predictor.cuda_graphs,
         batching={
             "max_batch_size": runtime.max_batch_size,
             "max_batch_delay_ms": settings.max_batch_delay_ms,

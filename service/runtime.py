@@ -54,6 +54,8 @@ class PredictorLoader(Protocol):
         precision: str,
         backend: str,
         onnx: str | None,
+        compile: bool,
+        cuda_graphs: bool,
     ) -> Predictor: ...
 
 
@@ -272,6 +274,8 @@ class Runtime:
             precision=settings.precision,
             backend=settings.backend,
             onnx=onnx,
+            compile=settings.compile,
+            cuda_graphs=settings.cuda_graphs,
         )
         if predictor.device.type == "cpu" and settings.device != "cpu" and settings.backend == "torch":
             logger.warning("no CUDA device available: serving on the CPU, which is much slower")
@@ -325,6 +329,9 @@ class Runtime:
                 "docs": f"{base_url}/docs",
                 "warm_up_s": round(time.perf_counter() - started, 3),
                 "inference_watchdog_s": round(self._watchdog_s, 3),
+                # What warm-up achieved: false where compiling or a capture failed (a warning says why).
+                "compiled": predictor.compiled,
+                "cuda_graphs": predictor.cuda_graphs,
                 "settings": settings.effective(),
             },
         )

@@ -7,11 +7,14 @@
 # without a package index). The parity fixtures are read from shared/ inside the repository or ../shared.
 #
 # Steps, each bounded in time, each run even if an earlier one failed:
-#   1. the tests marked `cuda` (fp32 parity on the GPU with TF32 off, bf16/fp16, GPU paste and RLE, warm-up);
+#   1. the tests marked `cuda` (fp32 parity on the GPU with TF32 off, bf16/fp16, GPU paste and RLE, warm-up,
+#      CUDA graph replays equal to eager runs);
 #   2. model throughput: lite V-39 and V-99, fp32/bf16/fp16, batch 1, 8, 32 (bench/model_bench.py);
-#   3. roofline: achieved GFLOP/s against the GPU's measured conv and matmul peaks (bench/roofline.py);
-#   4. the service under load on the GPU in fp16, lite V-39 at several concurrencies (bench/load.py).
-# Results: bench/results/*.json, and a copy of this run's files (at most 8) in $OUT when it is set.
+#   3. CUDA graphs off and on: lite V-39 in fp16 at batch 1 and 8, measured round-robin (bench/model_bench.py);
+#   4. roofline: achieved GFLOP/s against the GPU's measured conv and matmul peaks (bench/roofline.py);
+#   5. the service under load on the GPU in fp16, lite V-39 at several concurrencies (bench/load.py).
+# Results: bench/results/*.json, and when $OUT is set a copy there of this run's results and nvidia-smi line,
+# with the steps' logs as one file (a device machine gives back at most 8 files).
 # Exit status: 0 when every step passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +46,9 @@ step tests 150 $python -m pytest -m cuda -q -p no:cacheprovider tests
 step model 180 $python -m bench.model_bench --device cuda --threads 8 --runs 20 --warmup 3 \
   --config centermask_lite_V_39_eSE_FPN_ms_4x centermask_V_99_eSE_FPN_ms_3x \
   --precision fp32 bf16 fp16 --batch-size 1 8 32 --size 480x640
+# Small on purpose (one config, one precision, two batch sizes): the capture itself takes a second or two.
+step graphs 60 $python -m bench.model_bench --device cuda --threads 8 --runs 20 --warmup 3 \
+  --config centermask_lite_V_39_eSE_FPN_ms_4x --precision fp16 --cuda-graphs off on --batch-size 1 8 --size 480x640
 step roofline 60 $python -m bench.roofline --device cuda --threads 8 --runs 10 \
   --config centermask_lite_V_39_eSE_FPN_ms_4x centermask_V_99_eSE_FPN_ms_3x --precision fp32 bf16 fp16
 step load 150 $python -m bench.load --spawn --device cuda --precision fp16 \
@@ -50,7 +56,8 @@ step load 150 $python -m bench.load --spawn --device cuda --precision fp16 \
   --requests 3000 --duration 30
 
 if [ -n "${OUT:-}" ]; then
-  find "$results" -newer "$marker" -type f \( -name '*.json' -o -name '*.txt' -o -name '*.log' \) | head -n 8 | xargs -r cp -t "$OUT"
+  find "$results" -newer "$marker" -type f \( -name '*.json' -o -name '*.txt' \) | head -n 7 | xargs -r cp -t "$OUT"
+  find "$results" -newer "$marker" -type f -name 'gpu-*.log' | sort | xargs -r tail -n +1 >"$OUT/gpu-steps.log"
 fi
 rm -f "$marker"
 if [ ${#failed[@]} -gt 0 ]; then

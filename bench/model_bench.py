@@ -3,11 +3,13 @@
     python -m bench.model_bench --config centermask_lite_V_19_slim_eSE_FPN_ms_4x --size 480x640 \
         --batch-size 1 --precision fp32 bf16 --backend torch onnxruntime --threads 2 --device cpu --runs 10
 
-Every combination of --config, --backend, --precision, --size and --batch-size is timed (the onnxruntime
-backend in fp32 only: other precisions are skipped for it); the combinations of one config and device are
-measured round-robin (one run of each in turn), so that drift of the machine affects them alike and their
-ratios are meaningful. Both backends run the same pre- and postprocessing; ONNX Runtime gets as many threads
-as torch (--threads). Weights are the deterministic rule weights (about 50 detections per image,
+Every combination of --config, --backend, --precision, --compile, --cuda-graphs, --size and --batch-size is
+timed (the onnxruntime backend in fp32 only, and without CUDA graphs; CUDA graphs on CUDA only: other
+combinations are skipped); the combinations of one config and device are measured round-robin (one run of
+each in turn), so that drift of the machine affects them alike and their ratios are meaningful. Each
+accelerated combination is warmed up as the service does (`Predictor.warm_up`: compiled and captured there)
+before its untimed runs; the table says whether compile and CUDA graphs were in force (a failure falls back to eager).
+Both backends run the same pre- and postprocessing; ONNX Runtime gets as many threads as torch (--threads). Weights are the deterministic rule weights (about 50 detections per image,
 like the official CPU timings in shared/reference/TIMINGS.md) unless --weights is given. Prints a table and
 writes bench/results/model-*.json.
 """
@@ -23,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,12 +33,23 @@ import torch
 from bench.results import write_result
 from model.backends import Backend
 from model.precision import Precision
-from model.predict import Predictor, load_predictor
+from model.predict import Predictor, load_predictor, resolve_device
 from model.testing import write_rule_checkpoint
 from model.wire import instances_to_json
 
-# (backend, precision, size, batch size): one timed combination.
-_Key = tuple[str, str, tuple[int, int], int]
+
+class Variant(NamedTuple):
+    """How one predictor of a config runs."""
+
+    backend: str
+    precision: str
+    compile: bool
+    cuda_graphs: bool
+
+
+# (variant, size, batch size): one timed combination.
+_Key = tuple[Variant, tuple[int, int], int]
+SWITCH = {"off": False, "on": True}
 
 
 def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -60,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", nargs="+", type=int, default=[1])
     parser.add_argument("--precision", nargs="+", choices=[p.value for p in Precision], default=["fp32"])
     parser.add_argument("--backend", nargs="+", choices=[b.value for b in Backend], default=["torch"])
+    parser.add_argument("--compile", nargs="+", choices=list(SWITCH), default=["off"], help="torch.compile")
+    parser.add_argument("--cuda-graphs", nargs="+", choices=list(SWITCH), default=["off"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
@@ -67,26 +83,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    on_cuda = resolve_device(args.device).type == "cuda"
     rows = []
     for config in args.config:
         with tempfile.TemporaryDirectory() as scratch:
             weights = args.weights or write_rule_checkpoint(Path(scratch) / "rule.pth", config)
             variants = [
-                (backend, precision)
-                for backend, precision in itertools.product(args.backend, args.precision)
-                if backend == Backend.TORCH or precision == Precision.FP32
-            ]
-            predictors: dict[tuple[str, str], Predictor] = {
-                (backend, precision): load_predictor(
-                    weights, config if args.weights else None, args.device, precision, backend=backend
+                Variant(backend, precision, SWITCH[compile], SWITCH[graphs])
+                for backend, precision, compile, graphs in itertools.product(
+                    args.backend, args.precision, args.compile, args.cuda_graphs
                 )
-                for backend, precision in variants
+                if (backend == Backend.TORCH or precision == Precision.FP32)
+                and (graphs == "off" or (backend == Backend.TORCH and on_cuda))
+            ]
+            predictors: dict[Variant, Predictor] = {
+                variant: load_predictor(
+                    weights,
+                    config if args.weights else None,
+                    args.device,
+                    variant.precision,
+                    backend=variant.backend,
+                    compile=variant.compile,
+                    cuda_graphs=variant.cuda_graphs,
+                )
+                for variant in variants
             }
         programs: dict[_Key, Callable[[], int]] = {}
-        for (backend, precision), size, batch_size in itertools.product(variants, args.size, args.batch_size):
-            programs[(backend, precision, size, batch_size)] = _program(
-                predictors[(backend, precision)], size, batch_size
-            )
+        for variant, size, batch_size in itertools.product(variants, args.size, args.batch_size):
+            programs[(variant, size, batch_size)] = _program(predictors[variant], size, batch_size)
         for program in programs.values():
             for _ in range(args.warmup):
                 program()
@@ -96,33 +120,37 @@ def main(argv: list[str] | None = None) -> int:
             for key, program in programs.items():
                 started = time.perf_counter()
                 detections[key] = program()
-                timings[key].append((time.perf_counter() - started) * 1000 / key[3])
-        for (backend, precision, size, batch_size), values in timings.items():
+                timings[key].append((time.perf_counter() - started) * 1000 / key[2])
+        for (variant, size, batch_size), values in timings.items():
             median = statistics.median(values)
-            predictor = predictors[(backend, precision)]
+            predictor = predictors[variant]
             rows.append(
                 {
                     "config": predictor.config_name,
-                    "backend": backend,
+                    "backend": variant.backend,
                     "device": str(predictor.device),
-                    "precision": precision,
+                    "precision": variant.precision,
+                    # In force, after warm-up: false where it was asked for and fell back to eager.
+                    "compile": predictor.compiled,
+                    "cuda_graphs": predictor.cuda_graphs,
                     "size": f"{size[0]}x{size[1]}",
                     "batch_size": batch_size,
                     "median_ms_per_image": round(median, 2),
                     "min_ms_per_image": round(min(values), 2),
                     "images_per_s": round(1000 / median, 2),
-                    "detections_per_image": detections[(backend, precision, size, batch_size)] / batch_size,
+                    "detections_per_image": detections[(variant, size, batch_size)] / batch_size,
                 }
             )
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     header = (
-        f"{'config':<44} {'backend':<11} {'device':<6} {'prec':<5} {'size':>9} {'batch':>5} {'ms/img':>8} "
-        f"{'min':>8} {'img/s':>7}"
+        f"{'config':<44} {'backend':<11} {'device':<6} {'prec':<5} {'compile':<7} {'graphs':<6} {'size':>9} "
+        f"{'batch':>5} {'ms/img':>8} {'min':>8} {'img/s':>7}"
     )
     print(header)
     for row in rows:
         print(
-            f"{row['config']:<44} {row['backend']:<11} {row['device']:<6} {row['precision']:<5} {row['size']:>9} "
+            f"{row['config']:<44} {row['backend']:<11} {row['device']:<6} {row['precision']:<5} "
+            f"{_switch(row['compile']):<7} {_switch(row['cuda_graphs']):<6} {row['size']:>9} "
             f"{row['batch_size']:>5} {row['median_ms_per_image']:>8.1f} {row['min_ms_per_image']:>8.1f} "
             f"{row['images_per_s']:>7.2f}"
         )
@@ -135,9 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _switch(value: bool) -> str:
+    return "on" if value else "off"
+
+
 def _program(predictor: Predictor, size: tuple[int, int], batch_size: int) -> Callable[[], int]:
     """One timed call: a batch of images of one size through `infer` and the JSON encoder."""
     images = [synthetic_image(*size, seed) for seed in range(batch_size)]
+    if (
+        predictor.compiled or predictor.cuda_graphs
+    ):  # compiled and captured at warm-up only, as in the service
+        predictor.warm_up(predictor.prepare(images[0]).padded_shape, batch_size)
 
     def run() -> int:
         prepared = [predictor.prepare(image) for image in images]

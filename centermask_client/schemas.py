@@ -133,6 +133,15 @@ class ModelInfo(BaseModel):
     precision: str = Field(description="fp32 (exact to the official outputs), bf16, fp16 or int8.")
     dtype: str = Field(description="What the network's floating-point layers compute in.")
     weights_sha256: str
+    compiled: bool = Field(
+        False,
+        description="Whether the backbone, FPN and FCOS head run compiled by torch.compile (CENTERMASK_COMPILE "
+        "on, and compiling did not fail).",
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="Whether they replay CUDA graphs (CENTERMASK_CUDA_GRAPHS on, and no capture failed).",
+    )
     batching: BatchingInfo
     score_threshold: float = Field(description="Default of the score_threshold parameter.")
     max_detections: int = Field(description="Default of the max_detections parameter.")

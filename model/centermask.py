@@ -73,10 +73,14 @@ class NetworkSteps:
         Decoding, NMS and the detections are float32 whatever precision the network runs in.
         """
         pyramid, head = self.features(batch)
+        return pyramid, self.decode(head)
+
+    def decode(self, head: FCOSHeadOutputs) -> list[Proposals]:
+        """FCOS head outputs of a batch (N images) → each image's detections: decoding, NMS, top-k, in float32."""
         head = FCOSHeadOutputs(*([t.float() for t in outputs] for outputs in head))
         # Each level's class map has that level's size: the pyramid itself may hold only MASK_LEVELS.
         locations = self.proposal_generator.locations(head.cls_logits)
-        return pyramid, self.proposal_generator.detect(head, locations)
+        return self.proposal_generator.detect(head, locations)
 
     def segment(
         self, pyramid: dict[str, torch.Tensor], proposals: list[Proposals], image_sizes: list[tuple[int, int]]

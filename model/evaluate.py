@@ -23,8 +23,13 @@ from pycocotools.cocoeval import COCOeval
 
 from model.checkpoint import read_checkpoint, update_metadata
 from model.detections import CLASS_AGNOSTIC_IOU, Detections
-from model.images import load_rgb
-from model.predict import Predictor, add_predictor_arguments, predictor_from_arguments
+from model.images import load_image
+from model.predict import (
+    Predictor,
+    add_predictor_arguments,
+    draft_from_arguments,
+    predictor_from_arguments,
+)
 from model.rle import encode_pasted
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -40,15 +45,18 @@ def detect_all(
     image_dir: Path,
     image_ids: Sequence[int],
     class_agnostic_iou: float | None = None,
+    draft_to: tuple[int, int] | None = None,
 ) -> list[Detections]:
-    """The full output for each image, after class-agnostic NMS at ``class_agnostic_iou`` when given."""
+    """The full output for each image, after class-agnostic NMS at ``class_agnostic_iou`` when given; images
+    are decoded by `load_image` with ``draft_to``."""
     if len(gt.cats) != len(predictor.class_names):
         raise ValueError(
             f"the dataset has {len(gt.cats)} categories, the model {len(predictor.class_names)} classes"
         )
     results = []
     for image_id in image_ids:
-        (detections,) = predictor.predict([load_rgb(image_dir / gt.imgs[image_id]["file_name"])])
+        image = load_image(image_dir / gt.imgs[image_id]["file_name"], draft_to=draft_to)
+        (detections,) = predictor.predict([image])
         if class_agnostic_iou is not None:
             detections = detections.class_agnostic_nms(class_agnostic_iou)
         results.append(detections)
@@ -134,16 +142,18 @@ def evaluate(
     image_dir: str | Path,
     max_images: int | None = None,
     class_agnostic_iou: float | None = None,
+    draft_to: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """COCO box and mask AP, per-class AP and the cross-class duplicate rate over the dataset's images (the
-    first max_images of them), optionally after class-agnostic NMS at ``class_agnostic_iou``.
+    first max_images of them, decoded with ``draft_to`` as `load_image` takes it), optionally after
+    class-agnostic NMS at ``class_agnostic_iou``.
 
     Returns {"bbox": {AP, AP50, ...}, "segm": {...}, "per_class": {"bbox": {name: AP}, "segm": {...}},
     "duplicates": {rate, duplicates, detections, score_threshold, iou_threshold}, "class_agnostic_nms"}.
     """
     gt = _load_gt(gt_json)
     image_ids = sorted(gt.imgs)[:max_images]
-    detections = detect_all(predictor, gt, Path(image_dir), image_ids, class_agnostic_iou)
+    detections = detect_all(predictor, gt, Path(image_dir), image_ids, class_agnostic_iou, draft_to)
     boxes, segments = coco_results(detections, image_ids, sorted(gt.cats))
     box_metrics, box_per_class = _summarise(gt, boxes, "bbox", image_ids)
     mask_metrics, mask_per_class = _summarise(gt, segments, "segm", image_ids)
@@ -213,7 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     predictor = predictor_from_arguments(args)
     started = time.perf_counter()
-    metrics = evaluate(predictor, args.gt, args.images, args.max_images, args.class_agnostic_nms)
+    metrics = evaluate(
+        predictor,
+        args.gt,
+        args.images,
+        args.max_images,
+        args.class_agnostic_nms,
+        draft_from_arguments(args, predictor),
+    )
     print(format_table(metrics))
     print(f"evaluated in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     if args.json:

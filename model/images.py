@@ -7,7 +7,8 @@ then RGB. Beyond it:
   does; 16-bit colour PNGs keep their high byte too (Pillow's decoder), so both agree.
 - the pixel limit is checked from the header, before any pixel is decoded;
 - an animated or multi-page file gives its first frame;
-- a broken EXIF block is ignored rather than fatal (the image is decoded as stored).
+- a broken EXIF block is ignored rather than fatal (the image is decoded as stored);
+- on request (`load_image(draft_to=...)`), a JPEG the model will shrink by 2× or more is decoded reduced.
 Failures raise an `ImageError` subclass, so callers map them to their own errors (the service to 4xx).
 """
 
@@ -16,9 +17,12 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from model.processing import resized_shape
 
 # The Pillow formats read (JPEG includes MPO, the JPEG files many phone cameras write). Others, even
 # ones Pillow could decode, are refused: each parser is attack surface.
@@ -36,6 +40,16 @@ _ORIENTATIONS = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image decoded for the model: `pixels` (h, w, 3) uint8 RGB, upright, and `size`, the (H, W) of the
+    upright image at full resolution. They differ only for a JPEG decoded reduced (`load_image`'s
+    `draft_to`); results are reported in `size` pixels either way."""
+
+    pixels: np.ndarray
+    size: tuple[int, int]
 
 
 class ImageError(ValueError):
@@ -70,30 +84,54 @@ def configure_pillow(max_pixels: int) -> None:
 
 
 def load_rgb(source: bytes | str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded bytes or a file → (H, W, 3) uint8 RGB, upright per its EXIF orientation.
+    """Encoded bytes or a file → (H, W, 3) uint8 RGB, upright per its EXIF orientation, at full resolution.
 
     Raises CorruptImage, UnsupportedImage or TooManyPixels; a path that cannot be opened raises OSError
     (FileNotFoundError, ...) as `open` does.
     """
+    return load_image(source, max_pixels=max_pixels).pixels
+
+
+def load_image(
+    source: bytes | str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_to: tuple[int, int] | None = None,
+) -> DecodedImage:
+    """Encoded bytes or a file → DecodedImage, upright per its EXIF orientation; raises as `load_rgb`.
+
+    `draft_to` is the (min_size, max_size) of the shortest-edge resize the pixels are for (the predictor's
+    `resize`). A JPEG that this resize shrinks by 2× or more is then decoded at 1/2, 1/4 or 1/8 scale
+    (libjpeg's DCT scaling), the smallest one still at least the resized size: decoding is several times
+    faster, and the pixels differ from a full decode's (which is why it is asked for, not done always).
+    Other formats, and JPEGs shrunk less, decode as without it. The pixel limit applies to the full size.
+    """
     if isinstance(source, bytes | bytearray | memoryview):
         if not len(source):
             raise CorruptImage("the image is empty")
-        return _decode(io.BytesIO(source), max_pixels)
+        return _decode(io.BytesIO(source), max_pixels, draft_to)
     with open(source, "rb") as stream:
-        return _decode(stream, max_pixels)
+        return _decode(stream, max_pixels, draft_to)
 
 
-def _decode(stream: io.BufferedIOBase, max_pixels: int) -> np.ndarray:
+def _decode(stream: io.BufferedIOBase, max_pixels: int, draft_to: tuple[int, int] | None) -> DecodedImage:
     image = _open(stream)
     with image:
         width, height = image.size
         if width * height > max_pixels:
             raise TooManyPixels(f"the image has {width}×{height} pixels, more than the limit of {max_pixels}")
         try:
+            if draft_to is not None:
+                # The resize is symmetric in height and width, so the stored orientation gives the same
+                # target as the upright one. Only JPEG decoders implement draft; for others it does nothing.
+                target_h, target_w = resized_shape(height, width, *draft_to)
+                image.draft(None, (target_w, target_h))
             image.load()
             orientation = _orientation(image)
             upright = image if orientation is None else image.transpose(_ORIENTATIONS[orientation])
-            return _to_rgb_array(upright)
+            # Orientations 5-8 turn the image a quarter.
+            size = (width, height) if orientation is not None and orientation >= 5 else (height, width)
+            return DecodedImage(_to_rgb_array(upright), size)
         except ImageError:
             raise
         except Exception:  # truncated or corrupt data surfaces only while decoding

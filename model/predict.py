@@ -18,9 +18,10 @@ from model.backends import Backend, backend_device, check_backend
 from model.centermask import CenterMask, NetworkSteps
 from model.checkpoint import file_sha256, load_model, resolve_category_ids
 from model.coco_classes import default_category_ids
+from model.dense import DenseRunner, check_cuda_graphs
 from model.detections import CLASS_AGNOSTIC_IOU, Detections, Selection
 from model.fcos import Proposals
-from model.images import ImageError, load_rgb
+from model.images import DecodedImage, ImageError, load_image
 from model.precision import Precision, check_supported
 from model.processing import PreparedImage, padded_shape, prepare_image, scale_boxes
 from model.quantize import CALIBRATION_IMAGES
@@ -45,6 +46,10 @@ class Predictor:
     can share a forward pass; an image's padded shape depends on its own size alone, so a result never depends
     on its batch-mates. The default, 32, is the official padding (results exact); on CUDA in bf16/fp16 it is
     128, which changes results by about as much as the precision does, and lets mixed sizes batch together.
+
+    `compile` (torch.compile) and `cuda_graphs` (CUDA only) speed up the dense part of the network for the
+    batch shapes `warm_up` has run; other shapes run eagerly, and either one that fails falls back to eager
+    with a logged warning (model.dense). Compiled fp32 is close to, not bit-exact to, eager fp32.
     """
 
     def __init__(
@@ -57,6 +62,8 @@ class Predictor:
         bucket_size: int | None = None,
         calibration_images: Sequence[np.ndarray] | None = None,
         category_ids: list[int] | None = None,
+        compile: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.precision = Precision(precision)
@@ -78,6 +85,8 @@ class Predictor:
                     model.normalize_and_pad([self._resized(image).pixels.float()]) for image in images
                 ]
             model.optimize_for_inference(self.precision.dtype, calibration=calibration)
+        # After the rewrite for inference: what is compiled and captured is the network as it will run.
+        self.dense = DenseRunner(self.model, device=self.device, compile=compile, cuda_graphs=cuda_graphs)
         fast = self.device.type == "cuda" and self.precision is not Precision.FP32
         self.bucket_size = bucket_size or (FAST_BUCKET_SIZE if fast else self.config.size_divisibility)
         if self.bucket_size % self.config.size_divisibility:
@@ -98,12 +107,30 @@ class Predictor:
     def dtype(self) -> torch.dtype:
         return self.precision.dtype
 
-    def prepare(self, image: np.ndarray) -> PreparedImage:
-        """(H, W, 3) uint8 RGB → PreparedImage. CPU only and thread-safe, so it can run beside inference."""
-        return prepare_image(image, self.config.min_size_test, self.config.max_size_test, self.bucket_size)
+    @property
+    def compiled(self) -> bool:
+        """Whether the dense part runs compiled for warmed-up shapes (asked for, and compiling has not failed)."""
+        return self.dense.compiled
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether warmed-up shapes replay CUDA graphs (asked for, and no capture has failed)."""
+        return self.dense.cuda_graphs
+
+    @property
+    def resize(self) -> tuple[int, int]:
+        """(min_size, max_size) of the shortest-edge resize `prepare` applies: `load_image`'s `draft_to`."""
+        return self.config.min_size_test, self.config.max_size_test
+
+    def prepare(self, image: np.ndarray | DecodedImage) -> PreparedImage:
+        """(H, W, 3) uint8 RGB, or a DecodedImage (results in its full `size`) → PreparedImage. CPU only and
+        thread-safe, so it can run beside inference."""
+        if isinstance(image, DecodedImage):
+            return prepare_image(image.pixels, *self.resize, self.bucket_size, original_size=image.size)
+        return prepare_image(image, *self.resize, self.bucket_size)
 
     def _resized(self, image: np.ndarray) -> PreparedImage:
-        return prepare_image(image, self.config.min_size_test, self.config.max_size_test)
+        return prepare_image(image, *self.resize)
 
     def common_shapes(self) -> list[tuple[int, int]]:
         """Padded shapes of ordinary photos (short side at the test size): what warm-up prepares for.
@@ -120,14 +147,17 @@ class Predictor:
 
     @torch.inference_mode()
     def warm_up(self, shape: tuple[int, int], batch_size: int) -> None:
-        """Run the whole network once on a batch of that padded shape, mask heads included.
+        """Run the whole network once on a batch of that padded shape, mask heads included; with `compile` or
+        `cuda_graphs`, compile and capture the dense part for it first (the only place that happens).
 
         First calls of a shape and batch size are slow (allocator growth, cuDNN autotuning); the mask head is
         given the most boxes the detector can keep, whatever the weights find in a blank image.
         """
         height, width = shape
         images = [torch.zeros((3, height, width), device=self.device)] * batch_size
-        pyramid, _ = self.model.detect(self.model.normalize_and_pad(images, shape))
+        batch = self.model.normalize_and_pad(images, shape)
+        self.dense.prepare(batch)
+        pyramid, _ = self._detect(batch)
         count = self.config.post_nms_topk
         corners = torch.linspace(0, 0.5, count, device=self.device)[:, None]
         boxes = torch.cat(
@@ -157,7 +187,7 @@ class Predictor:
         selections = selections if selections is not None else [Selection()] * len(images)
         pixels = [image.pixels.to(self.device, non_blocking=True).float() for image in images]
         batch = self.model.normalize_and_pad(pixels, images[0].padded_shape)
-        pyramid, proposals = self.model.detect(batch)
+        pyramid, proposals = self._detect(batch)
         kept_proposals, kept_boxes = [], []
         for image, image_proposals, selection in zip(images, proposals, selections, strict=True):
             boxes, nonempty = scale_boxes(image_proposals.boxes, image.resized_size, image.original_size)
@@ -185,8 +215,16 @@ class Predictor:
             )
         ]
 
-    def predict(self, images: Sequence[np.ndarray], selection: Selection | None = None) -> list[Detections]:
-        """Detections of each (H, W, 3) uint8 RGB image, each computed as if alone; `selection` as in `infer`."""
+    def _detect(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[Proposals]]:
+        """`NetworkSteps.detect`, its dense part run as this predictor runs it."""
+        pyramid, head = self.dense(batch)
+        return pyramid, self.model.decode(head)
+
+    def predict(
+        self, images: Sequence[np.ndarray | DecodedImage], selection: Selection | None = None
+    ) -> list[Detections]:
+        """Detections of each image (as `prepare` takes them), each computed as if alone; `selection` as in
+        `infer`."""
         selection = selection or Selection()
         return [self.infer([self.prepare(image)], [selection])[0] for image in images]
 
@@ -228,6 +266,8 @@ def load_predictor(
     calibration_images: Sequence[np.ndarray] | None = None,
     backend: Backend | str = Backend.TORCH,
     onnx: str | Path | None = None,
+    compile: bool = False,
+    cuda_graphs: bool = False,
 ) -> Predictor:
     """Load weights (default: the bundled model) into a Predictor on `device` ("cpu", "cuda", "auto").
 
@@ -235,11 +275,14 @@ def load_predictor(
     on `calibration_images`, by default generated shapes scenes); one the device cannot run fails here,
     before the (slow) load. `backend` "onnxruntime" runs the network exported to ONNX (fp32, CPU): exported
     while loading, or read from `onnx` (the `--out` of `python -m model.export` for these weights).
+    `compile` and `cuda_graphs` as in `Predictor`; CUDA graphs without a CUDA device fail here too.
     """
     backend = Backend(backend)
     target = resolve_device(backend_device(backend, str(device)))
     check_supported(Precision(precision), target)
     check_backend(backend, Precision(precision), target)
+    if cuda_graphs:
+        check_cuda_graphs(target)
     if onnx is not None and backend is not Backend.ONNXRUNTIME:
         raise ValueError("exported ONNX graphs are run by the onnxruntime backend: pass backend onnxruntime")
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
@@ -261,11 +304,14 @@ def load_predictor(
         precision,
         calibration_images=calibration_images,
         category_ids=category_ids,
+        compile=compile,
+        cuda_graphs=cuda_graphs,
     )
 
 
 def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that choose and build a predictor, shared by the model's command lines."""
+    """The options that choose and build a predictor and decode its images, shared by the model's command
+    lines."""
     parser.add_argument("--weights", type=Path, help="checkpoint (.pth/.pkl); default: the bundled model")
     parser.add_argument("--config", help="config name, needed for official checkpoints")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
@@ -288,12 +334,40 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --backend onnxruntime: the graphs `python -m model.export --out` wrote for these weights "
         "(default: export them while loading)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the backbone, FPN and FCOS head compiled by torch.compile for ordinary photos' padded shapes "
+        "(compiled before the first image: tens of seconds; other shapes run eagerly; a failure falls back to "
+        "eager with a warning)",
+    )
+    parser.add_argument(
+        "--jpeg-draft",
+        action="store_true",
+        help="decode JPEGs that the resize shrinks by 2x or more at 1/2, 1/4 or 1/8 scale: faster, with "
+        "slightly different pixels (results stay in the full image's pixels)",
+    )
+
+
+def draft_from_arguments(args: argparse.Namespace, predictor: Predictor) -> tuple[int, int] | None:
+    """`load_image`'s `draft_to` for these options."""
+    return predictor.resize if args.jpeg_draft else None
 
 
 def predictor_from_arguments(args: argparse.Namespace) -> Predictor:
-    return load_predictor(
-        args.weights, args.config, args.device, args.precision, backend=args.backend, onnx=args.onnx
+    predictor = load_predictor(
+        args.weights,
+        args.config,
+        args.device,
+        args.precision,
+        backend=args.backend,
+        onnx=args.onnx,
+        compile=args.compile,
     )
+    if args.compile:  # compiling happens at warm-up only: for the shapes of ordinary photos, one at a time
+        for shape in predictor.common_shapes():
+            predictor.warm_up(shape, batch_size=1)
+    return predictor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -325,10 +399,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     predictor = predictor_from_arguments(args)
+    draft_to = draft_from_arguments(args, predictor)
     records, unreadable = [], 0
     for path in args.images:
         try:
-            image = load_rgb(path)
+            image = load_image(path, draft_to=draft_to)
         except (ImageError, OSError) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
             print(f"{path}: skipped: {reason}", file=sys.stderr)

@@ -36,9 +36,9 @@ def padded_shape(height: int, width: int, divisibility: int = 32) -> tuple[int, 
     return math.ceil(height / divisibility) * divisibility, math.ceil(width / divisibility) * divisibility
 
 
-def resize_image(image: np.ndarray, short: int, max_size: int) -> np.ndarray:
-    """(H, W, C) uint8 → resized (h, w, C) uint8 with Pillow's antialiased bilinear, as the official model."""
-    new_h, new_w = resized_shape(image.shape[0], image.shape[1], short, max_size)
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) uint8 → (h, w, C) uint8 of `size` with Pillow's antialiased bilinear, as the official model."""
+    new_h, new_w = size
     if (new_h, new_w) == image.shape[:2]:
         return image
     return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
@@ -58,20 +58,29 @@ class PreparedImage:
 
 
 def prepare_image(
-    image: np.ndarray, min_size: int, max_size: int, size_divisibility: int = 32
+    image: np.ndarray,
+    min_size: int,
+    max_size: int,
+    size_divisibility: int = 32,
+    *,
+    original_size: tuple[int, int] | None = None,
 ) -> PreparedImage:
-    """(H, W, 3) uint8 RGB → PreparedImage, resized to the test size."""
+    """(h, w, 3) uint8 RGB → PreparedImage, resized to the test size.
+
+    `original_size` is the (H, W) of the image these pixels were decoded from when that was reduced (a JPEG
+    draft, `model.images.load_image`); default: the pixels' own. The resize target follows from it, so the
+    padded shape, and boxes scaled back to `original_size`, are those of the full image.
+    """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
     if min(image.shape[:2]) < 1:
         raise ValueError(f"empty image of shape {image.shape}")
-    resized = resize_image(image, min_size, max_size)
+    height, width = original_size or (int(image.shape[0]), int(image.shape[1]))
+    resized = resize_image(image, resized_shape(height, width, min_size, max_size))
     # The official models take BGR; flipping after the resize is exact because channels resize independently.
     bgr = torch.from_numpy(np.ascontiguousarray(resized[:, :, ::-1].transpose(2, 0, 1)))
     return PreparedImage(
-        bgr,
-        (int(image.shape[0]), int(image.shape[1])),
-        padded_shape(resized.shape[0], resized.shape[1], size_divisibility),
+        bgr, (height, width), padded_shape(resized.shape[0], resized.shape[1], size_divisibility)
     )
 
 

@@ -1,9 +1,7 @@
 """Uploaded image bytes → the model's input, through the one decoder of `model.images`, with its errors
 as the service's: corrupt → 400, another format or colour mode → 415, too many pixels → 413."""
 
-import numpy as np
-
-from model.images import CorruptImage, ImageError, UnsupportedImage, load_rgb
+from model.images import CorruptImage, DecodedImage, ImageError, UnsupportedImage, load_image
 from model.images import TooManyPixels as ImageHasTooManyPixels
 from service.errors import InvalidImage, ServiceError, TooManyPixels, UnsupportedMediaType
 
@@ -17,9 +15,10 @@ _ERRORS: dict[type[ImageError], type[ServiceError]] = {
 }
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, upright; raises InvalidImage, UnsupportedMediaType or TooManyPixels."""
+def decode_image(data: bytes, *, max_pixels: int, draft_to: tuple[int, int] | None = None) -> DecodedImage:
+    """The upright image (`load_image`, reduced JPEG decoding with `draft_to`); raises InvalidImage,
+    UnsupportedMediaType or TooManyPixels."""
     try:
-        return load_rgb(data, max_pixels=max_pixels)
+        return load_image(data, max_pixels=max_pixels, draft_to=draft_to)
     except ImageError as error:
         raise _ERRORS.get(type(error), InvalidImage)(str(error)) from None

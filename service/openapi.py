@@ -142,6 +142,8 @@ MODEL_INFO_EXAMPLE = {
     "precision": "fp16",
     "dtype": "float16",
     "weights_sha256": "9b1c0f3e2d4a5b6c7d8e9f00112233445566778899aabbccddeeff0011223344",
+    "compiled": False,
+    "cuda_graphs": True,
     "batching": {"max_batch_size": 8, "max_batch_delay_ms": 5.0, "max_queue": 64, "bucket_size": 128},
     "score_threshold": 0.3,
     "max_detections": 100,

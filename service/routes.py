@@ -243,7 +243,8 @@ async def segment_batch(
     summary="The served model",
 )
 async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> ModelInfo:
-    """The config, classes (names and category ids, index = class_id), device and batching settings."""
+    """The config, classes (names and category ids, index = class_id), device, speed options in force and
+    batching settings."""
     predictor = runtime.predictor
     return ModelInfo(
         config_name=predictor.config_name,
@@ -253,6 +254,8 @@ async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> ModelInfo:
         precision=str(predictor.precision),
         dtype=str(predictor.dtype).removeprefix("torch."),
         weights_sha256=predictor.weights_sha256,
+        compiled=predictor.compiled,
+        cuda_graphs=predictor.cuda_graphs,
         batching={
             "max_batch_size": runtime.max_batch_size,
             "max_batch_delay_ms": settings.max_batch_delay_ms,
@@ -325,8 +328,8 @@ async def metrics(registry: Annotated[Metrics, Depends(get_metrics)]) -> Respons
 
 
 def _draw(data: bytes, record: dict[str, Any], image_format: ImageFormat, max_pixels: int) -> bytes:
-    """The uploaded image (decoded again: the model's copy is resized) with the record drawn over it."""
-    image = decode_image(data, max_pixels=max_pixels)
+    """The uploaded image (decoded again, in full: the model's copy is resized) with the record drawn on it."""
+    image = decode_image(data, max_pixels=max_pixels).pixels
     return encode_image(draw_overlay(image, ImageResult.model_validate(record).instances), image_format)
 
 

@@ -54,6 +54,8 @@ class PredictorLoader(Protocol):
         precision: str,
         backend: str,
         onnx: str | None,
+        compile: bool,
+        cuda_graphs: bool,
     ) -> Predictor: ...
 
 
@@ -120,6 +122,8 @@ class Runtime:
         self._idle.set()
         self._drain_started: float | None = None
         self._watchdog_s: float | None = None
+        # `load_image`'s draft_to, known once the model is: the resize the model applies, or None.
+        self._draft_to: tuple[int, int] | None = None
         metrics.track(
             queue_depth=lambda: self._batcher.depth if self._batcher else 0,
             requests_in_flight=lambda: self._in_flight,
@@ -270,10 +274,13 @@ class Runtime:
             precision=settings.precision,
             backend=settings.backend,
             onnx=onnx,
+            compile=settings.compile,
+            cuda_graphs=settings.cuda_graphs,
         )
         if predictor.device.type == "cpu" and settings.device != "cpu" and settings.backend == "torch":
             logger.warning("no CUDA device available: serving on the CPU, which is much slower")
         self._predictor = predictor
+        self._draft_to = predictor.resize if settings.jpeg_draft else None
         logger.info(
             "model loaded",
             extra={
@@ -322,6 +329,9 @@ class Runtime:
                 "docs": f"{base_url}/docs",
                 "warm_up_s": round(time.perf_counter() - started, 3),
                 "inference_watchdog_s": round(self._watchdog_s, 3),
+                # What warm-up achieved: false where compiling or a capture failed (a warning says why).
+                "compiled": predictor.compiled,
+                "cuda_graphs": predictor.cuda_graphs,
                 "settings": settings.effective(),
             },
         )
@@ -342,7 +352,8 @@ class Runtime:
 
     def _preprocess(self, data: bytes) -> tuple[PreparedImage, float]:
         started = time.perf_counter()
-        prepared = self.predictor.prepare(decode_image(data, max_pixels=self._settings.max_image_pixels))
+        image = decode_image(data, max_pixels=self._settings.max_image_pixels, draft_to=self._draft_to)
+        prepared = self.predictor.prepare(image)
         elapsed = time.perf_counter() - started
         self._metrics.preprocess.observe(elapsed)
         return prepared, elapsed

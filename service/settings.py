@@ -104,6 +104,24 @@ class Settings(BaseSettings):
         description="With backend onnxruntime: the graphs `python -m model.export --out` wrote for the "
         "served weights (e.g. /models/centermask.onnx). Unset: exported at start.",
     )
+    compile: bool = Field(
+        False,
+        description="Compile the backbone, FPN and FCOS head with torch.compile for every warmed-up shape "
+        "(warm-up then takes minutes; other shapes run eagerly). If compiling fails, a warning says why and "
+        "the network runs eagerly. Not bit-exact: fp32 results differ by float rounding.",
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="Capture the backbone, FPN and FCOS head as CUDA graphs for every warmed-up shape and "
+        "batch size, and replay them (less CPU launch overhead). CUDA only: without a CUDA device startup "
+        "stops. If a capture fails, a warning says why and the network runs eagerly.",
+    )
+    jpeg_draft: bool = Field(
+        False,
+        description="Decode a JPEG that the model shrinks by 2x or more at 1/2, 1/4 or 1/8 scale (libjpeg "
+        "DCT scaling): much faster decoding of large photos, slightly different pixels. Answers stay in the "
+        "full image's pixels.",
+    )
     max_batch_size: PositiveInt | None = Field(
         None,
         description="Most images in one forward pass. Default: 8 on CUDA, 1 on a CPU (batches there only "

@@ -1,4 +1,5 @@
-"""The model on a CUDA device: exact in fp32 (no TF32), close in bf16/fp16, masks pasted and encoded on the GPU.
+"""The model on a CUDA device: exact in fp32 (no TF32), close in bf16/fp16, masks pasted and encoded on the GPU,
+CUDA graph replays equal to eager runs.
 
 Every test here is marked `cuda` and skips without a GPU; bench/gpu_check.sh runs them where one exists.
 """
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from model.images import load_rgb
+from model.mask_head import MASK_LEVELS
 from model.masks import paste_masks
 from model.predict import Predictor, load_predictor
 from model.rle import encode_pasted
@@ -90,6 +92,81 @@ def test_warm_up_covers_every_bucket_and_batch_size(official_weights: Path) -> N
     assert len(shapes) > 2
     for shape in shapes:
         predictor.warm_up(shape, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def graphed(tiny_weights: Path) -> Predictor:
+    """The tiny checkpoint on CUDA in fp32 with CUDA graphs (captured by each test's warm-up)."""
+    return load_predictor(tiny_weights, device="cuda", cuda_graphs=True)
+
+
+def _blocky(seed: int, height: int, width: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+    return np.kron(coarse, np.ones((16, 16, 1), dtype=np.uint8))[:height, :width].copy()
+
+
+# (padded shape, batch size, image size): the tiny checkpoint's landscape and portrait shapes.
+GRAPH_CASES = [((320, 448), 1, (240, 320)), ((320, 448), 3, (240, 320)), ((448, 320), 2, (320, 240))]
+
+
+@pytest.fixture(scope="module")
+def eager_cuda(tiny_weights: Path) -> Predictor:
+    return load_predictor(tiny_weights, device="cuda")
+
+
+@pytest.mark.parametrize(("shape", "batch_size", "size"), GRAPH_CASES)
+def test_cuda_graph_replays_equal_eager_runs(
+    graphed: Predictor, eager_cuda: Predictor, shape: tuple[int, int], batch_size: int, size: tuple[int, int]
+) -> None:
+    graphed.warm_up(shape, batch_size)
+    assert graphed.cuda_graphs
+    prepared = [graphed.prepare(_blocky(seed, *size)) for seed in range(batch_size)]
+    assert {image.padded_shape for image in prepared} == {shape}
+    with torch.inference_mode():
+        batch = graphed.model.normalize_and_pad([image.pixels.cuda().float() for image in prepared], shape)
+        (pyramid, head), (eager_pyramid, eager_head) = graphed.dense(batch), graphed.model.features(batch)
+    # The same kernels, replayed: bit for bit.
+    for level in MASK_LEVELS:
+        assert torch.equal(pyramid[level], eager_pyramid[level]), level
+    for ours, theirs in zip(head, eager_head, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    # And through the whole predictor, decoding and mask heads included, against an eager one.
+    for ours, theirs in zip(graphed.infer(prepared), eager_cuda.infer(prepared), strict=True):
+        assert len(ours) > 0
+        np.testing.assert_array_equal(ours.class_ids, theirs.class_ids)
+        np.testing.assert_allclose(ours.boxes, theirs.boxes, atol=1e-4)
+        np.testing.assert_allclose(ours.scores, theirs.scores, atol=1e-6)
+
+
+def test_a_replays_outputs_survive_the_next_replays(graphed: Predictor) -> None:
+    """A replay overwrites its graph's outputs, and graphs share one memory pool: what a replay returns must
+    be the caller's own copy."""
+    for shape, batch_size, _ in GRAPH_CASES:
+        graphed.warm_up(shape, batch_size)
+
+    def batch(case: int, seed: int) -> torch.Tensor:
+        shape, batch_size, size = GRAPH_CASES[case]
+        images = [graphed.prepare(_blocky(seed + i, *size)).pixels.cuda().float() for i in range(batch_size)]
+        return graphed.model.normalize_and_pad(images, shape)
+
+    with torch.inference_mode():
+        pyramid, head = graphed.dense(batch(2, seed=0))
+        kept = {level: pyramid[level].clone() for level in MASK_LEVELS}, [t.clone() for t in head.cls_logits]
+        # The same graph on other pixels, then the others.
+        other_pyramid, _ = graphed.dense(batch(2, seed=100))
+        assert not torch.equal(other_pyramid["p3"], pyramid["p3"])
+        graphed.dense(batch(0, seed=200))
+        graphed.dense(batch(1, seed=300))
+    for level in MASK_LEVELS:
+        assert torch.equal(pyramid[level], kept[0][level])
+    assert all(torch.equal(a, b) for a, b in zip(head.cls_logits, kept[1], strict=True))
+
+
+def test_a_shape_not_captured_runs_eagerly(graphed: Predictor) -> None:
+    prepared = graphed.prepare(_blocky(5, 90, 400))
+    (alone,) = graphed.infer([prepared])
+    assert len(alone) > 0 and graphed.cuda_graphs
 
 
 def _best_iou(box: np.ndarray, others: np.ndarray) -> float:

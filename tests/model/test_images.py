@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from model.images import CorruptImage, TooManyPixels, UnsupportedImage, load_rgb
+from model.images import CorruptImage, TooManyPixels, UnsupportedImage, load_image, load_rgb
 
 LIMIT = 1_000_000
+# The bundled model's resize (short side 384, long side at most 640), as `draft_to`.
+DRAFT_TO = (384, 640)
 
 
 def random_image(seed: int, height: int, width: int) -> np.ndarray:
@@ -208,3 +210,52 @@ def test_decompression_bombs_are_too_many_pixels(side: int) -> None:
 def test_a_missing_file_is_an_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_rgb(tmp_path / "absent.png")
+
+
+def photo(seed: int, height: int, width: int) -> np.ndarray:
+    """Colour blocks of 32 px: smooth at the scale a reduced decode averages over, like a large photo."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 32 + 1, width // 32 + 1, 3), dtype=np.uint8)
+    return np.kron(coarse, np.ones((32, 32, 1), dtype=np.uint8))[:height, :width].copy()
+
+
+def reduced(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BOX)).astype(int)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_a_large_jpeg_decodes_reduced_and_upright_with_its_full_size(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(photo(7, 1800, 2400), "JPEG", exif=exif, quality=95)
+    full = load_image(data, max_pixels=10**7)
+    drafted = load_image(data, max_pixels=10**7, draft_to=DRAFT_TO)
+    upright = (2400, 1800) if orientation >= 5 else (1800, 2400)
+    assert full.size == drafted.size == upright == full.pixels.shape[:2]
+    # The model resizes it to 384 × 512: a quarter scale is the smallest one still above that.
+    assert drafted.pixels.shape[:2] == (upright[0] // 4, upright[1] // 4)
+    # The same picture, the same way up: close to the full decode averaged down (a wrong turn is not).
+    assert np.abs(drafted.pixels - reduced(full.pixels, *drafted.pixels.shape[:2])).mean() < 4
+
+
+def test_load_rgb_is_the_full_decode() -> None:
+    data = encode(photo(8, 900, 1200), "JPEG")
+    np.testing.assert_array_equal(load_rgb(data, max_pixels=10**7), load_image(data, max_pixels=10**7).pixels)
+
+
+@pytest.mark.parametrize(
+    ("image_format", "shape"),
+    # A PNG has no reduced decoding; a JPEG that the resize shrinks by less than 2× keeps its full decode.
+    [("PNG", (900, 1200)), ("WEBP", (900, 1200)), ("JPEG", (740, 1000)), ("JPEG", (300, 400))],
+)
+def test_draft_leaves_other_images_as_they_are(image_format: str, shape: tuple[int, int]) -> None:
+    data = encode(photo(9, *shape), image_format)
+    drafted = load_image(data, max_pixels=10**7, draft_to=DRAFT_TO)
+    assert drafted.size == shape
+    np.testing.assert_array_equal(drafted.pixels, load_rgb(data, max_pixels=10**7))
+
+
+def test_the_pixel_limit_of_a_reduced_decode_is_the_full_size() -> None:
+    data = encode(photo(10, 1800, 2400), "JPEG")
+    with pytest.raises(TooManyPixels, match="2400×1800 pixels"):
+        load_image(data, max_pixels=2400 * 1800 - 1, draft_to=DRAFT_TO)

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 import uvicorn
 
 from model.predict import Predictor, load_predictor
@@ -82,6 +83,27 @@ async def test_model_info(tiny_weights: Path) -> None:
     }
     assert (info["class_agnostic_nms"], info["class_agnostic_iou"]) == (False, 0.7)
     assert (info["score_threshold"], info["max_detections"]) == (0.3, 100)
+    assert (info["compiled"], info["cuda_graphs"]) == (False, False)
+
+
+async def test_model_info_says_whether_compile_is_in_force(
+    tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in for torch.compile, then one whose compiled code fails on its first run, as inductor's does
+    # on a host without a C compiler: warm-up falls back, and the model info says so.
+    def broken(function: Any, **options: Any) -> Any:
+        def compiled(batch: Any) -> Any:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        return compiled
+
+    answers = []
+    for compile in (lambda function, **options: function, broken):
+        monkeypatch.setattr(torch, "compile", compile)
+        async with serve(tiny_settings(tiny_weights, max_batch_size=1, compile=True)) as served:
+            answers.append((await served.client.get("/v1/model")).json()["compiled"])
+            assert (await served.client.post("/segment", **png_body(IMAGE))).status_code == 200
+    assert answers == [True, False]
 
 
 async def test_shutdown_drains_queued_and_running_requests(tiny_weights: Path, controlled) -> None:

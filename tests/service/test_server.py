@@ -92,6 +92,12 @@ def test_asking_for_cuda_without_it_stops_the_server(tiny_weights: Path) -> None
     assert "cannot load the model: CUDA was requested but no CUDA device is available" in log
 
 
+def test_cuda_graphs_on_the_cpu_stop_the_server_with_a_clear_message(tiny_weights: Path) -> None:
+    settings = {"CENTERMASK_DEVICE": "cpu", "CENTERMASK_CUDA_GRAPHS": "true"}
+    log = exits_at_startup(CENTERMASK_WEIGHTS=str(tiny_weights), **settings)
+    assert "cannot load the model: CUDA graphs are captured on a CUDA device, not on cpu" in log
+
+
 def test_sigterm_makes_the_service_unready_and_stops_uvicorn_once_idle(tiny_weights: Path) -> None:
     app = create_app(tiny_settings(tiny_weights))
     server = DrainingServer(uvicorn.Config(app), app.state.runtime, drain_timeout_s=5)

@@ -34,6 +34,7 @@ def test_defaults() -> None:
     assert (settings.body_timeout_s, settings.idle_timeout_s) == (30, 5)
     assert settings.max_concurrent_uploads == 64 and settings.max_images_per_request == 32
     assert settings.inference_watchdog_s is None
+    assert (settings.compile, settings.cuda_graphs, settings.jpeg_draft) == (False, False, False)
 
 
 def test_derived_limits_follow_what_they_depend_on(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,6 +95,19 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.weights == Path("/models/a.pth")
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(settings)
+
+
+def test_the_speed_options_are_switches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CENTERMASK_COMPILE", "true")
+    monkeypatch.setenv("CENTERMASK_CUDA_GRAPHS", "1")
+    monkeypatch.setenv("CENTERMASK_JPEG_DRAFT", "yes")
+    settings = Settings()
+    assert (settings.compile, settings.cuda_graphs, settings.jpeg_draft) == (True, True, True)
+    flags = Settings.from_command_line(["--compile", "false", "--jpeg-draft", "false"])
+    assert (flags.compile, flags.cuda_graphs, flags.jpeg_draft) == (False, True, False)
+    monkeypatch.setenv("CENTERMASK_COMPILE", "sometimes")
+    with pytest.raises(ValidationError, match="compile"):
+        Settings()
 
 
 def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,8 +19,8 @@ Phases, one after the other so that they never compete for the CPU:
 4. in-process again. The ratio uses the mean of both in-process runs: on a shared machine the
    background load drifts.
 
-Prints a table (throughput, latency percentiles, answers by status, mean server-side stage times) and
-the service/in-process ratio at saturation; writes bench/results/load-*.json.
+Prints a table (throughput, latency percentiles, answers by status, mean server-side stage times), the
+service/in-process ratio at saturation and the spawned server's peak RSS; writes bench/results/load-*.json.
 """
 
 from __future__ import annotations
@@ -106,10 +106,25 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@dataclass
+class Server:
+    url: str
+    pid: int | None = None  # set when this script started it
+
+    def peak_rss_bytes(self) -> int | None:
+        """The server process's peak resident memory so far (Linux VmHWM), when it is ours to read."""
+        if self.pid is None:
+            return None
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return None
+
+
 @contextmanager
 def spawned_server(
     weights: Path, config: str | None, args: argparse.Namespace, extra: Sequence[str]
-) -> Iterator[str]:
+) -> Iterator[Server]:
     port = free_port()
     command = [sys.executable, "-c", "from service.app import main; main()"]
     command += [
@@ -133,7 +148,7 @@ def spawned_server(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, log.name)
-        yield url
+        yield Server(url, process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -270,7 +285,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         in_process = [model.throughput(args.in_process_seconds)] if model else []
         if model:
             del model.predictor  # the memory goes back before the server starts
-        with spawned_server(weights, config, args, server_args) if args.spawn else _existing(args.url) as url:
+        with (
+            spawned_server(weights, config, args, server_args)
+            if args.spawn
+            else _existing(args.url) as server
+        ):
+            url = server.url
             for concurrency in args.concurrency:
                 phases[f"saturation c={concurrency}"] = asyncio.run(
                     saturation(url, image, concurrency, args.requests, args.duration)
@@ -279,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             phases[f"half load {best / 2:.2f}/s"] = asyncio.run(
                 fixed_rate(url, image, best / 2, args.duration)
             )
+            peak_rss = server.peak_rss_bytes()
         if model:
             model = InProcess(weights, config, image, args)
             in_process.append(model.throughput(args.in_process_seconds))
@@ -316,15 +337,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p50, _, p99 = half.percentiles_ms()
     summary["half_load_p99_over_p50"] = p99 / p50
     print(f"half load  p99 / p50 = {p99 / p50:.2f}")
+    if peak_rss is not None:
+        summary["server_peak_rss_bytes"] = peak_rss
+        print(f"server peak RSS {peak_rss / 2**20:.0f} MiB")
     write_result("load", {**{k: str(v) for k, v in vars(args).items()}, **summary}, rows)
     ok = all(result.succeeded == sum(result.statuses.values()) for result in phases.values())
     return 0 if ok else 1
 
 
 @contextmanager
-def _existing(url: str) -> Iterator[str]:
+def _existing(url: str) -> Iterator[Server]:
     wait_ready(url, None, "(not spawned)")
-    yield url
+    yield Server(url)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # Every CUDA check and GPU figure of the project in one call, for whoever has a GPU for a few minutes.
 #
 # On the GPU machine, from the repository root:   bench/gpu_check.sh
-# Takes under 8 minutes anywhere: the step limits add up to 470 s. Needs PyTorch with CUDA; the other Python dependencies are installed
+# Takes under 8 minutes (the step limits add up to 470 s). Needs PyTorch with CUDA; the other Python dependencies are installed
 # from .whl/ when that folder exists (bench/gpu_wheels.sh fills it on a machine with pip access, for GPU images
 # without a package index). The parity fixtures are read from shared/ inside the repository or ../shared.
 #

@@ -375,7 +375,7 @@ async def _infer(
     async with runtime.admitted():
         _check_model(runtime, model_name, model_version)
         parsed = parse_request(await uploads.read_tensor_body(request), request.headers.get(HEADER_LENGTH))
-        options = _options(parsed.parameters, settings.score_threshold, settings.max_detections, runtime)
+        options = _options(parsed.parameters, settings, runtime)
         outputs = parsed.outputs
         if outputs is None:
             wanted = [name for name in OUTPUTS if name != "masks" or options.mask_format != "none"]
@@ -540,14 +540,12 @@ def _outputs(requested: Any, binary_default: bool) -> dict[str, bool] | None:
     return outputs
 
 
-def _options(
-    parameters: dict[str, Any], default_threshold: float, default_max: int, runtime: Runtime
-) -> SegmentOptions:
+def _options(parameters: dict[str, Any], settings: Settings, runtime: Runtime) -> SegmentOptions:
     """The request's parameters as /segment's options (the same defaults, the same ranges)."""
-    threshold = parameters.get("score_threshold", default_threshold)
+    threshold = parameters.get("score_threshold", settings.score_threshold)
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
         raise InvalidRequest(f"score_threshold must be a number from 0 to 1, not {str(threshold)[:20]}")
-    max_detections = parameters.get("max_detections", default_max)
+    max_detections = parameters.get("max_detections", settings.max_detections)
     if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
         raise InvalidRequest(
             f"max_detections must be an integer of at least 1, not {str(max_detections)[:20]}"
@@ -560,12 +558,16 @@ def _options(
     classes = parameters.get("classes")
     if classes is not None and not isinstance(classes, str):
         raise InvalidRequest("classes must be a string of comma-separated class selectors, as in /segment")
+    class_agnostic_nms = parameters.get("class_agnostic_nms", settings.class_agnostic_nms)
+    if not isinstance(class_agnostic_nms, bool):
+        raise InvalidRequest(f"class_agnostic_nms must be true or false, not {str(class_agnostic_nms)[:20]}")
     selectors = [part.strip() for part in (classes or "").split(",") if part.strip()]
     return SegmentOptions(
         score_threshold=float(threshold),
         max_detections=max_detections,
         class_ids=class_ids(selectors, runtime.predictor) if selectors else None,
         mask_format=mask_format,
+        class_agnostic_iou=settings.class_agnostic_iou if class_agnostic_nms else None,
     )
 
 

@@ -172,9 +172,10 @@ class Settings(BaseSettings):
         "(its container's CPU limit, which PyTorch itself ignores).",
     )
     class_agnostic_nms: bool = Field(
-        False,
+        True,
         description="Default of the class_agnostic_nms query parameter: keep one label per object (the "
-        "best-scoring of detections whose boxes overlap above class_agnostic_iou, whatever their class).",
+        "best-scoring of detections whose boxes overlap above class_agnostic_iou, whatever their class). "
+        "false: the official per-class output.",
     )
     class_agnostic_iou: float = Field(
         0.7, gt=0, le=1, description="Box IoU above which class-agnostic NMS takes two detections as one."

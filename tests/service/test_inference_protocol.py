@@ -132,6 +132,11 @@ def test_parameters_mean_what_the_query_parameters_of_segment_mean(client, tiny_
     assert 1 <= len(answer) <= 2 and {instance["class_name"] for instance in answer} == {top_class}
     query = {key: str(value) for key, value in parameters.items()}
     assert answer == comparable(segment(tiny_server, IMAGES[0], **query))
+    for agnostic in (False, True):
+        parameters = {"score_threshold": 0.0, "class_agnostic_nms": agnostic}
+        [answer] = per_image(triton_infer(client, IMAGES[:1], parameters), 1)
+        query = {"score_threshold": "0", "class_agnostic_nms": str(agnostic).lower()}
+        assert answer == comparable(segment(tiny_server, IMAGES[0], **query))
     without_masks = triton_infer(client, IMAGES[:1], {"mask_format": "none"})
     assert without_masks.as_numpy("masks") is None and without_masks.as_numpy("boxes") is not None
 
@@ -197,6 +202,11 @@ def image_input(data: list[str], shape: list[int] | None = None, **fields) -> di
         ({**image_input(["aGVsbG8="]), "outputs": [{"name": "logits"}]}, 400, "unknown output"),
         ({**image_input(["aGVsbG8="]), "parameters": {"score_threshold": 2}}, 400, "score_threshold"),
         ({**image_input(["aGVsbG8="]), "parameters": {"mask_format": "png"}}, 400, "mask_format"),
+        (
+            {**image_input(["aGVsbG8="]), "parameters": {"class_agnostic_nms": "yes"}},
+            400,
+            "class_agnostic_nms",
+        ),
         ({**image_input(["aGVsbG8="]), "parameters": {"classes": "unicorn"}}, 422, "unicorn"),
         (
             {

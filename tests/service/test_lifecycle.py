@@ -81,7 +81,7 @@ async def test_model_info(tiny_weights: Path) -> None:
         "max_queue": 64,
         "bucket_size": 32,
     }
-    assert (info["class_agnostic_nms"], info["class_agnostic_iou"]) == (False, 0.7)
+    assert (info["class_agnostic_nms"], info["class_agnostic_iou"]) == (True, 0.7)
     assert (info["score_threshold"], info["max_detections"]) == (0.3, 100)
     assert (info["compiled"], info["cuda_graphs"]) == (False, False)
 

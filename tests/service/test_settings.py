@@ -22,7 +22,7 @@ def test_defaults() -> None:
     assert settings.device == "auto"
     assert (settings.max_batch_size, settings.max_batch_delay_ms, settings.max_queue) == (None, 5, 64)
     assert (settings.batch_size_for("cuda"), settings.batch_size_for("cpu")) == (8, 1)
-    assert settings.precision == "fp32" and settings.class_agnostic_nms is False
+    assert settings.precision == "fp32" and settings.class_agnostic_nms is True
     assert 1 <= settings.torch_threads <= (os.cpu_count() or 1)
     assert settings.request_timeout_s == 30
     assert settings.max_image_bytes == 20 * 1024 * 1024

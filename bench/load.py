@@ -28,17 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +44,7 @@ import torch
 from PIL import Image
 
 from bench.results import write_result
+from bench.server import running_server, spawned_server
 from model.detections import Selection
 from model.images import load_rgb
 from model.precision import Precision
@@ -57,7 +53,6 @@ from model.testing import write_rule_checkpoint
 from model.wire import image_record
 from service.settings import Settings
 
-READY_TIMEOUT_S = 600
 WARM_UP_REQUESTS = 3
 
 
@@ -100,76 +95,15 @@ def synthetic_jpeg(height: int, width: int) -> bytes:
     return buffer.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    pid: int | None = None  # set when this script started it
-
-    def peak_rss_bytes(self) -> int | None:
-        """The server process's peak resident memory so far (Linux VmHWM), when it is ours to read."""
-        if self.pid is None:
-            return None
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return None
-
-
-@contextmanager
-def spawned_server(
-    weights: Path, config: str | None, args: argparse.Namespace, extra: Sequence[str]
-) -> Iterator[Server]:
-    port = free_port()
-    command = [sys.executable, "-c", "from service.app import main; main()"]
-    command += [
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--weights",
-        str(weights),
-        "--log-level",
-        "warning",
-    ]
-    command += ["--device", args.device, "--precision", args.precision, "--torch-threads", str(args.threads)]
+def server_options(config: str | None, args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
+    """The command line of the spawned server, beyond its port and weights."""
+    options = ["--log-level", "warning", "--device", args.device, "--precision", args.precision]
+    options += ["--torch-threads", str(args.threads)]
     if args.batch_size is not None:
-        command += ["--max-batch-size", str(args.batch_size)]
+        options += ["--max-batch-size", str(args.batch_size)]
     if config is not None:
-        command += ["--config", config]
-    command += list(extra)
-    with tempfile.NamedTemporaryFile("w+", prefix="centermask-serve-", suffix=".log", delete=False) as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process, log.name)
-        yield Server(url, process.pid)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_ready(url: str, process: subprocess.Popen | None, log_name: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            sys.exit(f"the server exited with {process.returncode}; its log: {log_name}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    sys.exit(f"{url} was not ready within {READY_TIMEOUT_S} s; log: {log_name}")
+        options += ["--config", config]
+    return [*options, *extra]
 
 
 def _client(url: str, connections: int) -> httpx.AsyncClient:
@@ -286,9 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if model:
             del model.predictor  # the memory goes back before the server starts
         with (
-            spawned_server(weights, config, args, server_args)
+            spawned_server(weights, server_options(config, args, server_args), Path(scratch) / "server.log")
             if args.spawn
-            else _existing(args.url) as server
+            else running_server(args.url) as server
         ):
             url = server.url
             for concurrency in args.concurrency:
@@ -343,12 +277,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_result("load", {**{k: str(v) for k, v in vars(args).items()}, **summary}, rows)
     ok = all(result.succeeded == sum(result.statuses.values()) for result in phases.values())
     return 0 if ok else 1
-
-
-@contextmanager
-def _existing(url: str) -> Iterator[Server]:
-    wait_ready(url, None, "(not spawned)")
-    yield Server(url)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,9 @@ and its open file descriptors before and after. Exit status 1 when anything was 
 import argparse
 import asyncio
 import io
-import os
 import random
 import signal
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.load import free_port, wait_ready
+from bench.server import running_server, spawned_server
 from model.testing import write_rule_checkpoint
 
 CONFIG = "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x"
@@ -193,27 +191,6 @@ class Soak:
             return time.perf_counter() - started
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def settled_fds(pid: int, baseline: int, timeout_s: float = 15) -> int:
-    """Descriptors once idle connections have been closed (the server's idle timeout), or at the timeout."""
-    deadline = time.monotonic() + timeout_s
-    count = open_fds(pid)
-    while count > baseline and time.monotonic() < deadline:
-        time.sleep(0.2)
-        count = open_fds(pid)
-    return count
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -227,57 +204,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, server_args = parser.parse_known_args(argv)
 
     corpus = Corpus.build(np.random.default_rng(args.seed))
-    process: subprocess.Popen | None = None
     with tempfile.TemporaryDirectory() as scratch:
-        url = args.url
-        if url is None:
+        if args.url is None:
             weights = write_rule_checkpoint(
                 Path(scratch) / "rule.pth", CONFIG, min_size_test=args.min_size, max_size_test=args.max_size
             )
-            port = free_port()
-            command = [sys.executable, "-c", "from service.app import main; main()"]
-            command += [
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--weights",
-                str(weights),
-                "--device",
-                "cpu",
-            ]
-            command += [
-                "--max-queue",
-                "16",
-                "--max-batch-size",
-                "4",
-                "--cpu-workers",
-                "2",
-                "--log-level",
-                "warning",
-            ]
-            command += ["--max-image-bytes", str(MAX_IMAGE_BYTES), *server_args]
-            log = Path(scratch) / "server.log"
-            with log.open("w") as log_file:
-                process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-            url = f"http://127.0.0.1:{port}"
-        wait_ready(url, process, "(the spawned server's log)")
-
-        soak = Soak(url, corpus, args.seed)
-        asyncio.run(soak.run(WARM_UP_REQUESTS, args.concurrency))
-        warm = soak.tally
-        soak.tally = Tally()
-        if process is not None:
-            rss_warm, fds_before = rss_bytes(process.pid), settled_fds(process.pid, 0, 0)
-        elapsed = asyncio.run(soak.run(args.requests, args.concurrency))
-        tally = soak.tally
-        metrics = httpx.get(f"{url}/metrics", timeout=30).text
-        if process is not None:
-            rss_end = rss_bytes(process.pid)
-            fds_after = settled_fds(process.pid, fds_before)
-            process.send_signal(signal.SIGTERM)
-            exit_status = process.wait(60)
-            server_log = log.read_text()
+            options = ["--device", "cpu", "--max-queue", "16", "--max-batch-size", "4", "--cpu-workers", "2"]
+            options += ["--log-level", "warning", "--max-image-bytes", str(MAX_IMAGE_BYTES), *server_args]
+            serving = spawned_server(weights, options, Path(scratch) / "server.log")
+        else:
+            serving = running_server(args.url)
+        with serving as server:
+            soak = Soak(server.url, corpus, args.seed)
+            asyncio.run(soak.run(WARM_UP_REQUESTS, args.concurrency))
+            warm = soak.tally
+            soak.tally = Tally()
+            started_here = server.process is not None
+            if started_here:
+                rss_warm, fds_before = server.rss_bytes(), server.settled_fds(0, 0)
+            elapsed = asyncio.run(soak.run(args.requests, args.concurrency))
+            tally = soak.tally
+            metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+            if started_here:
+                rss_end = server.rss_bytes()
+                fds_after = server.settled_fds(fds_before)
+                exit_status = server.stop()
+                server_log = server.log.read_text()
 
     total = sum(tally.answers.values())
     print(f"{total} requests in {elapsed:.1f} s ({total / elapsed:.1f}/s), concurrency {args.concurrency}, "
@@ -296,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in metrics.splitlines():
         if line.startswith(("centermask_rejected_total{", "centermask_inference_failures_total{")):
             print(f"  {line}")
-    if process is not None:
+    if started_here:
         growth = (rss_end - rss_warm) / rss_warm
         print(
             f"RSS: {rss_warm / 2**20:.1f} MiB after warm-up, {rss_end / 2**20:.1f} MiB at the end ({growth:+.1%})"

@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 120
 # The API key of the `tiny_server` fixture.
 TINY_SERVER_KEY = "tiny-server-key"
+# What the `centermask-serve` console script (and the image's ENTRYPOINT) runs, without the package installed.
+CENTERMASK_SERVE = [sys.executable, "-c", "from service.app import main; main()"]
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,9 @@ def clean_environment(**settings: str) -> dict[str, str]:
 def live_server(log: Path, *flags: str, **settings: str) -> Iterator[LiveServer]:
     """`centermask-serve` on a free 127.0.0.1 port with these flags, once /readyz answers 200."""
     port = free_port()
-    command = [sys.executable, "-c", "from service.app import main; main()"]
     with log.open("w") as log_file:
         process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *flags],
+            [*CENTERMASK_SERVE, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *flags],
             cwd=REPO,
             env=clean_environment(**settings),
             stdout=log_file,

@@ -20,9 +20,7 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +29,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.helpers import CENTERMASK_SERVE, clean_environment, free_port
 
 from .conftest import (
     DEPLOY_DOC,
@@ -81,12 +81,6 @@ def settings_env_names() -> dict[str, str]:
 # the running server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
         self.process = process
@@ -103,8 +97,7 @@ def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     settings_module()
     pytest.importorskip("service.app", reason="service/app.py is not there yet")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CENTERMASK_")}
-    env.update(
+    env = clean_environment(
         CENTERMASK_WEIGHTS=str(tiny_weights),
         CENTERMASK_DEVICE="cpu",
         CENTERMASK_HOST="127.0.0.1",
@@ -118,7 +111,7 @@ def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     with log.open("wb") as out:
         # Exactly what the image's ENTRYPOINT (`centermask-serve`, pyproject's service.app:main) runs.
         process = subprocess.Popen(
-            [sys.executable, "-c", "from service.app import main; main()"],
+            CENTERMASK_SERVE,
             cwd=REPO,
             env=env,
             stdout=out,

@@ -4,10 +4,8 @@ import asyncio
 import contextlib
 import io
 import os
-import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -27,6 +25,7 @@ from model.predict import Predictor, PreparedImage, load_predictor
 from service.app import create_app
 from service.runtime import Phase, PredictorLoader, Runtime
 from service.settings import Settings
+from tests.helpers import CENTERMASK_SERVE, REPO, clean_environment, free_port
 
 # Generous: the machine is shared, and nothing here should take long unless something is wrong.
 TIMEOUT_S = 60
@@ -175,23 +174,6 @@ class Faults:
 
 # --------------------------------------------------------------------------------------------------
 # The real server: `centermask-serve` in a subprocess on a free loopback port.
-
-REPO = Path(__file__).resolve().parents[2]
-# What the `centermask-serve` console script runs, without needing the package installed.
-CENTERMASK_SERVE = [sys.executable, "-c", "from service.app import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def clean_environment(**variables: str) -> dict[str, str]:
-    """This process's environment without CENTERMASK_* settings, plus `variables`."""
-    return {
-        name: value for name, value in os.environ.items() if not name.startswith("CENTERMASK_")
-    } | variables
 
 
 @dataclass

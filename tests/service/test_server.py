@@ -16,12 +16,10 @@ import uvicorn
 from service.app import create_app
 from service.runtime import Phase
 from service.server import DrainingServer
+from tests.helpers import REPO, clean_environment, free_port
 from tests.service.helpers import (
-    REPO,
     TIMEOUT_S,
-    clean_environment,
     encode,
-    free_port,
     random_image,
     running_server,
     tiny_settings,

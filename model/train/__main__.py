@@ -70,6 +70,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=float, dest=name, metavar="P", help="overrides the preset's"
         )
+    parser.add_argument(
+        "--class-exclusion-weight",
+        type=float,
+        default=0.0,
+        help="weight of an extra loss pushing other classes' scores to 0 on objects, against one object "
+        "detected under two labels (0: the official losses)",
+    )
     parser.add_argument("--test-min-size", type=int, help="test-time short side stored in the checkpoint")
     parser.add_argument("--test-max-size", type=int, help="test-time long-side cap stored in the checkpoint")
     parser.add_argument("--device", default="cpu")
@@ -313,7 +320,7 @@ def train_step(run: Run, samples: list[dict[str, Any]], iteration: int) -> tuple
     with torch.autocast(
         run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None
     ):
-        losses = training_losses(run.model, samples)
+        losses = training_losses(run.model, samples, run.args.class_exclusion_weight)
     total = sum(losses.values())
     if not torch.isfinite(total):
         raise FloatingPointError(f"non-finite loss at iteration {iteration}: {losses}")

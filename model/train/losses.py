@@ -118,7 +118,17 @@ def _flatten(per_level: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, t.shape[1]) for t in per_level], dim=1)
 
 
-def fcos_losses(outputs: FCOSHeadOutputs, targets: FCOSTargets, num_classes: int) -> dict[str, torch.Tensor]:
+def fcos_losses(
+    outputs: FCOSHeadOutputs, targets: FCOSTargets, num_classes: int, class_exclusion_weight: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """The FCOS losses; with ``class_exclusion_weight`` > 0, also an unmodulated BCE pushing every other
+    class's score towards 0 at foreground locations.
+
+    The focal loss down-weights a wrong class that already scores low (0.2 → weight 0.04), yet such a score
+    still passes a 0.3 detection threshold after the centerness geometric mean, and the per-class NMS keeps
+    it beside the right class on the same box. The extra term, off by default (the official recipe), trains
+    those cross-class duplicates away without touching the architecture or the inference.
+    """
     logits = _flatten(outputs.cls_logits).float()
     regression = _flatten(outputs.box_regression).float()
     centerness = _flatten(outputs.centerness).float()[..., 0]
@@ -134,7 +144,13 @@ def fcos_losses(outputs: FCOSHeadOutputs, targets: FCOSTargets, num_classes: int
         F.binary_cross_entropy_with_logits(centerness[foreground], ctr_targets, reduction="sum")
         / num_foreground
     )
-    return {"loss_fcos_cls": cls_loss, "loss_fcos_loc": reg_loss, "loss_fcos_ctr": ctr_loss}
+    losses = {"loss_fcos_cls": cls_loss, "loss_fcos_loc": reg_loss, "loss_fcos_ctr": ctr_loss}
+    if class_exclusion_weight > 0:
+        wrong = F.binary_cross_entropy_with_logits(
+            logits[foreground], one_hot[foreground], reduction="none"
+        ) * (1 - one_hot[foreground])
+        losses["loss_fcos_exclusion"] = class_exclusion_weight * wrong.sum() / num_foreground
+    return losses
 
 
 class MaskRoIs(NamedTuple):

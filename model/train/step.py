@@ -13,8 +13,13 @@ from model.train.losses import fcos_losses, fcos_targets, mask_losses, mask_targ
 MAX_MASK_ROIS_PER_IMAGE = 64
 
 
-def training_losses(model: CenterMask, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Samples as `model.data.coco.CocoInstances` yields them (RGB uint8 images), on the model's device."""
+def training_losses(
+    model: CenterMask, samples: list[dict[str, Any]], class_exclusion_weight: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """Samples as `model.data.coco.CocoInstances` yields them (RGB uint8 images), on the model's device.
+
+    class_exclusion_weight: see `model.train.losses.fcos_losses`.
+    """
     device = model.pixel_mean.device
     images = [sample["image"].to(device).flip(0).float() for sample in samples]  # RGB → BGR, as at inference
     image_sizes = [(int(image.shape[1]), int(image.shape[2])) for image in images]
@@ -26,7 +31,7 @@ def training_losses(model: CenterMask, samples: list[dict[str, Any]]) -> dict[st
     fcos = model.proposal_generator
     locations = fcos.locations([pyramid[level] for level in FPN_LEVELS])
     targets = fcos_targets(locations, fcos.strides, gt_boxes, gt_classes, model.config.num_classes)
-    losses = fcos_losses(head, targets, model.config.num_classes)
+    losses = fcos_losses(head, targets, model.config.num_classes, class_exclusion_weight)
 
     with torch.no_grad():
         detached = type(head)(*([t.detach().float() for t in level] for level in head))

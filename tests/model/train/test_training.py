@@ -19,7 +19,8 @@ from model.data.shapes import CLASSIC, SHAPE_CLASSES, generate
 from model.fcos import level_locations
 from model.testing import rule_state_dict, write_rule_checkpoint
 from model.train.__main__ import CLASS_SPECIFIC, augmentation_from, initialise_from, main, parse_args
-from model.train.losses import fcos_targets, giou_loss
+from model.fcos import FCOSHeadOutputs
+from model.train.losses import FCOSTargets, fcos_losses, fcos_targets, giou_loss
 from model.train.step import training_losses
 
 CONFIG = "centermask_lite_V_19_slim_eSE_FPN_ms_4x"
@@ -50,6 +51,24 @@ def test_fcos_targets_pick_the_smallest_box_near_its_centre() -> None:
     assert labels[0, 7] == 2  # (60, 4): outside the big box's centre region → background
     foreground = targets.labels[0] != 2
     assert (targets.centerness[0][foreground] > 0).all() and (targets.centerness[0][foreground] <= 1).all()
+
+
+def test_class_exclusion_penalises_only_other_classes_on_objects() -> None:
+    """Location 0 is a class-0 object scored 0.9 as class 0 and 0.5 as class 1; location 1 is background."""
+    logits = torch.tensor([[2.2, 0.0], [3.0, 3.0]])  # (locations, classes)
+    head = FCOSHeadOutputs(
+        cls_logits=[logits.T.reshape(1, 2, 1, 2)],
+        box_regression=[torch.ones(1, 4, 1, 2)],
+        centerness=[torch.zeros(1, 1, 1, 2)],
+    )
+    targets = FCOSTargets(torch.tensor([[0, 2]]), torch.ones(1, 2, 4), torch.ones(1, 2))
+    official = fcos_losses(head, targets, num_classes=2)
+    assert "loss_fcos_exclusion" not in official
+    weighted = fcos_losses(head, targets, num_classes=2, class_exclusion_weight=2.0)
+    # Only class 1 at the object counts: 2 · −log(1 − σ(0)); the background's high scores are the focal
+    # loss's business, not this term's.
+    assert weighted["loss_fcos_exclusion"].item() == pytest.approx(2 * torch.log(torch.tensor(2.0)).item())
+    assert weighted["loss_fcos_cls"].item() == pytest.approx(official["loss_fcos_cls"].item())
 
 
 def test_a_few_steps_lower_the_loss(shapes: Path) -> None:

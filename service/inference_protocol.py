@@ -36,7 +36,7 @@ from starlette.responses import Response
 
 from model.backends import Backend
 from service.errors import InvalidRequest, NotReady, UnsupportedMediaType, WorkerFailed
-from service.options import SegmentOptions, class_ids
+from service.options import SegmentOptions, resolve_options
 from service.routes import (
     RuntimeDep,
     SettingsDep,
@@ -542,11 +542,15 @@ def _outputs(requested: Any, binary_default: bool) -> dict[str, bool] | None:
 
 def _options(parameters: dict[str, Any], settings: Settings, runtime: Runtime) -> SegmentOptions:
     """The request's parameters as /segment's options (the same defaults, the same ranges)."""
-    threshold = parameters.get("score_threshold", settings.score_threshold)
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+    threshold = parameters.get("score_threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1
+    ):
         raise InvalidRequest(f"score_threshold must be a number from 0 to 1, not {str(threshold)[:20]}")
-    max_detections = parameters.get("max_detections", settings.max_detections)
-    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
+    max_detections = parameters.get("max_detections")
+    if max_detections is not None and (
+        isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1
+    ):
         raise InvalidRequest(
             f"max_detections must be an integer of at least 1, not {str(max_detections)[:20]}"
         )
@@ -558,16 +562,17 @@ def _options(parameters: dict[str, Any], settings: Settings, runtime: Runtime) -
     classes = parameters.get("classes")
     if classes is not None and not isinstance(classes, str):
         raise InvalidRequest("classes must be a string of comma-separated class selectors, as in /segment")
-    class_agnostic_nms = parameters.get("class_agnostic_nms", settings.class_agnostic_nms)
-    if not isinstance(class_agnostic_nms, bool):
+    class_agnostic_nms = parameters.get("class_agnostic_nms")
+    if class_agnostic_nms is not None and not isinstance(class_agnostic_nms, bool):
         raise InvalidRequest(f"class_agnostic_nms must be true or false, not {str(class_agnostic_nms)[:20]}")
-    selectors = [part.strip() for part in (classes or "").split(",") if part.strip()]
-    return SegmentOptions(
-        score_threshold=float(threshold),
+    return resolve_options(
+        settings,
+        runtime.predictor,
+        score_threshold=threshold,
         max_detections=max_detections,
-        class_ids=class_ids(selectors, runtime.predictor) if selectors else None,
+        classes=[classes] if classes else (),
         mask_format=mask_format,
-        class_agnostic_iou=settings.class_agnostic_iou if class_agnostic_nms else None,
+        class_agnostic_nms=class_agnostic_nms,
     )
 
 

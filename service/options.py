@@ -1,6 +1,6 @@
 """The options of one segmentation request: what to keep of the model's output and how to encode it."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from centermask_client.schemas import MaskFormat
@@ -8,6 +8,7 @@ from model.detections import Detections, Selection
 from model.predict import Predictor
 from model.wire import select_classes
 from service.errors import InvalidParameter
+from service.settings import Settings
 
 # Longest error message about class selectors: a selector can be as long as a query string.
 _MAX_MESSAGE = 300
@@ -52,3 +53,26 @@ def class_ids(selectors: Sequence[str], predictor: Predictor) -> frozenset[int]:
         raise InvalidParameter(
             message if len(message) <= _MAX_MESSAGE else message[:_MAX_MESSAGE] + "…"
         ) from None
+
+
+def resolve_options(
+    settings: Settings,
+    predictor: Predictor,
+    *,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
+    classes: Iterable[str] = (),
+    mask_format: MaskFormat = "rle",
+    class_agnostic_nms: bool | None = None,
+) -> SegmentOptions:
+    """A request's options, each left unset taking the service's default. `classes`: selector strings,
+    each possibly comma-separated, as both protocols receive them."""
+    selectors = [part.strip() for value in classes for part in value.split(",") if part.strip()]
+    agnostic = settings.class_agnostic_nms if class_agnostic_nms is None else class_agnostic_nms
+    return SegmentOptions(
+        score_threshold=settings.score_threshold if score_threshold is None else float(score_threshold),
+        max_detections=settings.max_detections if max_detections is None else max_detections,
+        class_ids=class_ids(selectors, predictor) if selectors else None,
+        mask_format=mask_format,
+        class_agnostic_iou=settings.class_agnostic_iou if agnostic else None,
+    )

@@ -18,7 +18,7 @@ from service.errors import ClientClosedRequest, NotReady, Unauthorized, error_re
 from service.images import decode_image
 from service.logging import request_id
 from service.metrics import CONTENT_TYPE, Metrics
-from service.options import SegmentOptions, class_ids
+from service.options import SegmentOptions, resolve_options
 from service.runtime import ImageFailed, Phase, Runtime, Segmented
 from service.schemas import (
     BatchResponse,
@@ -121,15 +121,14 @@ def segment_options(
         ),
     ] = None,
 ) -> SegmentOptions:
-    selectors = [part.strip() for value in classes or [] for part in value.split(",") if part.strip()]
-    return SegmentOptions(
-        score_threshold=settings.score_threshold if score_threshold is None else score_threshold,
-        max_detections=settings.max_detections if max_detections is None else max_detections,
-        class_ids=class_ids(selectors, runtime.predictor) if selectors else None,
+    return resolve_options(
+        settings,
+        runtime.predictor,
+        score_threshold=score_threshold,
+        max_detections=max_detections,
+        classes=classes or (),
         mask_format=mask_format,
-        class_agnostic_iou=settings.class_agnostic_iou
-        if (settings.class_agnostic_nms if class_agnostic_nms is None else class_agnostic_nms)
-        else None,
+        class_agnostic_nms=class_agnostic_nms,
     )
 
 

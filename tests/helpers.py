@@ -8,26 +8,22 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 # Generous: the machine is shared, and nothing here should take long unless something is wrong.
 STARTUP_TIMEOUT_S = 120
+TIMEOUT_S = 60
 # The API key of the `tiny_server` fixture.
 TINY_SERVER_KEY = "tiny-server-key"
 # What the `centermask-serve` console script (and the image's ENTRYPOINT) runs, without the package installed.
 CENTERMASK_SERVE = [sys.executable, "-c", "from service.app import main; main()"]
-
-
-@dataclass(frozen=True)
-class LiveServer:
-    url: str
-    log: Path
-    process: subprocess.Popen
 
 
 def free_port() -> int:
@@ -42,34 +38,78 @@ def clean_environment(**settings: str) -> dict[str, str]:
     return clean | settings
 
 
+def metric_families(text: str) -> dict[str, Any]:
+    """Prometheus exposition text → its metric families by name."""
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """A running `centermask-serve`, reached over loopback HTTP."""
+
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        families = metric_families(httpx.get(f"{self.url}/metrics", timeout=TIMEOUT_S).text)
+        wanted = labels or {}
+        for family in families.values():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in wanted.items()):
+                    return sample.value
+        return 0.0
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout_s: float = TIMEOUT_S) -> None:
+        """Poll `condition` until it holds; fail after `timeout_s`, or as soon as the server exits."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert self.process.poll() is None, (
+                f"the server exited while waiting for {what}\n{self.log.read_text()}"
+            )
+            assert time.monotonic() < deadline, f"no {what} after {timeout_s} s\n{self.log.read_text()}"
+            time.sleep(0.02)
+
+    def is_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False  # not listening yet
+
+
 @contextlib.contextmanager
-def live_server(log: Path, *flags: str, **settings: str) -> Iterator[LiveServer]:
-    """`centermask-serve` on a free 127.0.0.1 port with these flags, once /readyz answers 200."""
+def live_server(
+    log: Path, *flags: str, command: Sequence[str] = CENTERMASK_SERVE, **settings: str
+) -> Iterator[LiveServer]:
+    """`command` (by default `centermask-serve`) on a free 127.0.0.1 port with these flags and environment
+    `settings`, once /readyz answers 200; killed afterwards if still running. Output goes to `log`."""
     port = free_port()
     with log.open("w") as log_file:
         process = subprocess.Popen(
-            [*CENTERMASK_SERVE, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *flags],
+            [*command, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *flags],
             cwd=REPO,
             env=clean_environment(**settings),
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
+    server = LiveServer(process, port, log)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"the server exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"not ready after {STARTUP_TIMEOUT_S} s\n{log.read_text()}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)  # polling readiness, with the deadline above
-        yield LiveServer(url, log, process)
+        server.wait_for(server.is_ready, "readiness", STARTUP_TIMEOUT_S)
+        yield server
     finally:
         if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            process.kill()
+            process.wait()

@@ -3,13 +3,11 @@
 import asyncio
 import contextlib
 import io
-import os
 import struct
 import subprocess
 import threading
-import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,17 +16,13 @@ import httpx
 import numpy as np
 from fastapi import FastAPI
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from model.detections import Detections, Selection
 from model.predict import Predictor, PreparedImage, load_predictor
 from service.app import create_app
 from service.runtime import Phase, PredictorLoader, Runtime
 from service.settings import Settings
-from tests.helpers import CENTERMASK_SERVE, REPO, clean_environment, free_port
-
-# Generous: the machine is shared, and nothing here should take long unless something is wrong.
-TIMEOUT_S = 60
+from tests.helpers import TIMEOUT_S
 
 
 def random_image(seed: int, height: int, width: int) -> np.ndarray:
@@ -60,10 +54,6 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = TIMEOUT_S
 def metric_value(app: FastAPI, name: str, labels: dict[str, str] | None = None) -> float:
     value = app.state.metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
-
-
-def metric_families(text: str) -> dict[str, Any]:
-    return {family.name: family for family in text_string_to_metric_families(text)}
 
 
 @dataclass
@@ -170,89 +160,6 @@ class Faults:
 
     def remove(self) -> None:
         self._handle.remove()
-
-
-# --------------------------------------------------------------------------------------------------
-# The real server: `centermask-serve` in a subprocess on a free loopback port.
-
-
-@dataclass
-class RunningServer:
-    process: subprocess.Popen
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
-
-    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        families = metric_families(httpx.get(f"{self.url}/metrics", timeout=TIMEOUT_S).text)
-        wanted = labels or {}
-        for family in families.values():
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in wanted.items()):
-                    return sample.value
-        return 0.0
-
-    def wait_for(self, condition: Callable[[], bool], what: str) -> None:
-        """Poll `condition` until it holds; fail after TIMEOUT_S, or as soon as the server exits."""
-        deadline = time.monotonic() + TIMEOUT_S
-        while not condition():
-            assert self.process.poll() is None, (
-                f"the server exited while waiting for {what}\n{self.log.read_text()}"
-            )
-            assert time.monotonic() < deadline, f"no {what} after {TIMEOUT_S} s\n{self.log.read_text()}"
-            time.sleep(0.02)
-
-    def is_ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False  # not listening yet
-
-
-@contextlib.contextmanager
-def running_server(
-    weights: Path,
-    log: Path,
-    *flags: str,
-    command: Sequence[str] = CENTERMASK_SERVE,
-    env: dict[str, str] | None = None,
-) -> Iterator[RunningServer]:
-    """`centermask-serve` on 127.0.0.1 with `weights` and `flags`, ready; killed if still running after.
-
-    stdout and stderr go to `log`."""
-    port = free_port()
-    with log.open("w") as log_file:
-        process = subprocess.Popen(
-            [
-                *command,
-                *("--host", "127.0.0.1", "--port", str(port), "--weights", str(weights), "--device", "cpu"),
-                *flags,
-            ],
-            cwd=REPO,
-            env=clean_environment(**(env or {})),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    server = RunningServer(process, port, log)
-    try:
-        server.wait_for(server.is_ready, "readiness")
-        yield server
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def wait_for_exit(process: subprocess.Popen, timeout_s: float = TIMEOUT_S) -> int:

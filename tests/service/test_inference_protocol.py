@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import TINY_SERVER_KEY, LiveServer
-from tests.service.helpers import TIMEOUT_S, encode, metric_families, random_image
+from tests.helpers import TINY_SERVER_KEY, LiveServer, metric_families
+from tests.service.helpers import TIMEOUT_S, encode, random_image
 
 tritonclient_http = pytest.importorskip(
     "tritonclient.http", reason="tritonclient[http] is not installed (pip install -e .[test])"

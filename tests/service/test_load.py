@@ -15,12 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import LiveServer, live_server
 from tests.service.helpers import (
     TIMEOUT_S,
-    RunningServer,
     encode,
     random_image,
-    running_server,
     wait_for_exit,
 )
 
@@ -32,7 +31,7 @@ HEADERS = {"Content-Type": "image/png"}
 MiB = 1024 * 1024
 
 
-async def burst(server: RunningServer, requests: int) -> list[httpx.Response]:
+async def burst(server: LiveServer, requests: int) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=requests, max_keepalive_connections=requests)
     async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=TIMEOUT_S) as client:
         return await asyncio.gather(
@@ -44,7 +43,7 @@ def test_a_burst_of_ten_times_the_queue_gets_200_or_503_and_service_recovers(
     small_weights: Path, tmp_path: Path
 ) -> None:
     flags = ("--max-queue", str(MAX_QUEUE), "--max-batch-size", "2", "--cpu-workers", "2")
-    with running_server(small_weights, tmp_path / "server.log", *flags) as server:
+    with live_server(tmp_path / "server.log", "--weights", str(small_weights), *flags) as server:
         assert httpx.post(f"{server.url}/segment", content=IMAGE, headers=HEADERS).status_code == 200
         rss = [server.rss_bytes()]
         statuses: Counter[int] = Counter()
@@ -74,7 +73,7 @@ def test_a_burst_of_ten_times_the_queue_gets_200_or_503_and_service_recovers(
 def test_sigterm_under_load_drains_every_accepted_request(small_weights: Path, tmp_path: Path) -> None:
     drain_timeout_s = 20
     flags = ("--max-batch-size", "2", "--drain-timeout-s", str(drain_timeout_s), "--body-timeout-s", "60")
-    with running_server(small_weights, tmp_path / "server.log", *flags) as server:
+    with live_server(tmp_path / "server.log", "--weights", str(small_weights), *flags) as server:
         # An upload in progress: admitted, so the drain must wait for it, and the test decides when
         # it completes.
         held = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from tests.service.helpers import Served, metric_families, png_body, random_image
+from tests.helpers import metric_families
+from tests.service.helpers import Served, png_body, random_image
 
 REJECTION_REASONS = (
     "queue_full", "uploads_full", "deadline", "client_gone", "body_timeout", "not_ready", "worker_failed",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.service.helpers import TIMEOUT_S, encode, random_image, running_server, wait_for_exit
+from tests.helpers import live_server
+from tests.service.helpers import TIMEOUT_S, encode, random_image, wait_for_exit
 
 # Runs in the server process before anything is imported. The report goes to a duplicate of stdout
 # made before the hook is installed, so reporting never reports itself.
@@ -55,9 +56,8 @@ def test_the_server_writes_only_to_its_scratch_directory(small_weights: Path, tm
     }
     log = tmp_path / "server.log"
     command = [sys.executable, "-c", AUDIT]
-    with running_server(
-        small_weights, log, "--max-batch-size", "2", command=command, env=environment
-    ) as server:
+    flags = ("--weights", str(small_weights), "--max-batch-size", "2")
+    with live_server(log, *flags, command=command, **environment) as server:
         image = encode(random_image(0, 48, 64))
         # Over a megabyte: the multipart parser spools it to a temporary file.
         large = encode(random_image(1, 700, 900)[:, :, :3], "BMP")

@@ -16,12 +16,11 @@ import uvicorn
 from service.app import create_app
 from service.runtime import Phase
 from service.server import DrainingServer
-from tests.helpers import REPO, clean_environment, free_port
+from tests.helpers import REPO, clean_environment, free_port, live_server
 from tests.service.helpers import (
     TIMEOUT_S,
     encode,
     random_image,
-    running_server,
     tiny_settings,
     wait_for_exit,
 )
@@ -31,7 +30,7 @@ from tests.service.helpers import (
 def server(tiny_weights: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str, Path]]:
     """`centermask-serve` with flags, ready to serve; yields (process, base URL, log file)."""
     flags = ("--max-batch-size", "1", "--cpu-workers", "1")
-    with running_server(tiny_weights, tmp_path / "server.log", *flags) as running:
+    with live_server(tmp_path / "server.log", "--weights", str(tiny_weights), *flags) as running:
         yield running.process, running.url, running.log
 
 

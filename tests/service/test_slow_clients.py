@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.helpers import TIMEOUT_S, RunningServer, encode, random_image, running_server
+from tests.helpers import LiveServer, live_server
+from tests.service.helpers import TIMEOUT_S, encode, random_image
 
 BODY_TIMEOUT_S = 2
 IDLE_TIMEOUT_S = 1
@@ -24,18 +25,18 @@ IMAGE = encode(random_image(0, 48, 64))
 
 
 @pytest.fixture(scope="module")
-def server(small_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server(small_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     log = tmp_path_factory.mktemp("slow") / "server.log"
     flags = [
         *("--max-batch-size", "1", "--cpu-workers", "1"),
         *("--body-timeout-s", str(BODY_TIMEOUT_S), "--idle-timeout-s", str(IDLE_TIMEOUT_S)),
         *("--max-concurrent-uploads", str(MAX_UPLOADS)),
     ]
-    with running_server(small_weights, log, *flags) as running:
+    with live_server(log, "--weights", str(small_weights), *flags) as running:
         yield running
 
 
-def connect(server: RunningServer) -> socket.socket:
+def connect(server: LiveServer) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S)
 
 
@@ -73,11 +74,11 @@ def is_closed_by_server(sock: socket.socket, within_s: float) -> bool:
         return True
 
 
-def in_flight(server: RunningServer) -> float:
+def in_flight(server: LiveServer) -> float:
     return server.metric("centermask_requests_in_flight")
 
 
-def test_a_stalled_body_gets_408_and_the_connection_is_closed(server: RunningServer) -> None:
+def test_a_stalled_body_gets_408_and_the_connection_is_closed(server: LiveServer) -> None:
     with connect(server) as sock:
         sock.sendall(request_head(len(IMAGE)) + IMAGE[:100])
         status, headers, body = read_response(sock)
@@ -88,7 +89,7 @@ def test_a_stalled_body_gets_408_and_the_connection_is_closed(server: RunningSer
     server.wait_for(lambda: in_flight(server) == 0, "the request to end")
 
 
-def test_a_trickled_body_is_cut_off_at_the_body_deadline(server: RunningServer) -> None:
+def test_a_trickled_body_is_cut_off_at_the_body_deadline(server: LiveServer) -> None:
     with connect(server) as sock:
         sock.sendall(request_head(len(IMAGE)))
         stop = threading.Event()
@@ -115,7 +116,7 @@ def test_a_trickled_body_is_cut_off_at_the_body_deadline(server: RunningServer) 
         assert time.monotonic() - started < BODY_TIMEOUT_S + 10
 
 
-def test_bodies_received_at_once_are_bounded(server: RunningServer) -> None:
+def test_bodies_received_at_once_are_bounded(server: LiveServer) -> None:
     stalled = [connect(server) for _ in range(MAX_UPLOADS)]
     try:
         for sock in stalled:
@@ -139,7 +140,7 @@ def test_bodies_received_at_once_are_bounded(server: RunningServer) -> None:
     assert served.status_code == 200
 
 
-def test_idle_and_half_open_connections_neither_starve_others_nor_stay(server: RunningServer) -> None:
+def test_idle_and_half_open_connections_neither_starve_others_nor_stay(server: LiveServer) -> None:
     baseline_fds = server.open_fds()
     silent = [connect(server) for _ in range(100)]
     partial = [connect(server) for _ in range(50)]

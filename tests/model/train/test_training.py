@@ -16,10 +16,9 @@ from model.configs import get_config
 from model.data.augment import BASIC, STRONG
 from model.data.coco import CocoInstances
 from model.data.shapes import CLASSIC, SHAPE_CLASSES, generate
-from model.fcos import level_locations
+from model.fcos import FCOSHeadOutputs, level_locations
 from model.testing import rule_state_dict, write_rule_checkpoint
 from model.train.__main__ import CLASS_SPECIFIC, augmentation_from, initialise_from, main, parse_args
-from model.fcos import FCOSHeadOutputs
 from model.train.losses import FCOSTargets, fcos_losses, fcos_targets, giou_loss
 from model.train.step import training_losses
 

@@ -99,7 +99,9 @@ def test_selection_before_the_mask_head_keeps_the_same_detections(
     predictor: Predictor, selection: Selection
 ) -> None:
     """Detections dropped before the mask head are exactly those a filter of the full output drops, and the
-    kept ones come out the same."""
+    kept ones come out the same: boxes, scores and classes bit for bit; the mask head's outputs to float
+    rounding, because the convolution kernels oneDNN picks (and so their summation order) depend on how many
+    regions go through the head and on the CPU."""
     image = random_image(6, 256, 320)
     (everything,) = predictor.predict([image])
     (selected,) = predictor.predict([image], selection)
@@ -108,9 +110,12 @@ def test_selection_before_the_mask_head_keeps_the_same_detections(
     np.testing.assert_array_equal(selected.boxes, expected.boxes)
     np.testing.assert_array_equal(selected.scores, expected.scores)
     np.testing.assert_array_equal(selected.class_ids, expected.class_ids)
-    np.testing.assert_array_equal(selected.mask_scores, expected.mask_scores)
-    assert torch.equal(selected.mask_probs, expected.mask_probs)
-    np.testing.assert_array_equal(selected.dense_masks(), expected.dense_masks())
+    np.testing.assert_allclose(selected.mask_scores, expected.mask_scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(selected.mask_probs, expected.mask_probs, rtol=0.0, atol=1e-5)
+    pasted, expected_pasted = selected.dense_masks(), expected.dense_masks()
+    assert pasted.shape == expected_pasted.shape
+    # Only a pixel whose pasted probability sits within rounding of 0.5 may flip.
+    assert np.count_nonzero(pasted != expected_pasted) <= max(1, pasted.size // 100_000)
 
 
 def test_rle_decodes_to_the_pasted_masks(predictor: Predictor) -> None:

@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 from model.images import CorruptImage, TooManyPixels, UnsupportedImage, load_image, load_rgb
 
 LIMIT = 1_000_000
-# The bundled model's resize (short side 384, long side at most 640), as `draft_to`.
+# A model resize of short side 384, long side at most 640, as `draft_to`.
 DRAFT_TO = (384, 640)
 
 

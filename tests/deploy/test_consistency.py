@@ -55,7 +55,9 @@ from .conftest import (
 )
 
 API_KEY = "deploy-consistency-key"
-DRAIN_TIMEOUT_S = 5
+# Long enough for the in-flight batch of the SIGTERM test to finish on a loaded 2-core machine (its
+# premise: the answer comes inside the drain time; what happens past it is tests/service's business).
+DRAIN_TIMEOUT_S = 60
 # Labels Prometheus / the Prometheus Operator attach to every scraped series (not the service's).
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container"}
 # Target labels the operator adds that the service's own labels may shadow (ServiceMonitor honorLabels).
@@ -435,17 +437,20 @@ def test_sigterm_drains_and_exits_within_the_grace_period(server: Server) -> Non
         assert status == 503, status
     except httpx.TransportError:
         pass  # already stopped listening: equally out of rotation
-    worker.join(timeout=60)
+    worker.join(timeout=DRAIN_TIMEOUT_S + 10)
     assert "error" not in outcome, f"in-flight request dropped by the shutdown: {outcome['error']!r}"
     assert outcome["response"].status_code == 200, outcome["response"].text
     assert len(outcome["response"].json()["results"]) == len(images)
+    answered = time.monotonic()
 
     code = server.process.wait(timeout=DRAIN_TIMEOUT_S + 20)
-    elapsed = time.monotonic() - started
+    exited = time.monotonic()
     # uvicorn re-raises the captured SIGTERM after its graceful shutdown, so outside a container the
     # status is -SIGTERM (as PID 1 in a container the re-raised signal is ignored and it exits 0).
     assert code in (0, -signal.SIGTERM), f"exit code {code}:\n{server.logs()}"
-    assert elapsed <= DRAIN_TIMEOUT_S + 10, elapsed
+    assert exited - started <= DRAIN_TIMEOUT_S + 10, exited - started
+    # Once nothing is in flight the drain ends: the process does not sit out the rest of the timeout.
+    assert exited - answered <= 10, exited - answered
     for name, service in compose_config("cpu")["services"].items():
         if name.startswith("centermask"):
             drain = float(service["environment"]["CENTERMASK_DRAIN_TIMEOUT_S"])

@@ -45,13 +45,13 @@ from PIL import Image
 
 from bench.results import write_result
 from bench.server import running_server, spawned_server
-from model.detections import Selection
-from model.images import load_rgb
-from model.precision import Precision
-from model.predict import load_predictor
-from model.testing import write_rule_checkpoint
-from model.wire import image_record
+from model.inference.detections import Selection
+from model.inference.images import load_rgb
+from model.inference.load import load_predictor
+from model.inference.precision import Precision
+from model.wire.records import image_record
 from service.settings import Settings
+from tests.rule_weights import write_rule_checkpoint
 
 WARM_UP_REQUESTS = 3
 

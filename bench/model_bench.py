@@ -31,11 +31,13 @@ import numpy as np
 import torch
 
 from bench.results import write_result
-from model.backends import Backend
-from model.precision import Precision
-from model.predict import Predictor, load_predictor, resolve_device
-from model.testing import write_rule_checkpoint
-from model.wire import instances_to_json
+from model.inference.backends import Backend
+from model.inference.device import resolve_device
+from model.inference.load import load_predictor
+from model.inference.precision import Precision
+from model.inference.predictor import Predictor
+from model.wire.records import instances_to_json
+from tests.rule_weights import write_rule_checkpoint
 
 
 class Variant(NamedTuple):

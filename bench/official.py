@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from bench.results import write_result
-from model.images import load_rgb
-from model.predict import load_predictor
-from model.testing import match_instances, official_rule_checkpoint
-from model.wire import instances_to_json
+from model.inference.images import load_rgb
+from model.inference.load import load_predictor
+from model.wire.records import instances_to_json
+from tests.rule_weights import match_instances, official_rule_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = (

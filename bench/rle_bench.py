@@ -1,4 +1,4 @@
-"""Benchmark COCO RLE encoding of instance masks: pycocotools on full masks vs model.rle on crops.
+"""Benchmark COCO RLE encoding of instance masks: pycocotools on full masks vs centermask_client.rle on crops.
 
 Run from the repository root:
 
@@ -10,9 +10,9 @@ Timed variants, each over all instances of one image (median of --repeat runs):
   uint8 array, which costs a full transposed copy; that conversion is included.
 * pycocotools, per mask: each (H, W) mask converted to Fortran order and encoded on its own; and
   the same without the conversion, as if the masks were already Fortran-ordered.
-* model.rle.encode_crop: each instance's crop and its offset; no full-size mask is touched.
-* model.rle.encode: each full (H, W) mask, for callers that only have full masks.
-* model.rle.encode_pasted: all instances at once from the padded stack the model's batched paste makes
+* centermask_client.rle.encode_crop: each instance's crop and its offset; no full-size mask is touched.
+* centermask_client.rle.encode: each full (H, W) mask, for callers that only have full masks.
+* model.wire.rle.encode_pasted: all instances at once from the padded stack the model's batched paste makes
   (what the predictor's JSON encoder uses).
 
 All variants must give identical strings; the script fails otherwise.
@@ -29,8 +29,9 @@ import pycocotools.mask as mask_utils
 import torch
 
 from bench.results import write_result
-from model.masks import CHUNK_PIXELS, PastedMasks, chunk_indices
-from model.rle import encode, encode_crop, encode_pasted
+from centermask_client.rle import encode, encode_crop
+from model.inference.masks import CHUNK_PIXELS, PastedMasks, chunk_indices
+from model.wire.rle import encode_pasted
 
 MIN_SIZE, MAX_SIZE = 30, 400
 
@@ -168,13 +169,13 @@ def main() -> None:
         "pycocotools stacked (incl. asfortranarray)": pycoco_stacked,
         "pycocotools per mask (incl. asfortranarray)": pycoco_each,
         "pycocotools per mask (already Fortran order)": pycoco_each_fortran,
-        "model.rle.encode_crop on crops": ours_crops,
-        "model.rle.encode on full masks": ours_full,
-        "model.rle.encode_pasted on the pasted stack": ours_pasted,
+        "centermask_client.rle.encode_crop on crops": ours_crops,
+        "centermask_client.rle.encode on full masks": ours_full,
+        "model.wire.rle.encode_pasted on the pasted stack": ours_pasted,
     }
     timings = median_ms(variants, args.repeat)
     reference = timings["pycocotools stacked (incl. asfortranarray)"][1]
-    crop_ms = timings["model.rle.encode_crop on crops"][0]
+    crop_ms = timings["centermask_client.rle.encode_crop on crops"][0]
     print(
         f"{args.instances} instances on {args.height}x{args.width}, boxes {MIN_SIZE}..{MAX_SIZE} px, "
         f"median counts string {statistics.median(map(len, reference)):.0f} chars, "

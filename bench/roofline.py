@@ -24,9 +24,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.model_bench import synthetic_image
 from bench.results import write_result
-from model.precision import Precision
-from model.predict import load_predictor
-from model.testing import write_rule_checkpoint
+from model.inference.load import load_predictor
+from model.inference.precision import Precision
+from tests.rule_weights import write_rule_checkpoint
 
 
 def median_seconds(function: Callable[[], object], runs: int, device: torch.device) -> float:

@@ -84,7 +84,7 @@ def spawned_server(weights: Path, options: Sequence[str], log: Path) -> Iterator
     """`centermask-serve --weights weights *options` on a free port, ready; stopped on exit. Its output
     goes to `log`."""
     port = free_port()
-    command = [sys.executable, "-c", "from service.app import main; main()"]
+    command = [sys.executable, "-c", "from service.server import main; main()"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--weights", str(weights), *options]
     with log.open("w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from bench.server import running_server, spawned_server
-from model.testing import write_rule_checkpoint
+from tests.rule_weights import write_rule_checkpoint
 
 CONFIG = "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x"
 MAX_IMAGE_BYTES = 1_000_000

@@ -1,30 +1,33 @@
-"""The application: `create_app(settings)`, the `app` uvicorn imports, and the `centermask-serve` command."""
+"""The application, assembled: `create_app(settings)`, and the `app` that `uvicorn service.app:app` imports.
+
+What it is made of: the runtime (service/runtime.py), the routers (service/api/, service/v2/), error
+handlers, middleware, pages and the OpenAPI document. The process around it is service/server.py.
+"""
 
 import functools
 import signal
-import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
-from pydantic import ValidationError
 from starlette.middleware.cors import CORSMiddleware
 
-from model.images import configure_pillow
-from model.predict import load_predictor
-from service import inference_protocol, routes, server
+from model.inference.images import configure_pillow
+from model.inference.load import load_predictor
+from service.api import model, pages, probes, segment
 from service.errors import install_error_handlers
 from service.logging import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.openapi import install_openapi
-from service.pages import install_pages
+from service.responses import OrjsonResponse
 from service.runtime import PredictorLoader, Runtime
-from service.schemas import OrjsonResponse
 from service.settings import Settings
 from service.uploads import Uploads
+from service.v2 import endpoints as v2
+from service.v2.models import openapi_schemas
 
 DESCRIPTION = """POST an image to `/segment`: get boxes, classes, scores and COCO RLE masks back, or the
 image with them drawn (`format=png`). Triton and KServe clients speak the Open Inference Protocol under `/v2`.
@@ -63,16 +66,11 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     app.state.runtime = runtime
     app.state.uploads = Uploads(settings)
     install_error_handlers(app)
-    routers = (
-        routes.protected_router,
-        routes.open_router,
-        inference_protocol.probe_router,
-        inference_protocol.model_router,
-    )
+    routers = (segment.router, model.router, pages.router, probes.router, v2.probe_router, v2.model_router)
     for router in routers:
         app.include_router(router)
-    install_pages(app)
-    install_openapi(app, inference_protocol.openapi_schemas())
+    pages.install_pages(app)
+    install_openapi(app, openapi_schemas())
     endpoints = frozenset(route.path for router in routers for route in router.routes)
     if settings.cors_origins:
         app.add_middleware(
@@ -106,17 +104,3 @@ def __getattr__(name: str) -> FastAPI:
     if name == "app":
         return _app_from_environment()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`centermask-serve`: every setting as a flag (`--port 8080`) or as CENTERMASK_* in the environment."""
-    try:
-        settings = Settings.from_command_line(sys.argv[1:] if argv is None else argv)
-    except ValidationError as exc:
-        problems = "\n".join(
-            f"  {'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        sys.exit(f"centermask-serve: invalid settings\n{problems}")
-    configure_logging(settings.log_level)
-    server.run(create_app(settings), settings)

@@ -8,6 +8,7 @@ and "unset" instead of "null" for settings without a default value.
 from __future__ import annotations
 
 import argparse
+import enum
 import re
 import types
 import typing
@@ -17,6 +18,8 @@ from typing import Any, TypeVar
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, CliSettingsSource
+
+from model.inference.options import Metavar
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -33,6 +36,11 @@ def parse_settings(settings_cls: type[SettingsT], argv: Sequence[str]) -> Settin
             named = [item for item in field.metadata if isinstance(item, Metavar)]
             kwargs["metavar"] = named[0] if named else value_kind(kwargs["dest"], field.annotation)
             kwargs["help"] = kwargs.get("help", "").replace("(default: null)", "(default: unset)")
+            if isinstance(field.default, enum.Enum):  # shown by its name otherwise (FP32 for fp32)
+                default = field.default
+                kwargs["help"] = kwargs["help"].replace(
+                    f"(default: {default.name})", f"(default: {default.value})"
+                )
             if field.default_factory is not None:
                 kwargs["help"] = re.sub(
                     r"\(default factory: [^)]*\)",
@@ -43,10 +51,6 @@ def parse_settings(settings_cls: type[SettingsT], argv: Sequence[str]) -> Settin
 
     source = CliSettingsSource(settings_cls, add_argument_method=add_argument, formatter_class=_HelpFormatter)
     return settings_cls(_cli_settings_source=source(args=list(argv)))
-
-
-class Metavar(str):
-    """`Annotated` metadata naming what a flag takes, for types whose values no rule below describes."""
 
 
 def value_kind(name: str, annotation: Any) -> str:
@@ -60,6 +64,8 @@ def value_kind(name: str, annotation: Any) -> str:
         return "{true,false}"
     if typing.get_origin(annotation) is typing.Literal:
         return "{" + ",".join(str(choice) for choice in typing.get_args(annotation)) + "}"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "{" + ",".join(str(member.value) for member in annotation) + "}"
     if annotation is Path:
         return "PATH"
     if annotation is SecretStr:

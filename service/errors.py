@@ -5,20 +5,22 @@ Responses never carry stack traces, file paths or exception texts: a 500 says "i
 request id, and the details go to the log under that id. Unexpected exceptions are answered as
 `internal_error` by the request middleware.
 
-Under `/v2` (the Open Inference Protocol, service/inference_protocol.py) the same errors take that
-protocol's shape, `{"error": "<message>"}`, with the same status and headers.
+Under `/v2` (the Open Inference Protocol, `service.v2`) the same errors take that protocol's shape,
+`{"error": "<message>"}`, with the same status and headers.
 """
 
+from collections.abc import Sequence
 from http import HTTPStatus
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from model.wire.records import error_body
 from service.logging import request_id
-from service.schemas import OrjsonResponse
+from service.responses import OrjsonResponse
 
 RETRY_AFTER_S = 1
 # Where the Open Inference Protocol's endpoints live.
@@ -176,10 +178,7 @@ def error_response(
     if speaks_inference_protocol(path):
         where = f"image {index}: " if index is not None else ""
         return OrjsonResponse({"error": where + message}, status_code=status_code, headers=headers)
-    error: dict[str, object] = {"code": code, "message": message}
-    if index is not None:
-        error["index"] = index
-    return OrjsonResponse({"error": error}, status_code=status_code, headers=headers)
+    return OrjsonResponse(error_body(code, message, index), status_code=status_code, headers=headers)
 
 
 def internal_error_response(path: str = "") -> Response:
@@ -192,13 +191,19 @@ async def _service_error(request: Request, exc: ServiceError) -> Response:
     return exc.to_response(request.url.path)
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+def describe_problems(errors: Sequence[Any], *, skip: int = 0) -> str:
+    """Validation errors (pydantic's `errors()`) as one message: `field: what is wrong; ...`. `skip` drops
+    that many leading parts of each location (FastAPI's "query", "body")."""
     problems = []
-    for error in exc.errors():
-        # loc is e.g. ("query", "score_threshold"); the location kind is noise to a client.
-        where = ".".join(str(part) for part in error["loc"][1:]) or str(error["loc"][0])
-        problems.append(f"{where}: {error['msg']}")
-    return InvalidParameter("; ".join(problems)).to_response(request.url.path)
+    for error in errors:
+        location = error["loc"][skip:] or error["loc"]
+        problems.append(f"{'.'.join(str(part) for part in location)}: {error['msg']}")
+    return "; ".join(problems)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    # loc is e.g. ("query", "score_threshold"); the location kind is noise to a client.
+    return InvalidParameter(describe_problems(exc.errors(), skip=1)).to_response(request.url.path)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -1,8 +1,8 @@
-"""Uploaded image bytes → the model's input, through the one decoder of `model.images`, with its errors
+"""Uploaded image bytes → the model's input, through the one decoder of `model.inference.images`, with its errors
 as the service's: corrupt → 400, another format or colour mode → 415, too many pixels → 413."""
 
-from model.images import CorruptImage, DecodedImage, ImageError, UnsupportedImage, load_image
-from model.images import TooManyPixels as ImageHasTooManyPixels
+from model.inference.images import CorruptImage, DecodedImage, ImageError, UnsupportedImage, load_image
+from model.inference.images import TooManyPixels as ImageHasTooManyPixels
 from service.errors import InvalidImage, ServiceError, TooManyPixels, UnsupportedMediaType
 
 # Content types accepted for a raw body (whatever the declared type, the bytes decide the format).

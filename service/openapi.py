@@ -1,21 +1,27 @@
 """What the OpenAPI document says beyond the routes' own signatures.
 
-Examples (a real answer of the bundled model, see `service.examples`), every error status with its
-schema and codes, and the headers every answer carries: X-Request-ID everywhere, Retry-After with
-503, WWW-Authenticate with 401.
+Examples (a real answer of the bundled model, recorded by `python -m training.examples`), every error
+status with its schema and codes, and the headers every answer carries: X-Request-ID everywhere,
+Retry-After with 503, WWW-Authenticate with 401.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from centermask_client.schemas import ErrorBody
+from model.wire.records import batch_response, error_body
 from service.errors import RETRY_AFTER_S
-from service.examples import response_example
 from service.images import MEDIA_TYPES
-from service.schemas import ErrorBody
+
+# The demo page's example images and the bundled model's recorded answer for the first.
+EXAMPLES_DIR = Path(__file__).parent / "static" / "examples"
+RESPONSE_EXAMPLE = EXAMPLES_DIR / "segment-response.json"
 
 # Per status: the codes it can carry, each with a message like the service's.
 ERROR_CODES: dict[int, dict[str, str]] = {
@@ -89,7 +95,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "content": {
                 "application/json": {
                     "examples": {
-                        code: {"value": {"error": {"code": code, "message": message}}}
+                        code: {"value": error_body(code, message)}
                         for code, message in ERROR_CODES[status].items()
                     }
                 }
@@ -117,14 +123,14 @@ def segment_responses() -> dict[int | str, dict[str, Any]]:
 
 def batch_responses() -> dict[int | str, dict[str, Any]]:
     example = response_example()
-    image = {key: value for key, value in example.items() if key not in ("model", "request_id")}
-    image["timing_ms"] = {key: value for key, value in example["timing_ms"].items() if key != "total"}
-    batch = {
-        "model": example["model"],
-        "request_id": example["request_id"],
-        "results": [image],
-        "timing_ms": {"total": example["timing_ms"]["total"]},
-    }
+    timing = {key: value for key, value in example["timing_ms"].items() if key != "total"}
+    record = {key: example[key] for key in ("file", "height", "width", "instances")}
+    batch = batch_response(
+        [(record, timing)],
+        model=example["model"],
+        request_id=example["request_id"],
+        total_ms=example["timing_ms"]["total"],
+    )
     return {
         200: {
             "description": "One result per image, in upload order.",
@@ -132,6 +138,11 @@ def batch_responses() -> dict[int | str, dict[str, Any]]:
         },
         **error_responses(*SEGMENT_ERRORS),
     }
+
+
+def response_example() -> dict[str, Any]:
+    """The recorded `/segment` answer for the first example."""
+    return json.loads(RESPONSE_EXAMPLE.read_text())
 
 
 MODEL_INFO_EXAMPLE = {

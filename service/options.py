@@ -1,12 +1,17 @@
-"""The options of one segmentation request: what to keep of the model's output and how to encode it."""
+"""The options of one segmentation request: what to keep of the model's output and how to encode it.
 
-from collections.abc import Iterable, Sequence
+Both protocols receive a request's `SegmentParameters` (validated by that model: the query string of
+`/segment`, the parameters of a `/v2` infer request) and resolve them here, against the service's defaults
+and the served model's classes, into the same `SegmentOptions`.
+"""
+
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from centermask_client.schemas import MaskFormat
-from model.detections import Detections, Selection
-from model.predict import Predictor
-from model.wire import select_classes
+from centermask_client.schemas import MaskFormat, SegmentParameters
+from model.inference.detections import Detections, Selection
+from model.inference.predictor import Predictor
+from model.wire.selectors import select_classes
 from service.errors import InvalidParameter
 from service.settings import Settings
 
@@ -45,7 +50,7 @@ class SegmentOptions:
 
 
 def class_ids(selectors: Sequence[str], predictor: Predictor) -> frozenset[int]:
-    """`classes=` selectors (`model.wire.select_classes`) → class ids; InvalidParameter if one names none."""
+    """`classes=` selectors (`model.wire.records.select_classes`) → class ids; InvalidParameter if one names none."""
     try:
         return select_classes(selectors, predictor.class_names, predictor.category_ids)
     except ValueError as exc:
@@ -56,23 +61,25 @@ def class_ids(selectors: Sequence[str], predictor: Predictor) -> frozenset[int]:
 
 
 def resolve_options(
-    settings: Settings,
-    predictor: Predictor,
-    *,
-    score_threshold: float | None = None,
-    max_detections: int | None = None,
-    classes: Iterable[str] = (),
-    mask_format: MaskFormat = "rle",
-    class_agnostic_nms: bool | None = None,
+    settings: Settings, predictor: Predictor, parameters: SegmentParameters
 ) -> SegmentOptions:
-    """A request's options, each left unset taking the service's default. `classes`: selector strings,
-    each possibly comma-separated, as both protocols receive them."""
-    selectors = [part.strip() for value in classes for part in value.split(",") if part.strip()]
-    agnostic = settings.class_agnostic_nms if class_agnostic_nms is None else class_agnostic_nms
+    """A request's options, each parameter left unset taking the service's default."""
+    selectors = parameters.selectors()
+    agnostic = (
+        settings.class_agnostic_nms
+        if parameters.class_agnostic_nms is None
+        else parameters.class_agnostic_nms
+    )
     return SegmentOptions(
-        score_threshold=settings.score_threshold if score_threshold is None else float(score_threshold),
-        max_detections=settings.max_detections if max_detections is None else max_detections,
+        score_threshold=(
+            settings.score_threshold
+            if parameters.score_threshold is None
+            else float(parameters.score_threshold)
+        ),
+        max_detections=(
+            settings.max_detections if parameters.max_detections is None else parameters.max_detections
+        ),
         class_ids=class_ids(selectors, predictor) if selectors else None,
-        mask_format=mask_format,
+        mask_format=parameters.mask_format,
         class_agnostic_iou=settings.class_agnostic_iou if agnostic else None,
     )

@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
-from model.detections import Detections, Selection
-from model.predict import Predictor, PreparedImage
-from model.wire import image_record
+from model.inference.backends import Backend
+from model.inference.detections import Detections, Selection
+from model.inference.options import PredictorOptions
+from model.inference.predictor import Predictor
+from model.inference.preprocess import PreparedImage
+from model.wire.records import image_record, timing_ms
 from service import faults
 from service.batcher import Batcher, Inference
 from service.errors import DeadlineExceeded, NotReady, Overloaded, ServiceError, WorkerFailed
@@ -42,21 +45,8 @@ _WATCHDOG_FACTOR = 10
 _WATCHDOG_FLOOR_S = 30.0
 
 
-class PredictorLoader(Protocol):
-    """`model.predict.load_predictor`, or a wrapper of it."""
-
-    def __call__(
-        self,
-        *,
-        weights: str | None,
-        config: str | None,
-        device: str,
-        precision: str,
-        backend: str,
-        onnx: str | None,
-        compile: bool,
-        cuda_graphs: bool,
-    ) -> Predictor: ...
+# `model.inference.load.load_predictor`, or a wrapper of it (tests control timing and failures so).
+PredictorLoader = Callable[[PredictorOptions], Predictor]
 
 
 class Phase(StrEnum):
@@ -87,6 +77,10 @@ class Segmented:
     queue_s: float
     inference_s: float
     postprocess_s: float
+
+    def timing_ms(self) -> dict[str, float]:
+        """The `Timing` record of these times."""
+        return timing_ms(self.decode_s, self.queue_s, self.inference_s, self.postprocess_s)
 
 
 class ImageFailed(Exception):
@@ -122,8 +116,6 @@ class Runtime:
         self._idle.set()
         self._drain_started: float | None = None
         self._watchdog_s: float | None = None
-        # `load_image`'s draft_to, known once the model is: the resize the model applies, or None.
-        self._draft_to: tuple[int, int] | None = None
         metrics.track(
             queue_depth=lambda: self._batcher.depth if self._batcher else 0,
             requests_in_flight=lambda: self._in_flight,
@@ -253,34 +245,22 @@ class Runtime:
 
     async def _load_and_warm_up(self) -> None:
         settings = self._settings
-        weights = str(settings.weights) if settings.weights is not None else None
-        onnx = str(settings.onnx_model) if settings.onnx_model is not None else None
+        options = settings.predictor_options()
         logger.info(
             "loading the model",
             extra={
-                "weights": weights or "bundled",
-                "config": settings.config,
-                "device": settings.device,
-                "backend": settings.backend,
+                "weights": str(options.weights) if options.weights is not None else "bundled",
+                "config": options.config,
+                "device": options.device,
+                "backend": str(options.backend),
             },
         )
         started = time.perf_counter()
         torch.set_num_threads(settings.torch_threads)
-        predictor = await asyncio.to_thread(
-            self._load_predictor,
-            weights=weights,
-            config=settings.config,
-            device=settings.device,
-            precision=settings.precision,
-            backend=settings.backend,
-            onnx=onnx,
-            compile=settings.compile,
-            cuda_graphs=settings.cuda_graphs,
-        )
-        if predictor.device.type == "cpu" and settings.device != "cpu" and settings.backend == "torch":
+        predictor = await asyncio.to_thread(self._load_predictor, options)
+        if predictor.device.type == "cpu" and options.device != "cpu" and options.backend is Backend.TORCH:
             logger.warning("no CUDA device available: serving on the CPU, which is much slower")
         self._predictor = predictor
-        self._draft_to = predictor.resize if settings.jpeg_draft else None
         logger.info(
             "model loaded",
             extra={
@@ -352,8 +332,9 @@ class Runtime:
 
     def _preprocess(self, data: bytes) -> tuple[PreparedImage, float]:
         started = time.perf_counter()
-        image = decode_image(data, max_pixels=self._settings.max_image_pixels, draft_to=self._draft_to)
-        prepared = self.predictor.prepare(image)
+        predictor = self.predictor
+        image = decode_image(data, max_pixels=self._settings.max_image_pixels, draft_to=predictor.draft_to)
+        prepared = predictor.prepare(image)
         elapsed = time.perf_counter() - started
         self._metrics.preprocess.observe(elapsed)
         return prepared, elapsed

@@ -1,13 +1,19 @@
-"""The HTTP server process: uvicorn, hardened against idle and slow connections, draining on SIGTERM."""
+"""The server process: `centermask-serve` (`main`), uvicorn hardened against idle and slow connections,
+draining on SIGTERM."""
 
 import asyncio
+import sys
 import time
+from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from service.app import create_app
+from service.logging import configure_logging
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -97,3 +103,17 @@ def run(app: FastAPI, settings: Settings) -> None:
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
     )
     DrainingServer(config, app.state.runtime, drain_timeout_s=settings.drain_timeout_s).run()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`centermask-serve`: every setting as a flag (`--port 8080`) or as CENTERMASK_* in the environment."""
+    try:
+        settings = Settings.from_command_line(sys.argv[1:] if argv is None else argv)
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        sys.exit(f"centermask-serve: invalid settings\n{problems}")
+    configure_logging(settings.log_level)
+    run(create_app(settings), settings)

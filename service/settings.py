@@ -17,13 +17,13 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     SecretStr,
-    StringConstraints,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.command_line import Metavar, parse_settings
+from model.inference.options import PredictorOptions
+from service.command_line import parse_settings
 
 MiB = 1024 * 1024
 # Batches on a CPU only add latency: a forward pass already keeps every core busy (bench/RESULTS.md).
@@ -55,13 +55,15 @@ def _cgroup_cpu_quota() -> float | None:
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
-class Settings(BaseSettings):
+class Settings(PredictorOptions, BaseSettings):
     """centermask-serve: real-time CenterMask instance segmentation over HTTP.
 
     Every flag is also read from the environment as CENTERMASK_<NAME>, e.g. CENTERMASK_MAX_BATCH_SIZE=16;
     a flag wins. Prefer the environment for the API key: flags are visible to every user of the host.
     """
 
+    # The model's options (weights, config, device, precision, backend, onnx_model, compile, cuda_graphs,
+    # jpeg_draft) are `PredictorOptions`' fields, declared there once; the service's own follow.
     model_config = SettingsConfigDict(
         env_prefix="CENTERMASK_",
         # An empty variable (a Kubernetes secret or compose entry left blank) means "not set".
@@ -72,56 +74,6 @@ class Settings(BaseSettings):
         cli_implicit_flags=False,
     )
 
-    weights: Path | None = Field(
-        None,
-        description="Checkpoint to serve: one of ours, or an official centermask2 .pth/.pkl. Unset: the "
-        "bundled model (five synthetic shapes).",
-    )
-    config: str | None = Field(
-        None,
-        description="Architecture of an official checkpoint, e.g. centermask_lite_V_39_eSE_FPN_ms_4x. "
-        "Unset: read from the checkpoint (ours record it).",
-    )
-    device: Annotated[
-        str, StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$"), Metavar("{auto,cpu,cuda,cuda:N}")
-    ] = Field(
-        "auto",
-        description="auto takes CUDA when available, else the CPU; cuda or cuda:N fails without it. "
-        "onnxruntime always runs on the CPU.",
-    )
-    precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
-        "fp32",
-        description="fp32: exact to the official outputs; bf16: CPUs with AVX-512 BF16/AMX, and CUDA; "
-        "fp16: CUDA; int8: CPUs with AVX-512 VNNI/AMX. One the device cannot run stops startup.",
-    )
-    backend: Literal["torch", "onnxruntime"] = Field(
-        "torch",
-        description="What runs the network: torch, or onnxruntime (the network exported to ONNX, run by "
-        "ONNX Runtime on the CPU in fp32; needs the [onnx] extra).",
-    )
-    onnx_model: Path | None = Field(
-        None,
-        description="With backend onnxruntime: the graphs `python -m model.export --out` wrote for the "
-        "served weights (e.g. /models/centermask.onnx). Unset: exported at start.",
-    )
-    compile: bool = Field(
-        False,
-        description="Compile the backbone, FPN and FCOS head with torch.compile for every warmed-up shape "
-        "(warm-up then takes minutes; other shapes run eagerly). If compiling fails, a warning says why and "
-        "the network runs eagerly. Not bit-exact: fp32 results differ by float rounding.",
-    )
-    cuda_graphs: bool = Field(
-        False,
-        description="Capture the backbone, FPN and FCOS head as CUDA graphs for every warmed-up shape and "
-        "batch size, and replay them (less CPU launch overhead). CUDA only: without a CUDA device startup "
-        "stops. If a capture fails, a warning says why and the network runs eagerly.",
-    )
-    jpeg_draft: bool = Field(
-        False,
-        description="Decode a JPEG that the model shrinks by 2x or more at 1/2, 1/4 or 1/8 scale (libjpeg "
-        "DCT scaling): much faster decoding of large photos, slightly different pixels. Answers stay in the "
-        "full image's pixels.",
-    )
     max_batch_size: PositiveInt | None = Field(
         None,
         description="Most images in one forward pass. Default: 8 on CUDA, 1 on a CPU (batches there only "
@@ -225,8 +177,6 @@ class Settings(BaseSettings):
                 f"CENTERMASK_MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) must not exceed "
                 f"CENTERMASK_MAX_QUEUE ({self.max_queue}): lower the first or raise the second"
             )
-        if self.onnx_model is not None and self.backend != "onnxruntime":
-            raise ValueError("CENTERMASK_ONNX_MODEL is run by CENTERMASK_BACKEND=onnxruntime: set that too")
         if self.protect_probes and self.api_key is None:
             raise ValueError("CENTERMASK_PROTECT_PROBES needs CENTERMASK_API_KEY: there is no key to ask for")
         for origin in self.cors_origins:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.testing import write_rule_checkpoint
 from tests.helpers import TINY_SERVER_KEY, LiveServer, live_server
+from tests.rule_weights import write_rule_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 # The workspace keeps shared/ beside the repository; a copy inside it (as bench/gpu_check.sh carries) also works.

@@ -23,7 +23,7 @@ TIMEOUT_S = 60
 # The API key of the `tiny_server` fixture.
 TINY_SERVER_KEY = "tiny-server-key"
 # What the `centermask-serve` console script (and the image's ENTRYPOINT) runs, without the package installed.
-CENTERMASK_SERVE = [sys.executable, "-c", "from service.app import main; main()"]
+CENTERMASK_SERVE = [sys.executable, "-c", "from service.server import main; main()"]
 
 
 def free_port() -> int:

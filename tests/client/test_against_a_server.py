@@ -17,7 +17,7 @@ from centermask_client import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from model.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from model.weights.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from tests.helpers import TINY_SERVER_KEY, LiveServer
 
 

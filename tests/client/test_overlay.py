@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from centermask_client.overlay import MASK_ALPHA, PALETTE, draw_overlay, encode_image
+from centermask_client.rle import encode
 from centermask_client.schemas import Instance
-from model.rle import encode
 
 HEIGHT, WIDTH = 120, 160
 

@@ -196,8 +196,10 @@ def ignored(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
         "service/app.py",
         "service/static/index.html",
         "service/static/examples/shapes-1.png",
-        "centermask_client/schemas.py",
+        "clients/python/pyproject.toml",
+        "clients/python/centermask_client/schemas.py",
         "model/predict.py",
+        "model/weights/calibration/scene-0.png",
         "model/weights/default.pth",
         "model/configs/lite.json",
     ],
@@ -220,6 +222,8 @@ def test_dockerignore_keeps_the_package(path: str) -> None:
         "shared/reference/x.npz",
         "service/__pycache__/app.cpython-311.pyc",
         "model/x.egg-info/PKG-INFO",
+        "training/train.py",
+        "clients/python/build/lib/x.py",
     ],
 )
 def test_dockerignore_drops_everything_else(path: str) -> None:
@@ -228,9 +232,9 @@ def test_dockerignore_drops_everything_else(path: str) -> None:
 
 def test_bundled_default_weights_go_into_the_image() -> None:
     """The default model (`CENTERMASK_WEIGHTS` unset) is package data that the build context keeps."""
-    predict = pytest.importorskip("model.predict", reason="model/ is not importable")
-    package_dir = Path(predict.__file__).parent
-    relative = predict.DEFAULT_WEIGHTS.relative_to(package_dir)
+    weights = pytest.importorskip("model.weights", reason="model/ is not importable")
+    package_dir = Path(weights.__file__).parents[1]
+    relative = weights.DEFAULT_WEIGHTS.relative_to(package_dir)
     globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
         "model"
     ]

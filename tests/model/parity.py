@@ -1,4 +1,4 @@
-"""The configs with official outputs in shared/reference/fixtures/ (the reference helpers are in model.testing)."""
+"""The configs with official outputs in shared/reference/fixtures/ (the reference helpers are in tests.rule_weights)."""
 
 # The cheapest first.
 FIXTURE_CONFIGS = (

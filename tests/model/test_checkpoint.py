@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.centermask import CenterMask
-from model.checkpoint import (
+from model.inference.load import load_predictor
+from model.network.centermask import CenterMask
+from model.network.configs import get_config
+from model.weights.checkpoint import (
     CheckpointError,
     Inert,
     load_model,
@@ -22,10 +24,8 @@ from model.checkpoint import (
     resolve_category_ids,
     save_checkpoint,
 )
-from model.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
-from model.configs import get_config
-from model.predict import load_predictor
-from model.testing import rule_state_dict
+from model.weights.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from tests.rule_weights import rule_state_dict
 
 LITE = "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x"
 

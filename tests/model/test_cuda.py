@@ -14,13 +14,14 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 
-from model.images import load_rgb
-from model.mask_head import MASK_LEVELS
-from model.masks import paste_masks
-from model.predict import Predictor, load_predictor
-from model.rle import encode_pasted
-from model.testing import match_instances, official_rule_checkpoint
-from model.wire import image_record
+from model.inference.images import load_rgb
+from model.inference.load import load_predictor
+from model.inference.masks import paste_masks
+from model.inference.postprocess import MASK_LEVELS
+from model.inference.predictor import Predictor
+from model.wire.records import image_record
+from model.wire.rle import encode_pasted
+from tests.rule_weights import match_instances, official_rule_checkpoint
 
 pytestmark = pytest.mark.cuda
 
@@ -124,8 +125,8 @@ def test_cuda_graph_replays_equal_eager_runs(
     prepared = [graphed.prepare(_blocky(seed, *size)) for seed in range(batch_size)]
     assert {image.padded_shape for image in prepared} == {shape}
     with torch.inference_mode():
-        batch = graphed.model.normalize_and_pad([image.pixels.cuda().float() for image in prepared], shape)
-        (pyramid, head), (eager_pyramid, eager_head) = graphed.dense(batch), graphed.model.features(batch)
+        batch = graphed.normalize_and_pad([image.pixels.cuda().float() for image in prepared], shape)
+        (pyramid, head), (eager_pyramid, eager_head) = graphed.dense(batch), graphed.engine.features(batch)
     # The same kernels, replayed: bit for bit.
     for level in MASK_LEVELS:
         assert torch.equal(pyramid[level], eager_pyramid[level]), level
@@ -148,7 +149,7 @@ def test_a_replays_outputs_survive_the_next_replays(graphed: Predictor) -> None:
     def batch(case: int, seed: int) -> torch.Tensor:
         shape, batch_size, size = GRAPH_CASES[case]
         images = [graphed.prepare(_blocky(seed + i, *size)).pixels.cuda().float() for i in range(batch_size)]
-        return graphed.model.normalize_and_pad(images, shape)
+        return graphed.normalize_and_pad(images, shape)
 
     with torch.inference_mode():
         pyramid, head = graphed.dense(batch(2, seed=0))

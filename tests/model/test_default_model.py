@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.detections import Detections
-from model.predict import DEFAULT_WEIGHTS, Predictor, load_predictor
+from model.inference.detections import Detections
+from model.inference.load import load_predictor
+from model.inference.predictor import Predictor
+from model.weights import DEFAULT_WEIGHTS
 
 pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="the bundled weights are not built yet")
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.layers import FrozenBatchNorm2d
-from model.vovnet import conv_unit, deformable_unit
+from model.network.backbones.vovnet import conv_unit, deformable_unit
+from model.network.layers import FrozenBatchNorm2d
 
 IN, OUT, H, W = 3, 4, 5, 6
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.backends import Backend
-from model.dense import CudaGraphsUnavailable, DenseRunner
-from model.predict import Predictor, load_predictor
+from model.inference.backends import Backend
+from model.inference.dense import CudaGraphsUnavailable, DenseRunner
+from model.inference.load import load_predictor
+from model.inference.predictor import Predictor
 
 # The small checkpoint's one common padded shape (resize 64/128), and an image of it and one of another.
 SHAPE = (64, 96)
@@ -58,7 +59,9 @@ class CountingCompile:
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
-        r.getMessage() for r in caplog.records if r.name == "model.dense" and r.levelno == logging.WARNING
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "model.inference.dense" and r.levelno == logging.WARNING
     ]
 
 
@@ -78,7 +81,7 @@ def test_a_compile_that_cannot_start_warns_and_runs_eagerly(
         raise RuntimeError("Dynamo is not supported on this Python")
 
     monkeypatch.setattr(torch, "compile", unavailable)
-    with caplog.at_level(logging.WARNING, logger="model.dense"):
+    with caplog.at_level(logging.WARNING, logger="model.inference.dense"):
         predictor = load_predictor(small_weights, compile=True)
         predictor.warm_up(SHAPE, batch_size=1)
     assert not predictor.compiled
@@ -96,7 +99,7 @@ def test_a_failing_first_compiled_run_falls_back_to_eager_for_good(
         RuntimeError("backend='inductor' raised:\nInvalidCxxCompiler: No working C++ compiler")
     )
     monkeypatch.setattr(torch, "compile", compile)
-    with caplog.at_level(logging.WARNING, logger="model.dense"):
+    with caplog.at_level(logging.WARNING, logger="model.inference.dense"):
         predictor = load_predictor(small_weights, compile=True)
         assert predictor.compiled
         predictor.warm_up(SHAPE, batch_size=1)
@@ -129,7 +132,7 @@ def test_only_warmed_up_batch_shapes_run_compiled(
 def test_another_backends_network_is_not_compiled(caplog: pytest.LogCaptureFixture) -> None:
     outputs = ({}, None)
     network = SimpleNamespace(backend=Backend.ONNXRUNTIME, features=lambda batch: outputs)
-    with caplog.at_level(logging.WARNING, logger="model.dense"):
+    with caplog.at_level(logging.WARNING, logger="model.inference.dense"):
         runner = DenseRunner(network, device=torch.device("cpu"), compile=True)  # type: ignore[arg-type]
         runner.prepare(torch.zeros((1, 3, 32, 32)))
     assert not runner.compiled and runner(torch.zeros((1, 3, 32, 32))) is outputs
@@ -142,5 +145,5 @@ def test_cuda_graphs_need_a_cuda_device(small_weights: Path, eager: Predictor) -
     with pytest.raises(CudaGraphsUnavailable, match="CUDA graphs are captured on a CUDA device, not on cpu"):
         load_predictor(small_weights, device="cpu", cuda_graphs=True)
     with pytest.raises(CudaGraphsUnavailable):
-        DenseRunner(eager.model, device=torch.device("cpu"), cuda_graphs=True)
+        DenseRunner(eager.engine, device=torch.device("cpu"), cuda_graphs=True)
     assert not eager.compiled and not eager.cuda_graphs

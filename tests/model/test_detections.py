@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.detections import Detections
+from model.inference.detections import Detections
 
 RING, RECTANGLE, STAR, CIRCLE = 4, 1, 3, 0
 

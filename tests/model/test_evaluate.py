@@ -1,4 +1,4 @@
-"""`python -m model.evaluate` on a handful of generated images."""
+"""`python -m training.evaluate` on a handful of generated images."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from model.checkpoint import read_checkpoint
-from model.data.shapes import SHAPE_CLASSES, TRAINING, generate
-from model.evaluate import METRIC_NAMES, main
-from model.testing import write_rule_checkpoint
+from model.weights.checkpoint import read_checkpoint
+from tests.rule_weights import write_rule_checkpoint
+from training.data.shapes import SHAPE_CLASSES, TRAINING, generate
+from training.evaluate import METRIC_NAMES, main
 
 
 def cli_args(weights: Path, data: Path) -> list[str]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.centermask import CenterMask
-from model.configs import get_config
-from model.fusion import fold_frozen_batch_norms
-from model.layers import FrozenBatchNorm2d
-from model.testing import rule_state_dict
+from model.inference.fusion import fold_frozen_batch_norms
+from model.network.centermask import CenterMask
+from model.network.configs import get_config
+from model.network.layers import FrozenBatchNorm2d
+from tests.rule_weights import rule_state_dict
 
 
 @pytest.mark.parametrize(

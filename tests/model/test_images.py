@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from model.images import CorruptImage, TooManyPixels, UnsupportedImage, load_image, load_rgb
+from model.inference.images import CorruptImage, TooManyPixels, UnsupportedImage, load_image, load_rgb
 
 LIMIT = 1_000_000
 # A model resize of short side 384, long side at most 640, as `draft_to`.

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.masks import paste_masks
-from model.rle import _counts_to_string, encode_pasted, stack_run_lengths
+from centermask_client.rle import counts_to_string
+from model.inference.masks import paste_masks
+from model.wire.rle import encode_pasted, stack_run_lengths
 
 
 def paste_over_image(probabilities: torch.Tensor, box: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -91,7 +92,7 @@ def test_one_scan_of_a_stack_gives_the_same_counts_as_each_crop() -> None:
         masks = dense(pasted.crops(), height, width)[index.numpy()]
         for mask, instance_counts in zip(masks, counts, strict=True):
             expected = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))["counts"].decode("ascii")
-            assert _counts_to_string(instance_counts) == expected
+            assert counts_to_string(instance_counts) == expected
 
 
 def test_no_instances() -> None:

@@ -1,4 +1,4 @@
-"""ONNX export (model.export) and the onnxruntime backend (model.onnx_backend): checked graphs with dynamic
+"""ONNX export (model.onnx.export) and the onnxruntime backend (model.onnx.engine): checked graphs with dynamic
 shapes, the official outputs on the shared fixtures, the same detections as PyTorch, and clear refusals."""
 
 from __future__ import annotations
@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from model.backends import Backend, BackendUnavailable, check_backend
-from model.centermask import CenterMask
-from model.configs import get_config
-from model.export import DETECTOR_OUTPUTS, MASK_HEAD_OUTPUTS, export_model, graph_paths
-from model.images import load_rgb
-from model.precision import Precision, PrecisionUnavailable
-from model.predict import Predictor, load_predictor
+from model.inference.backends import Backend, BackendUnavailable, check_backend
+from model.inference.images import load_rgb
+from model.inference.load import load_predictor
+from model.inference.precision import Precision, PrecisionUnavailable
+from model.inference.predictor import Predictor
+from model.network.centermask import CenterMask
+from model.network.configs import get_config
+from model.onnx.contract import DETECTOR_OUTPUTS, MASK_HEAD_OUTPUTS, graph_paths
+from model.onnx.export import export_model
 from model.predict import main as predict_main
-from model.testing import match_instances, official_rule_checkpoint
-from model.wire import image_record
+from model.wire.records import image_record
 from tests.model.parity import FIXTURE_CONFIGS
+from tests.rule_weights import match_instances, official_rule_checkpoint
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e .[onnx])")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[onnx])")

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.images import load_rgb
-from model.predict import load_predictor
-from model.testing import match_instances, official_rule_checkpoint
-from model.wire import image_record
+from model.inference.images import load_rgb
+from model.inference.load import load_predictor
+from model.wire.records import image_record
 from tests.model.parity import FIXTURE_CONFIGS
+from tests.rule_weights import match_instances, official_rule_checkpoint
 
 
 @dataclass
@@ -47,7 +47,7 @@ def official_run(request: pytest.FixtureRequest, shared_reference: Path, tmp_pat
     def capture(_module: torch.nn.Module, _inputs: Any, outputs: dict[str, torch.Tensor]) -> None:
         tensors.update({name: tensor.clone() for name, tensor in outputs.items()})
 
-    fpn = predictor.model.backbone
+    fpn = predictor.engine.model.backbone
     hooks = [fpn.bottom_up.register_forward_hook(capture), fpn.register_forward_hook(capture)]
     runs = []
     for image in json.loads((directory / "summary.json").read_text())["images"]:

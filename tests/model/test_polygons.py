@@ -1,4 +1,4 @@
-"""model.polygons: crops to polygons with holes that rasterise back to the mask itself."""
+"""model.wire.polygons: crops to polygons with holes that rasterise back to the mask itself."""
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from model.data.shapes import RING, Shape, rasterize
-from model.polygons import crop_to_polygons
-from model.rle import decode
+from centermask_client.rle import decode
+from model.wire.polygons import crop_to_polygons
+from training.data.shapes import RING, Shape, rasterize
 
 HEIGHT, WIDTH = 240, 320
 X0, Y0 = 37, 21

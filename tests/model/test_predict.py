@@ -14,17 +14,19 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision.ops import box_iou
 
-from model.checkpoint import load_model
-from model.data.shapes import CLASSIC, render_scene
-from model.detections import Selection
-from model.images import load_image
-from model.mask_head import MASK_LEVELS
-from model.precision import PrecisionUnavailable
-from model.predict import Predictor, load_predictor, main
-from model.processing import padded_shape, resized_shape
-from model.testing import match_instances, official_rule_checkpoint
-from model.wire import image_record
+from model.inference.detections import Selection
+from model.inference.images import load_image
+from model.inference.load import load_predictor
+from model.inference.postprocess import MASK_LEVELS
+from model.inference.precision import PrecisionUnavailable
+from model.inference.predictor import Predictor
+from model.inference.preprocess import padded_shape, resized_shape
+from model.predict import main
+from model.weights.checkpoint import load_model
+from model.wire.records import image_record
 from tests.model.parity import FIXTURE_CONFIGS
+from tests.rule_weights import match_instances, official_rule_checkpoint
+from training.data.shapes import CLASSIC, render_scene
 
 
 @pytest.mark.parametrize(
@@ -350,8 +352,8 @@ def test_compiled_fp32_meets_the_parity_criteria_against_eager(bundled: Predicto
     prepared = compiled.prepare(scene.image)
     assert prepared.padded_shape == shape
     with torch.inference_mode():
-        batch = compiled.model.normalize_and_pad([prepared.pixels.float()], shape)
-        (pyramid, head), (eager_pyramid, eager_head) = compiled.dense(batch), bundled.model.features(batch)
+        batch = compiled.normalize_and_pad([prepared.pixels.float()], shape)
+        (pyramid, head), (eager_pyramid, eager_head) = compiled.dense(batch), bundled.engine.features(batch)
     # Inductor reorders float operations: equal up to float32 rounding, not bit for bit.
     for level in MASK_LEVELS:
         torch.testing.assert_close(pyramid[level], eager_pyramid[level], rtol=1e-4, atol=1e-4)

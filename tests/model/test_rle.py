@@ -1,4 +1,4 @@
-"""model.rle must produce exactly pycocotools' compressed RLE strings, from crops or full masks."""
+"""centermask_client.rle must produce exactly pycocotools' compressed RLE strings, from crops or full masks."""
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.rle import _counts_to_string, _string_to_counts, area, decode, encode, encode_crop
+from centermask_client.rle import _string_to_counts, area, counts_to_string, decode, encode, encode_crop
 
 IMAGE_HEIGHT, IMAGE_WIDTH = 720, 1280
 
@@ -134,7 +134,7 @@ PYCOCOTOOLS_SAFE_COUNTS = st.lists(st.integers(min_value=0, max_value=2**24 - 1)
 def test_string_coding_matches_pycocotools_for_any_counts(counts: list[int]) -> None:
     # Arbitrary counts exercise large values and negative deltas that real masks rarely reach.
     expected = mask_utils.frPyObjects({"size": [1, 1], "counts": counts}, 1, 1)["counts"].decode("ascii")
-    assert _counts_to_string(np.array(counts, dtype=np.int64)) == expected
+    assert counts_to_string(np.array(counts, dtype=np.int64)) == expected
 
 
 @settings(max_examples=300, deadline=None)
@@ -147,7 +147,7 @@ def test_string_decoding_inverts_pycocotools(counts: list[int]) -> None:
 @settings(max_examples=200, deadline=None)
 @given(counts=st.lists(st.integers(min_value=0, max_value=2**40), min_size=1, max_size=40))
 def test_string_coding_round_trips_large_counts(counts: list[int]) -> None:
-    encoded = _counts_to_string(np.array(counts, dtype=np.int64)).encode("ascii")
+    encoded = counts_to_string(np.array(counts, dtype=np.int64)).encode("ascii")
     np.testing.assert_array_equal(_string_to_counts(encoded), counts)
 
 

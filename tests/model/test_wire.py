@@ -1,12 +1,13 @@
-"""model.wire: the records it builds are what centermask_client.schemas describes; classes= selectors."""
+"""model.wire.records: the records it builds are what centermask_client.schemas describes; classes= selectors."""
 
 import numpy as np
 import pytest
 import torch
 
 from centermask_client.schemas import ImageResult
-from model.detections import Detections
-from model.wire import image_record, select_classes
+from model.inference.detections import Detections
+from model.wire.records import image_record
+from model.wire.selectors import select_classes
 
 NAMES = ["circle", "rectangle", "ring"]
 CATEGORY_IDS = [3, 1, 12]  # not 1..K, and not in class order: ids are the dataset's

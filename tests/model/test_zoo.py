@@ -13,11 +13,12 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from model.centermask import CenterMask
-from model.configs import CONFIGS
-from model.predict import Predictor, load_predictor
-from model.testing import official_rule_checkpoint, read_manifest
-from model.wire import image_record
+from model.inference.load import load_predictor
+from model.inference.predictor import Predictor
+from model.network.centermask import CenterMask
+from model.network.configs import CONFIGS
+from model.wire.records import image_record
+from tests.rule_weights import official_rule_checkpoint, read_manifest
 
 HEIGHT, WIDTH = 120, 160
 

@@ -2,11 +2,12 @@
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from model.predict import Predictor, load_predictor
+from model.inference.load import load_predictor
+from model.inference.options import PredictorOptions
+from model.inference.predictor import Predictor
 from service.runtime import PredictorLoader
 from tests.service.helpers import ControlledPredictor, Served, serve, tiny_settings
 
@@ -21,8 +22,8 @@ def controlled() -> Iterator[tuple[PredictorLoader, Callable[[], ControlledPredi
     """A loader to pass to create_app, and a getter for the ControlledPredictor it built."""
     built: list[ControlledPredictor] = []
 
-    def load(**options: Any) -> Predictor:
-        built.append(ControlledPredictor(load_predictor(**options)))
+    def load(options: PredictorOptions) -> Predictor:
+        built.append(ControlledPredictor(load_predictor(options)))
         return built[-1]  # type: ignore[return-value]
 
     yield load, lambda: built[-1]

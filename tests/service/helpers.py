@@ -17,8 +17,10 @@ import numpy as np
 from fastapi import FastAPI
 from PIL import Image
 
-from model.detections import Detections, Selection
-from model.predict import Predictor, PreparedImage, load_predictor
+from model.inference.detections import Detections, Selection
+from model.inference.load import load_predictor
+from model.inference.predictor import Predictor
+from model.inference.preprocess import PreparedImage
 from service.app import create_app
 from service.runtime import Phase, PredictorLoader, Runtime
 from service.settings import Settings
@@ -151,7 +153,7 @@ class Faults:
     def __init__(self, predictor: Predictor) -> None:
         self.plan: Callable[[Any], None] | None = None
         self.calls = 0
-        self._handle = predictor.model.backbone.register_forward_pre_hook(self._hook)
+        self._handle = predictor.engine.model.backbone.register_forward_pre_hook(self._hook)
 
     def _hook(self, _module: Any, args: tuple[Any, ...]) -> None:
         self.calls += 1

@@ -9,11 +9,12 @@ import pytest
 from PIL import Image
 
 from centermask_client import Client
-from model.data.shapes import SHAPE_CLASSES
-from service.app import main
-from service.examples import EXAMPLES, EXAMPLES_DIR, response_example
+from service.openapi import EXAMPLES_DIR, response_example
+from service.server import main
 from service.settings import Settings
 from tests.helpers import TINY_SERVER_KEY, LiveServer
+from training.data.shapes import SHAPE_CLASSES
+from training.examples import EXAMPLES
 
 
 def log_entries(server: LiveServer) -> list[dict]:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from starlette.testclient import TestClient
 
-from model.predict import Predictor
+from model.inference.predictor import Predictor
 from service.app import create_app
 from tests.service.helpers import TIMEOUT_S, tiny_settings
 

@@ -1,4 +1,4 @@
-"""Uploads are decoded by model.images; its errors become the service's 400, 413 and 415."""
+"""Uploads are decoded by model.inference.images; its errors become the service's 400, 413 and 415."""
 
 import io
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from model.images import load_rgb
+from model.inference.images import load_rgb
 from service.errors import InvalidImage, TooManyPixels, UnsupportedMediaType
 from service.images import decode_image
 from tests.service.helpers import Served, encode, png_header_only, random_image, serve, tiny_settings

@@ -14,7 +14,9 @@ import pytest
 import torch
 import uvicorn
 
-from model.predict import Predictor, load_predictor
+from model.inference.load import load_predictor
+from model.inference.options import PredictorOptions
+from model.inference.predictor import Predictor
 from service.app import create_app
 from service.runtime import Phase
 from service.server import DrainingServer
@@ -42,9 +44,9 @@ def queue_depth(served) -> float:
 async def test_ready_only_once_the_model_is_loaded_and_warm(tiny_weights: Path) -> None:
     may_load = threading.Event()
 
-    def slow_load(**kwargs: Any) -> Predictor:
+    def slow_load(options: PredictorOptions) -> Predictor:
         assert may_load.wait(TIMEOUT_S)
-        return load_predictor(**kwargs)
+        return load_predictor(options)
 
     try:
         async with serve(tiny_settings(tiny_weights), slow_load, ready=False) as served:

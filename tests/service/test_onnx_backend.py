@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from model.testing import match_instances
 from service.settings import Settings
+from tests.rule_weights import match_instances
 from tests.service.helpers import Served, png_body, random_image, serve, tiny_settings
 
 IMAGE = random_image(7, 240, 320)

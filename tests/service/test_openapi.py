@@ -8,8 +8,8 @@ from fastapi import FastAPI
 from openapi_spec_validator import validate
 from starlette.routing import BaseRoute, Mount, Route
 
+from centermask_client.rle import area, decode
 from centermask_client.schemas import BatchResponse, ModelInfo, SegmentResponse
-from model.rle import area, decode
 from service.app import create_app
 from tests.service.helpers import tiny_settings
 

@@ -23,10 +23,10 @@ import pytest
 from PIL import Image
 
 from centermask_client.overlay import font_size
-from model.data.shapes import CLASSIC, SHAPE_CLASSES, render_scene
-from model.rle import decode
-from service.examples import EXAMPLES
+from centermask_client.rle import decode
 from tests.helpers import TINY_SERVER_KEY, LiveServer
+from training.data.shapes import CLASSIC, SHAPE_CLASSES, render_scene
+from training.examples import EXAMPLES
 
 CHROMIUM = Path(os.environ.get("CENTERMASK_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -30,7 +30,7 @@ def audit(event, args):
         report.write("WRITE " + os.fsdecode(args[0]) + "\\n")
 
 sys.addaudithook(audit)
-from service.app import main
+from service.server import main
 main()
 """
 

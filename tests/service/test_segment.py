@@ -10,8 +10,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision.ops import nms
 
-from model.coco_classes import COCO_CATEGORY_IDS
-from model.images import load_rgb
+from model.inference.images import load_rgb
+from model.weights.coco_classes import COCO_CATEGORY_IDS
 from service import runtime as runtime_module
 from tests.service.helpers import Served, encode, metric_value, png_body, random_image
 

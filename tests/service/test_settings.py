@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.app import main
+from service.server import main
 from service.settings import Settings
 
 

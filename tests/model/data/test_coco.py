@@ -13,11 +13,11 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from model.data import shapes
-from model.data.augment import STRONG, Augmentation, flip_boxes, rotate_boxes
-from model.data.coco import CocoInstances, collate, masks_to_boxes
-from model.images import load_rgb
-from model.processing import resized_shape
+from model.inference.images import load_rgb
+from model.inference.preprocess import resized_shape
+from training.data import shapes
+from training.data.augment import STRONG, Augmentation, flip_boxes, rotate_boxes
+from training.data.coco import CocoInstances, collate, masks_to_boxes
 
 NONE = Augmentation(hflip_prob=0.0)
 GEOMETRIC_ONLY = dataclasses.replace(

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from model.data import drawn
+from training.data import drawn
 
 IMAGES = 16
 

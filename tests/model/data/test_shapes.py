@@ -16,8 +16,8 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from model.data import shapes
-from model.data.shapes import CLASSIC, PRESETS, TRAINING, VALIDATION, GeneratorSettings
+from training.data import shapes
+from training.data.shapes import CLASSIC, PRESETS, TRAINING, VALIDATION, GeneratorSettings
 
 SPEC_IMAGES = 40
 # Pixels and masks of images 0-3 of seed 1000 as the generator wrote them before its settings became data:

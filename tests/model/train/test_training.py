@@ -10,17 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from model.centermask import CenterMask
-from model.checkpoint import load_model, read_checkpoint, save_checkpoint
-from model.configs import get_config
-from model.data.augment import BASIC, STRONG
-from model.data.coco import CocoInstances
-from model.data.shapes import CLASSIC, SHAPE_CLASSES, generate
-from model.fcos import FCOSHeadOutputs, level_locations
-from model.testing import rule_state_dict, write_rule_checkpoint
-from model.train.__main__ import CLASS_SPECIFIC, augmentation_from, initialise_from, main, parse_args
-from model.train.losses import FCOSTargets, fcos_losses, fcos_targets, giou_loss
-from model.train.step import training_losses
+from model.inference.postprocess import level_locations
+from model.network.centermask import CenterMask
+from model.network.configs import get_config
+from model.network.fcos import FCOSHeadOutputs
+from model.weights.checkpoint import load_model, read_checkpoint, save_checkpoint
+from tests.rule_weights import rule_state_dict, write_rule_checkpoint
+from training.data.augment import BASIC, STRONG
+from training.data.coco import CocoInstances
+from training.data.shapes import CLASSIC, SHAPE_CLASSES, generate
+from training.losses import FCOSTargets, fcos_losses, fcos_targets, giou_loss
+from training.step import training_losses
+from training.train import CLASS_SPECIFIC, augmentation_from, initialise_from, main, parse_args
 
 CONFIG = "centermask_lite_V_19_slim_eSE_FPN_ms_4x"
 

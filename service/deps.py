@@ -1,0 +1,89 @@
+"""What endpoints depend on: the app's settings, runtime, metrics and upload guards, the API key, and the
+request's segmentation options. Each as an `Annotated` alias for handler signatures."""
+
+import asyncio
+import hashlib
+import hmac
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, Query, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from centermask_client.schemas import SegmentParameters
+from service.errors import ClientClosedRequest, Unauthorized
+from service.metrics import Metrics
+from service.options import SegmentOptions, resolve_options
+from service.runtime import Runtime
+from service.settings import Settings
+from service.uploads import Uploads
+
+T = TypeVar("T")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_uploads(request: Request) -> Uploads:
+    return request.app.state.uploads
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+UploadsDep = Annotated[Uploads, Depends(get_uploads)]
+ApiKeyHeader = Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto_error=False))]
+BearerHeader = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
+
+
+def require_api_key(settings: SettingsDep, api_key: ApiKeyHeader, bearer: BearerHeader) -> None:
+    if settings.api_key is None:
+        return
+    offered = api_key if api_key is not None else (bearer.credentials if bearer is not None else "")
+    # Digests of equal length, compared in constant time: the timing says nothing about the key,
+    # not even its length.
+    expected = hashlib.sha256(settings.api_key.get_secret_value().encode()).digest()
+    if not hmac.compare_digest(hashlib.sha256(offered.encode("utf-8", "replace")).digest(), expected):
+        raise Unauthorized("a valid API key is required, in X-API-Key or Authorization: Bearer")
+
+
+def require_api_key_for_probes(settings: SettingsDep, api_key: ApiKeyHeader, bearer: BearerHeader) -> None:
+    """The probes and /metrics need the key only with CENTERMASK_PROTECT_PROBES."""
+    if settings.protect_probes:
+        require_api_key(settings, api_key, bearer)
+
+
+def segment_options(
+    settings: SettingsDep, runtime: RuntimeDep, parameters: Annotated[SegmentParameters, Query()]
+) -> SegmentOptions:
+    """The query string's parameters (validated by `SegmentParameters`), resolved against the defaults."""
+    return resolve_options(settings, runtime.predictor, parameters)
+
+
+OptionsDep = Annotated[SegmentOptions, Depends(segment_options)]
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (its queued images are dropped)."""
+    work_task = asyncio.ensure_future(work)
+    # The body has been read, so the next message from the server can only be the disconnect.
+    disconnect = asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait({work_task, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnect.cancel()
+        if not work_task.done():
+            work_task.cancel()
+            await asyncio.wait({work_task})
+    if work_task.cancelled():
+        raise ClientClosedRequest("the client closed the connection")
+    return work_task.result()

@@ -114,3 +114,6 @@ def _session(name: str, model_bytes: bytes, options: ort.SessionOptions) -> ort.
             f"onnxruntime {ort.__version__} cannot run the {name} graph on the CPU: {error}. Use an "
             "onnxruntime with that operator's CPU kernel, or the torch backend"
         ) from None
+
+
+OnnxCenterMask = OnnxEngine  # its name before the layout of docs/architecture.md

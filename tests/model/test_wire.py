@@ -1,13 +1,27 @@
-"""model.wire.records: the records it builds are what centermask_client.schemas describes; classes= selectors."""
+"""model.wire.records: every body it builds is exactly what centermask_client.schemas describes (no field
+missing, none extra, so a field renamed on one side only fails here); classes= selectors."""
+
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from pydantic import BaseModel
 
-from centermask_client.schemas import ImageResult
+from centermask_client.schemas import BatchResponse, ErrorBody, ImageResult, ModelInfo, SegmentResponse
 from model.inference.detections import Detections
-from model.wire.records import image_record
+from model.wire.records import (
+    INSTANCE_COLUMNS,
+    batch_response,
+    error_body,
+    image_record,
+    instance_columns,
+    segment_response,
+    timing_ms,
+)
 from model.wire.selectors import select_classes
+from service import openapi
+from service.v2.models import OUTPUTS
 
 NAMES = ["circle", "rectangle", "ring"]
 CATEGORY_IDS = [3, 1, 12]  # not 1..K, and not in class order: ids are the dataset's
@@ -87,3 +101,48 @@ def test_bad_selectors(selector: str, message: str) -> None:
 
 def test_a_name_that_looks_like_a_number_is_a_name() -> None:
     assert select_classes(["7"], ["5", "7"], [1, 2]) == {1}
+
+
+def assert_body_of(model: type[BaseModel], body: dict[str, Any]) -> None:
+    """`body` validates as `model` and holds its fields and nothing else, at every level."""
+    parsed = model.model_validate(body)
+    assert parsed.model_dump(mode="json", exclude_unset=True) == body
+
+
+def test_every_envelope_is_its_schema_exactly() -> None:
+    record = image_record("a.png", detections(), NAMES, CATEGORY_IDS)
+    timing = timing_ms(0.0031, 0.0004, 0.0602, 0.002)
+    assert_body_of(ImageResult, record)
+    assert_body_of(
+        SegmentResponse, segment_response(record, model="m", request_id="r", timing=timing, total_ms=66.9)
+    )
+    batch = batch_response([(record, timing), (record, timing)], model="m", request_id="r", total_ms=70)
+    assert_body_of(BatchResponse, batch)
+    assert_body_of(ErrorBody, error_body("invalid_image", "cannot identify the image"))
+    assert_body_of(ErrorBody, error_body("invalid_image", "cannot identify the image", index=2))
+
+
+def test_the_documented_examples_are_their_schemas_exactly() -> None:
+    example = openapi.response_example()
+    assert_body_of(SegmentResponse, example)
+    [batch] = [openapi.batch_responses()[200]["content"]["application/json"]["example"]]
+    assert_body_of(BatchResponse, batch)
+    assert_body_of(ModelInfo, openapi.MODEL_INFO_EXAMPLE)
+    for status in openapi.ERROR_CODES:
+        examples = openapi.error_responses(status)[status]["content"]["application/json"]["examples"]
+        for documented in examples.values():
+            assert_body_of(ErrorBody, documented["value"])
+
+
+def test_the_inference_protocol_outputs_are_the_records_columns() -> None:
+    records = [
+        image_record(None, detections(), NAMES, CATEGORY_IDS),
+        image_record(None, detections(), NAMES, CATEGORY_IDS),
+    ]
+    assert set(INSTANCE_COLUMNS) == set(OUTPUTS)
+    columns = instance_columns(records, list(OUTPUTS))
+    instances = [instance for record in records for instance in record["instances"]]
+    assert columns["boxes"] == [value for instance in instances for value in instance["box"]]
+    assert columns["class_names"] == [instance["class_name"] for instance in instances]
+    assert columns["image_index"] == [0, 0, 0, 1, 1, 1]
+    assert columns["masks"] == [instance["mask"] for instance in instances]

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
@@ -71,7 +72,9 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
         app.include_router(router)
     pages.install_pages(app)
     install_openapi(app, openapi_schemas())
-    endpoints = frozenset(route.path for router in routers for route in router.routes)
+    endpoints = frozenset(
+        route.path for router in routers for route in router.routes if isinstance(route, APIRoute)
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

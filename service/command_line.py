@@ -44,12 +44,14 @@ def parse_settings(settings_cls: type[SettingsT], argv: Sequence[str]) -> Settin
             if field.default_factory is not None:
                 kwargs["help"] = re.sub(
                     r"\(default factory: [^)]*\)",
-                    f"(default: {field.default_factory()} here)",
+                    f"(default: {field.get_default(call_default_factory=True)} here)",
                     kwargs["help"],
                 )
         return parser.add_argument(*names, **kwargs)
 
-    source = CliSettingsSource(settings_cls, add_argument_method=add_argument, formatter_class=_HelpFormatter)
+    source: CliSettingsSource[Any] = CliSettingsSource(
+        settings_cls, add_argument_method=add_argument, formatter_class=_HelpFormatter
+    )
     return settings_cls(_cli_settings_source=source(args=list(argv)))
 
 

@@ -9,7 +9,7 @@ Under `/v2` (the Open Inference Protocol, `service.v2`) the same errors take tha
 `{"error": "<message>"}`, with the same status and headers.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -172,7 +172,7 @@ def error_response(
     message: str,
     *,
     index: int | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     path: str = "",
 ) -> Response:
     if speaks_inference_protocol(path):
@@ -185,7 +185,8 @@ def internal_error_response(path: str = "") -> Response:
     return error_response(500, "internal_error", f"internal error; request id {request_id.get()}", path=path)
 
 
-async def _service_error(request: Request, exc: ServiceError) -> Response:
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)  # registered for it (install_error_handlers)
     if exc.rejection is not None:
         request.app.state.metrics.rejected.labels(exc.rejection).inc()
     return exc.to_response(request.url.path)
@@ -201,12 +202,14 @@ def describe_problems(errors: Sequence[Any], *, skip: int = 0) -> str:
     return "; ".join(problems)
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
     # loc is e.g. ("query", "score_threshold"); the location kind is noise to a client.
     return InvalidParameter(describe_problems(exc.errors(), skip=1)).to_response(request.url.path)
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
     status = HTTPStatus(exc.status_code)
     code = status.phrase.lower().replace(" ", "_").replace("-", "_")
     message = exc.detail if isinstance(exc.detail, str) else status.phrase

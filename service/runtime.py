@@ -159,12 +159,13 @@ class Runtime:
     async def stop(self) -> None:
         """Drain: finish admitted requests for up to the drain timeout, then stop the worker."""
         self.begin_draining()
-        assert self._drain_started is not None
+        drain_started = self._drain_started
+        assert drain_started is not None
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
 
         def remaining_s() -> float:
-            return max(0.0, self._settings.drain_timeout_s - (time.monotonic() - self._drain_started))
+            return max(0.0, self._settings.drain_timeout_s - (time.monotonic() - drain_started))
 
         try:
             await asyncio.wait_for(self._idle.wait(), remaining_s())

@@ -97,7 +97,7 @@ def run(app: FastAPI, settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         http=GuardedH11Protocol,
-        timeout_keep_alive=settings.idle_timeout_s,
+        timeout_keep_alive=settings.idle_timeout_s,  # type: ignore[arg-type]  # a float works: a timer's delay
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),

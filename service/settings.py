@@ -17,6 +17,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -40,8 +41,8 @@ def available_cpus() -> int:
 def _cgroup_cpu_quota() -> float | None:
     """The CPU limit of this process's cgroup in CPUs (v2 cpu.max, or v1 CFS quota); None if unlimited."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        return None if quota == "max" else int(quota) / int(period)
+        limit, window = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return None if limit == "max" else int(limit) / int(window)
     except (OSError, ValueError):
         pass
     try:
@@ -91,8 +92,11 @@ class Settings(PredictorOptions, BaseSettings):
     body_timeout_s: PositiveFloat = Field(
         30, description="Longest time a client may take to send a request body; 408 after it."
     )
-    max_concurrent_uploads: PositiveInt | None = Field(
-        None, description="Requests receiving their body at once; more get 503. Default: max_queue."
+    # Unset (None): derived from max_queue while validating (`_derived_default`), so an int once read.
+    max_concurrent_uploads: PositiveInt = Field(
+        None,
+        validate_default=True,
+        description="Requests receiving their body at once; more get 503. Default: max_queue.",
     )
     idle_timeout_s: PositiveFloat = Field(
         5,
@@ -106,8 +110,10 @@ class Settings(PredictorOptions, BaseSettings):
     )
     max_image_bytes: PositiveInt = Field(20 * MiB, description="Largest accepted encoded image.")
     max_image_pixels: PositiveInt = Field(40_000_000, description="Largest accepted width × height.")
-    max_images_per_request: PositiveInt | None = Field(
-        None, description="Most images in one /segment/batch request. Default: min(32, max_queue)."
+    max_images_per_request: PositiveInt = Field(
+        None,
+        validate_default=True,
+        description="Most images in one /segment/batch request. Default: min(32, max_queue).",
     )
     score_threshold: float = Field(
         0.3, ge=0, le=1, description="Default for the score_threshold query parameter."
@@ -162,14 +168,18 @@ class Settings(PredictorOptions, BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("max_concurrent_uploads", "max_images_per_request", mode="before")
+    @classmethod
+    def _derived_default(cls, value: object, info: ValidationInfo) -> object:
+        """Unset limits that default from max_queue (declared, and so validated, before them)."""
+        queue = info.data.get("max_queue")
+        if value is not None or queue is None:
+            return value
+        return min(32, queue) if info.field_name == "max_images_per_request" else queue
+
     @model_validator(mode="after")
     def _derive_and_check(self) -> Self:
-        """Fill the limits that default from others, then check what must hold between settings."""
-        # The model is frozen for its users; the derived defaults are set once, here.
-        if self.max_images_per_request is None:
-            self.__dict__["max_images_per_request"] = min(32, self.max_queue)
-        if self.max_concurrent_uploads is None:
-            self.__dict__["max_concurrent_uploads"] = self.max_queue
+        """Check what must hold between settings."""
         # A batch request queues all of its images at once or none: more than the queue holds could
         # never be accepted.
         if self.max_images_per_request > self.max_queue:

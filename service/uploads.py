@@ -11,7 +11,7 @@ memory nor request slots for long.
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -123,7 +123,7 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def _limited_body(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
+async def _limited_body(request: Request, max_bytes: int) -> AsyncGenerator[bytes, None]:
     too_large = ImageTooLarge(f"the request body is larger than {max_bytes} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
+import operator
 import signal
 import sys
 import time
@@ -144,7 +146,8 @@ def endless(loader: DataLoader) -> Iterator[list[dict[str, Any]]]:
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on norms, biases and FCOS scales."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
         (no_decay if parameter.ndim <= 1 or name.endswith(".scale") else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -321,7 +324,7 @@ def train_step(run: Run, samples: list[dict[str, Any]], iteration: int) -> tuple
         run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None
     ):
         losses = training_losses(run.model, samples, run.args.class_exclusion_weight)
-    total = sum(losses.values())
+    total = functools.reduce(operator.add, losses.values())
     if not torch.isfinite(total):
         raise FloatingPointError(f"non-finite loss at iteration {iteration}: {losses}")
     run.optimizer.zero_grad(set_to_none=True)

@@ -16,8 +16,10 @@ differ by float rounding (about 1e-5 relative). CUDA graphs replay the very kern
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -137,12 +139,21 @@ def _compile(network: Engine) -> Features | None:
     try:
         # One static graph per shape (dynamic=False): the predictor's padded shapes are a small, fixed set.
         # fullgraph: a graph break is a failure to report, not a silently partial compile.
-        return torch.compile(
-            network.features, fullgraph=True, dynamic=False, recompile_limit=MAX_COMPILED_SHAPES
-        )
+        return torch.compile(network.features, fullgraph=True, dynamic=False, **_recompile_limit())
     except Exception as error:
         _warn("torch.compile failed", error)
         return None
+
+
+def _recompile_limit() -> dict[str, Any]:
+    """torch.compile's argument raising the per-function limit of compiled graphs to MAX_COMPILED_SHAPES,
+    where it has one (torch 2.14); older releases only have dynamo's process-wide setting, raised instead."""
+    if "recompile_limit" in inspect.signature(torch.compile).parameters:
+        return {"recompile_limit": MAX_COMPILED_SHAPES}
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), MAX_COMPILED_SHAPES))
+    return {}
 
 
 def _warn(what: str, error: Exception) -> None:
@@ -159,7 +170,7 @@ def _batch_shape(batch: torch.Tensor) -> BatchShape:
 class _CapturedGraph:
     """`features` on one batch shape as a CUDA graph: a static input it reads and outputs its replays write."""
 
-    def __init__(self, run: Features, batch: torch.Tensor, pool: tuple[int, int]) -> None:
+    def __init__(self, run: Features, batch: torch.Tensor, pool: Any) -> None:
         # Allocated before the capture, so outside the shared pool: no graph's replay writes there.
         self._input = batch.clone()
         # Capture and replay use the current device's streams, which need not be the batch's (cuda:1).

@@ -18,6 +18,7 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -114,7 +115,7 @@ def load_image(
         return _decode(stream, max_pixels, draft_to)
 
 
-def _decode(stream: io.BufferedIOBase, max_pixels: int, draft_to: tuple[int, int] | None) -> DecodedImage:
+def _decode(stream: IO[bytes], max_pixels: int, draft_to: tuple[int, int] | None) -> DecodedImage:
     image = _open(stream)
     with image:
         width, height = image.size
@@ -138,7 +139,7 @@ def _decode(stream: io.BufferedIOBase, max_pixels: int, draft_to: tuple[int, int
             raise CorruptImage("cannot decode the image: it is truncated or corrupt") from None
 
 
-def _open(stream: io.BufferedIOBase) -> Image.Image:
+def _open(stream: IO[bytes]) -> Image.Image:
     supported = ", ".join(FORMATS)
     try:
         return Image.open(stream, formats=FORMATS)

@@ -22,6 +22,8 @@ def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[i
     Unlike detectron2, a side is never rounded down to 0 (a 1×2000 image): it keeps at least 1 pixel.
     """
     scale = short / min(height, width)
+    new_h: float
+    new_w: float
     if height < width:
         new_h, new_w = short, scale * width
     else:

@@ -24,6 +24,11 @@ class CenterMask(nn.Module):
     and `roi_heads.predict` (mask and MaskIoU heads) on RoI features pooled from the pyramid between them.
     """
 
+    # The FPN on its bottom-up network; at inference in int8, an int8 copy of it (model.inference.quantize).
+    backbone: nn.Module
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
     def __init__(self, config: ModelConfig, norm: NormFactory = FrozenBatchNorm2d) -> None:
         super().__init__()
         self.config = config

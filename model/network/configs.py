@@ -8,6 +8,7 @@ is a typed spec, which `model.network.backbones.build_bottom_up` turns into its 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ class ModelConfig:
     pixel_mean: tuple[float, float, float] = PIXEL_MEAN_BGR
     pixel_std: tuple[float, float, float] = PIXEL_STD_BGR
 
-    def with_overrides(self, **changes: object) -> ModelConfig:
+    def with_overrides(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (class count, test resize, thresholds)."""
         return replace(self, **changes)
 

@@ -38,6 +38,7 @@ class OffsetMaskConv(nn.Conv2d):
     def __init__(self, in_channels: int, kernel_size: int = 3) -> None:
         super().__init__(in_channels, 3 * kernel_size * kernel_size, kernel_size, 1, kernel_size // 2)
         nn.init.zeros_(self.weight)
+        assert self.bias is not None  # built with one
         nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> SamplingPlan:  # type: ignore[override]

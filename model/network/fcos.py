@@ -59,12 +59,13 @@ class FCOSHead(nn.Module):
     def reset_parameters(self, prior_probability: float = 0.01) -> None:
         """FCOS initialisation: N(0, 0.01) convs, zero biases, and a class bias giving the prior probability."""
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, nn.Conv2d) and module.bias is not None:  # every conv here has one
                 nn.init.normal_(module.weight, std=0.01)
                 nn.init.zeros_(module.bias)
-        nn.init.constant_(
-            self.cls_logits.bias, -torch.log(torch.tensor((1 - prior_probability) / prior_probability))
-        )
+        assert self.cls_logits.bias is not None
+        prior_logit = -torch.log(torch.tensor((1 - prior_probability) / prior_probability))
+        with torch.no_grad():
+            self.cls_logits.bias.fill_(prior_logit)
 
     def forward(self, features: list[torch.Tensor]) -> FCOSHeadOutputs:
         logits, regressions, centerness = [], [], []

@@ -47,6 +47,14 @@ class FPN(nn.Module):
             self.add_module(f"fpn_output{level}", nn.Conv2d(out_channels, out_channels, 3, 1, 1))
         self.top_block = LastLevelP6P7(out_channels)
 
+    # Added by name in __init__ (detectron2's key layout), declared here for type checkers.
+    fpn_lateral3: nn.Conv2d
+    fpn_lateral4: nn.Conv2d
+    fpn_lateral5: nn.Conv2d
+    fpn_output3: nn.Conv2d
+    fpn_output4: nn.Conv2d
+    fpn_output5: nn.Conv2d
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.bottom_up(images)
         c3, c4, c5 = (features[name] for name in self.in_features)

@@ -22,6 +22,11 @@ class FrozenBatchNorm2d(nn.Module):
     There is deliberately no `num_batches_tracked`: official checkpoints do not carry it.
     """
 
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps

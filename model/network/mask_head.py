@@ -42,9 +42,10 @@ class SAGMaskHead(nn.Module):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
         nn.init.kaiming_normal_(self.deconv.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.deconv.bias)
         nn.init.normal_(self.predictor.weight, std=0.001)
-        nn.init.zeros_(self.predictor.bias)
+        for layer in (self.deconv, self.predictor):
+            assert layer.bias is not None  # built with biases
+            nn.init.zeros_(layer.bias)
 
     def upsampled_features(self, x: torch.Tensor) -> torch.Tensor:
         """(M, C, 14, 14) RoI features → (M, D, 28, 28), the predictor's input."""
@@ -59,6 +60,7 @@ class SAGMaskHead(nn.Module):
     def class_logits(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """(M, 28, 28) logits of one class per RoI: `forward(x)[range(M), classes]` without the other classes."""
         features = self.upsampled_features(x)
+        assert self.predictor.bias is not None  # built with one
         weight = self.predictor.weight[classes, :, 0, 0]
         bias = self.predictor.bias[classes]
         return torch.einsum("mdhw,md->mhw", features, weight) + bias[:, None, None]

@@ -134,6 +134,7 @@ def export_model(
                 external_data=False,
                 verbose=False,
             )
+        assert program is not None  # the dynamo exporter always returns its program
         proto = program.model_proto
         for key, value in {GRAPH_KEY: name, **(metadata or {})}.items():
             entry = proto.metadata_props.add()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import io
 import pickle
 import pickletools
 import zipfile
@@ -23,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -35,7 +34,7 @@ from model.weights.coco_classes import default_category_ids, default_class_names
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct, scalar
 except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import _reconstruct, scalar
+    from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
 
 # Keys a detectron2 checkpoint may carry that are not weights of this model.
 IGNORED_SUFFIXES = ("pixel_mean", "pixel_std", "num_batches_tracked")
@@ -133,7 +132,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _PICKLE_GLOBALS[qualified]
 
 
-def _pickle_globals(stream: io.BufferedIOBase) -> Iterator[str]:
+def _pickle_globals(stream: IO[bytes]) -> Iterator[str]:
     """The globals one pickle names, read from its opcodes without unpickling anything."""
     for opcode, argument, _ in pickletools.genops(stream):
         if opcode.name == "GLOBAL":
@@ -177,7 +176,7 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
     Our training state (`last.pth`: model, AdamW state, iteration) loads as it was saved.
     """
     path = Path(path)
-    safe = [
+    safe: list[Any] = [
         *((value, name) for name, value in _NUMPY_GLOBALS.items()),
         # Restoring a numpy dtype calls its __setstate__, which torch allows only for listed types.
         *((dtype, f"numpy.dtypes.{dtype.__name__}") for dtype in _NUMPY_DTYPE_CLASSES),

@@ -31,7 +31,7 @@ def instances_to_json(
 ) -> list[dict[str, Any]]:
     """The `Instance` records of one image's detections, in their order (best score first)."""
     height, width = detections.image_size
-    masks: list[dict[str, Any] | None] = [None] * len(detections)
+    masks: Sequence[dict[str, Any] | None] = [None] * len(detections)
     if mask_format == "rle":
         masks = encode_pasted(detections.pasted_masks)
     elif mask_format == "polygon":

@@ -54,7 +54,8 @@ async def segment(
     instances drawn; the JSON fields are then in no body, only the instance count in `X-Instance-Count`.
     """
     started = time.perf_counter()
-    drawing = output_format != "json"
+    image_format: ImageFormat | None = None if output_format == "json" else output_format
+    drawing = image_format is not None
     if drawing and options.mask_format == "polygon":
         options = dataclasses.replace(options, mask_format="rle")
     async with runtime.admitted():
@@ -63,18 +64,18 @@ async def segment(
             [result] = await unless_disconnected(request, runtime.segment([upload], options))
         except ImageFailed as failed:
             raise failed.error from None
-        if drawing:
+        if image_format is not None:
             image = await asyncio.to_thread(
-                _draw, upload.data, result.record, output_format, settings.max_image_pixels
+                _draw, upload.data, result.record, image_format, settings.max_image_pixels
             )
-            media_type = "image/png" if output_format == "png" else "image/jpeg"
+            media_type = f"image/{image_format}"
             count = str(len(result.record["instances"]))
             return Response(image, media_type=media_type, headers={"X-Instance-Count": count})
     return OrjsonResponse(
         segment_response(
             result.record,
             model=runtime.predictor.config_name,
-            request_id=request_id.get(),
+            request_id=request_id.get() or "",
             timing=result.timing_ms(),
             total_ms=(time.perf_counter() - started) * 1000,
         )
@@ -107,7 +108,7 @@ async def segment_batch(
         batch_response(
             [(result.record, result.timing_ms()) for result in results],
             model=runtime.predictor.config_name,
-            request_id=request_id.get(),
+            request_id=request_id.get() or "",
             total_ms=(time.perf_counter() - started) * 1000,
         )
     )

@@ -143,7 +143,7 @@ def _hue_rotation(degrees: float) -> np.ndarray:
 
 
 def _jitter_colour(image: np.ndarray, augmentation: Augmentation) -> np.ndarray:
-    pixels = image.astype(np.float32)
+    pixels: np.ndarray = image.astype(np.float32)
     a = augmentation
     brightness = _uniform(1 - a.brightness, 1 + a.brightness)
     contrast = _uniform(1 - a.contrast, 1 + a.contrast)

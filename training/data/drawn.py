@@ -72,7 +72,10 @@ class Stroke:
 
 def _hsv(rnd: random.Random, value: tuple[int, int]) -> tuple[int, int, int]:
     saturation = rnd.randint(25, 100)
-    return ImageColor.getrgb(f"hsv({rnd.randint(0, 359)},{saturation}%,{rnd.randint(*value)}%)")
+    red, green, blue, *_ = ImageColor.getrgb(
+        f"hsv({rnd.randint(0, 359)},{saturation}%,{rnd.randint(*value)}%)"
+    )
+    return red, green, blue
 
 
 def _luma(rgb: Sequence[float]) -> float:
@@ -267,7 +270,10 @@ def _draw_one(index: int, seed: int, images_dir: Path) -> tuple[dict[str, Any], 
 
 def generate(out_dir: str | Path, num_images: int, seed: int, workers: int = 1) -> Path:
     """Write ``num_images`` drawn images and their COCO labels to ``out_dir``; return the JSON path."""
-    info = {"description": "independently drawn shapes (validation only)", "generator": "training.data.drawn"}
+    info: dict[str, Any] = {
+        "description": "independently drawn shapes (validation only)",
+        "generator": "training.data.drawn",
+    }
     info["seed"] = seed
     job = partial(_draw_one, seed=seed, images_dir=Path(out_dir) / "images")
     return write_dataset(out_dir, num_images, job, CATEGORIES, info, workers)

@@ -72,8 +72,8 @@ def draw_overlay(image: Image.Image | np.ndarray, instances: Sequence[Instance])
         if tuple(instance.mask.size) != (height, width):
             raise ValueError(f"a mask of size {instance.mask.size} does not fit a {height}x{width} image")
         mask = instance.mask_array()
-        colour = np.array(class_colour(instance.class_id), dtype=np.float64)
-        blended = pixels[mask].astype(np.float64) * (1 - MASK_ALPHA) + colour * MASK_ALPHA
+        tint = np.array(class_colour(instance.class_id), dtype=np.float64)
+        blended = pixels[mask].astype(np.float64) * (1 - MASK_ALPHA) + tint * MASK_ALPHA
         # Round half up, as the page does (Math.round), so both draw the same pixels.
         pixels[mask] = np.floor(blended + 0.5).astype(np.uint8)
     canvas = Image.fromarray(pixels)

@@ -70,7 +70,7 @@ class SegmentParameters(BaseModel):
 
     def query(self) -> dict[str, str]:
         """The query string of these parameters; unset ones are left out (the server's defaults apply)."""
-        params = {"mask_format": self.mask_format}
+        params: dict[str, str] = {"mask_format": self.mask_format}
         if self.score_threshold is not None:
             params["score_threshold"] = repr(float(self.score_threshold))
         if self.max_detections is not None:

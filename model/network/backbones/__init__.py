@@ -18,9 +18,14 @@ class BottomUp(Protocol):
     """A bottom-up network (an `nn.Module`): images (N, 3, H, W) → one feature map per name in `out_features`,
     in that order, each (N, out_channels[name], H / strides[name], W / strides[name])."""
 
-    out_features: tuple[str, ...]
-    out_channels: Mapping[str, int]
-    strides: Mapping[str, int]
+    @property
+    def out_features(self) -> tuple[str, ...]: ...
+
+    @property
+    def out_channels(self) -> Mapping[str, int]: ...
+
+    @property
+    def strides(self) -> Mapping[str, int]: ...
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
 

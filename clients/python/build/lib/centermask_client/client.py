@@ -1,0 +1,375 @@
+"""`Client` and `AsyncClient`: the CenterMask service's HTTP API as typed Python calls, over httpx.
+
+    from centermask_client import Client
+
+    with Client("http://localhost:8000") as client:
+        result = client.segment("shapes.png", score_threshold=0.5)
+        for instance in result.instances:
+            print(instance.class_name, instance.score, instance.mask_array().sum())
+
+Both clients share everything but sending: request building, response parsing and the retry rule
+live here once. A 503 (model loading, queue full, draining) is retried after the server's Retry-After
+for as long as the retry budget lasts; every other error raises at once (`centermask_client.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from centermask_client.errors import CenterMaskError, ConnectionFailed, error_class
+from centermask_client.inputs import EncodedImage, ImageInput, encode_input
+from centermask_client.schemas import (
+    BatchResponse,
+    ImageFormat,
+    MaskFormat,
+    ModelInfo,
+    SegmentParameters,
+    SegmentResponse,
+)
+
+DEFAULT_URL = "http://localhost:8000"
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long to keep retrying a 503.
+
+    budget_s: the most time spent waiting between attempts, in total. A Retry-After longer than what
+        is left of it is not waited for: the 503 is raised (its `retry_after_s` says when to come back).
+    backoff_s: the first wait when the answer has no Retry-After; it doubles each time, up to 8x.
+    """
+
+    budget_s: float = 30.0
+    backoff_s: float = 0.5
+
+    def delay_s(self, retry_after_s: float | None, attempt: int, waited_s: float) -> float | None:
+        """Seconds to wait before retry `attempt` (0 for the first), or None to give up."""
+        delay = retry_after_s if retry_after_s is not None else self.backoff_s * 2 ** min(attempt, 3)
+        return delay if waited_s + delay <= self.budget_s else None
+
+
+NO_RETRY = RetryPolicy(budget_s=0.0)
+
+
+def _parameters(
+    score_threshold: float | None,
+    max_detections: int | None,
+    classes: Sequence[str] | None,
+    mask_format: MaskFormat = "rle",
+) -> SegmentParameters:
+    """The request's parameters, checked by the server (constructed here without validation, so that the
+    server's answer, not a client-side error, says what is wrong)."""
+    if isinstance(classes, str):
+        raise TypeError("classes must be a list of selectors, e.g. ['circle', 'category_id:3']")
+    return SegmentParameters.model_construct(
+        score_threshold=score_threshold,
+        max_detections=max_detections,
+        classes=list(classes) if classes else None,
+        mask_format=mask_format,
+        class_agnostic_nms=None,
+    )
+
+
+class _Api:
+    """What both clients share: building requests and reading answers. No I/O."""
+
+    def __init__(self, url: str, api_key: str | None, retry: RetryPolicy) -> None:
+        self.url = url.rstrip("/")
+        self.headers = {"X-API-Key": api_key} if api_key else {}
+        self.retry = retry
+
+    def segment_request(
+        self, http: httpx.Client | httpx.AsyncClient, image: EncodedImage, params: dict[str, str]
+    ) -> httpx.Request:
+        if image.filename is None:
+            # A raw body: the answer's `file` is null, as for any image sent without a name.
+            headers = {**self.headers, "Content-Type": image.content_type}
+            return http.build_request(
+                "POST", f"{self.url}/segment", params=params, content=image.data, headers=headers
+            )
+        files = {"image": (image.filename, image.data, image.content_type)}
+        return http.build_request(
+            "POST", f"{self.url}/segment", params=params, files=files, headers=self.headers
+        )
+
+    def batch_request(
+        self, http: httpx.Client | httpx.AsyncClient, images: Sequence[EncodedImage], params: dict[str, str]
+    ) -> httpx.Request:
+        # Multipart parts need a file name; unnamed images are called image-<position>.<ext>.
+        files = [
+            ("images", (image.filename or f"image-{i}.{image.extension}", image.data, image.content_type))
+            for i, image in enumerate(images)
+        ]
+        return http.build_request(
+            "POST", f"{self.url}/segment/batch", params=params, files=files, headers=self.headers
+        )
+
+    def get_request(self, http: httpx.Client | httpx.AsyncClient, path: str) -> httpx.Request:
+        return http.build_request("GET", f"{self.url}{path}", headers=self.headers)
+
+    def retry_delay_s(self, response: httpx.Response, attempt: int, waited_s: float) -> float | None:
+        if response.status_code != 503:
+            return None
+        return self.retry.delay_s(retry_after_s(response), attempt, waited_s)
+
+    @staticmethod
+    def check(response: httpx.Response) -> httpx.Response:
+        """The response itself if it succeeded; else raise the typed error its body names."""
+        if response.is_success:
+            return response
+        status = response.status_code
+        try:
+            error = response.json()["error"]
+            code, message, index = str(error["code"]), str(error["message"]), error.get("index")
+        except (ValueError, KeyError, TypeError):
+            code, message, index = "http_error", response.text[:200] or response.reason_phrase, None
+        raise error_class(status)(
+            status,
+            code,
+            message,
+            index=index,
+            request_id=response.headers.get("X-Request-ID"),
+            retry_after_s=retry_after_s(response),
+        )
+
+    @classmethod
+    def parse(cls, response: httpx.Response, model: type[ModelT]) -> ModelT:
+        cls.check(response)
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise CenterMaskError(
+                f"the answer from {response.request.url} is not a CenterMask {model.__name__}: {exc}"
+            ) from None
+
+
+class Client:
+    """A synchronous client of one CenterMask service. Thread-safe; reuse it (it pools connections).
+
+    url: the service's base URL. api_key: sent as X-API-Key when the service requires one.
+    timeout_s: per HTTP attempt. retry: how long to keep retrying 503s (`NO_RETRY` to never).
+    transport: an httpx transport, e.g. `httpx.MockTransport` in tests.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy = RetryPolicy(),
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._api = _Api(url, api_key, retry)
+        self._http = httpx.Client(timeout=timeout_s, transport=transport)
+
+    def segment(
+        self,
+        image: ImageInput,
+        *,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[str] | None = None,
+        mask_format: MaskFormat = "rle",
+        filename: str | None = None,
+    ) -> SegmentResponse:
+        """Segment one image. Unset parameters take the service's defaults (`model_info()`).
+
+        classes: names (case-insensitive), "class_id:N" or "category_id:N".
+        """
+        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        encoded = encode_input(image, filename)
+        response = self._send(lambda: self._api.segment_request(self._http, encoded, parameters.query()))
+        return self._api.parse(response, SegmentResponse)
+
+    def segment_batch(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[str] | None = None,
+        mask_format: MaskFormat = "rle",
+    ) -> BatchResponse:
+        """Segment several images in one request (at most the service's max_images_per_request).
+
+        One failing image fails the request; the error's `index` names it.
+        """
+        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        encoded = [encode_input(image) for image in images]
+        response = self._send(lambda: self._api.batch_request(self._http, encoded, parameters.query()))
+        return self._api.parse(response, BatchResponse)
+
+    def render(
+        self,
+        image: ImageInput,
+        *,
+        image_format: ImageFormat = "png",
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> bytes:
+        """The image with its masks, boxes and labels drawn by the service (`/segment?format=png`)."""
+        parameters = _parameters(score_threshold, max_detections, classes)
+        encoded = encode_input(image)
+        query = {**parameters.query(), "format": image_format}
+        response = self._send(lambda: self._api.segment_request(self._http, encoded, query))
+        return self._api.check(response).content
+
+    def model_info(self) -> ModelInfo:
+        """The served model: config, classes, device, batching and the parameters' defaults."""
+        response = self._send(lambda: self._api.get_request(self._http, "/v1/model"))
+        return self._api.parse(response, ModelInfo)
+
+    def is_ready(self) -> bool:
+        """Whether the service is loaded, warm and not draining (`/readyz`); never retries."""
+        try:
+            return self._http.send(self._api.get_request(self._http, "/readyz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
+        attempt, waited_s = 0, 0.0
+        while True:
+            try:
+                response = self._http.send(build())
+            except httpx.TransportError as exc:
+                raise ConnectionFailed(f"cannot reach {self._api.url}: {exc}") from exc
+            delay = self._api.retry_delay_s(response, attempt, waited_s)
+            if delay is None:
+                return response
+            time.sleep(delay)
+            attempt, waited_s = attempt + 1, waited_s + delay
+
+
+class AsyncClient:
+    """The asynchronous twin of `Client` (same arguments, same methods, awaited)."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy = RetryPolicy(),
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._api = _Api(url, api_key, retry)
+        self._http = httpx.AsyncClient(timeout=timeout_s, transport=transport)
+
+    async def segment(
+        self,
+        image: ImageInput,
+        *,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[str] | None = None,
+        mask_format: MaskFormat = "rle",
+        filename: str | None = None,
+    ) -> SegmentResponse:
+        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        encoded = encode_input(image, filename)
+        response = await self._send(
+            lambda: self._api.segment_request(self._http, encoded, parameters.query())
+        )
+        return self._api.parse(response, SegmentResponse)
+
+    async def segment_batch(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[str] | None = None,
+        mask_format: MaskFormat = "rle",
+    ) -> BatchResponse:
+        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        encoded = [encode_input(image) for image in images]
+        response = await self._send(lambda: self._api.batch_request(self._http, encoded, parameters.query()))
+        return self._api.parse(response, BatchResponse)
+
+    async def render(
+        self,
+        image: ImageInput,
+        *,
+        image_format: ImageFormat = "png",
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> bytes:
+        parameters = _parameters(score_threshold, max_detections, classes)
+        encoded = encode_input(image)
+        query = {**parameters.query(), "format": image_format}
+        response = await self._send(lambda: self._api.segment_request(self._http, encoded, query))
+        return self._api.check(response).content
+
+    async def model_info(self) -> ModelInfo:
+        response = await self._send(lambda: self._api.get_request(self._http, "/v1/model"))
+        return self._api.parse(response, ModelInfo)
+
+    async def is_ready(self) -> bool:
+        try:
+            response = await self._http.send(self._api.get_request(self._http, "/readyz"))
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
+        attempt, waited_s = 0, 0.0
+        while True:
+            try:
+                response = await self._http.send(build())
+            except httpx.TransportError as exc:
+                raise ConnectionFailed(f"cannot reach {self._api.url}: {exc}") from exc
+            delay = self._api.retry_delay_s(response, attempt, waited_s)
+            if delay is None:
+                return response
+            await asyncio.sleep(delay)
+            attempt, waited_s = attempt + 1, waited_s + delay
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """The Retry-After header in seconds (it may be a number or an HTTP date); None if absent or bad."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

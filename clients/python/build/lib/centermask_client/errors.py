@@ -1,0 +1,104 @@
+"""Errors the client raises: one class per kind of failure, each carrying the server's error code.
+
+try:
+    client.segment("photo.jpg")
+except ServiceUnavailable as error:    # 503 after the retry budget: error.retry_after_s
+    ...
+except CenterMaskError as error:       # anything else this package raises
+    print(error.status, error.code, error.message)
+"""
+
+from __future__ import annotations
+
+
+class CenterMaskError(Exception):
+    """Base of every error of this package."""
+
+
+class ConnectionFailed(CenterMaskError):
+    """The service could not be reached, or the connection broke before an answer."""
+
+
+class ApiError(CenterMaskError):
+    """The service answered with an error status.
+
+    `code` is the stable machine-readable code of the body (`invalid_image`, `overloaded`, ...),
+    `index` the failing image of a batch request, `request_id` the X-Request-ID to look up in the
+    service's logs.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        index: int | None = None,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        where = f" (image {index})" if index is not None else ""
+        super().__init__(f"{status} {code}{where}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.index = index
+        self.request_id = request_id
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(ApiError):
+    """400: the image cannot be decoded, or the body is malformed."""
+
+
+class Unauthorized(ApiError):
+    """401: the service requires an API key and this one is missing or wrong."""
+
+
+class NotFound(ApiError):
+    """404 or 405: no such endpoint (a wrong URL, or not a CenterMask service)."""
+
+
+class PayloadTooLarge(ApiError):
+    """413: too many bytes, pixels or images."""
+
+
+class UnsupportedMediaType(ApiError):
+    """415: not an image format the service reads (JPEG, PNG, WebP, BMP, TIFF)."""
+
+
+class InvalidParameter(ApiError):
+    """422: a bad parameter, such as an unknown class."""
+
+
+class ServerError(ApiError):
+    """500: the model failed on this image, or the service hit an unexpected error."""
+
+
+class ServiceUnavailable(ApiError):
+    """503: the model is loading, the service is draining, or its queue is full — even after retrying."""
+
+
+class DeadlineExceeded(ApiError):
+    """504: the request took longer than the service's deadline."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    404: NotFound,
+    405: NotFound,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: InvalidParameter,
+    500: ServerError,
+    503: ServiceUnavailable,
+    504: DeadlineExceeded,
+}
+
+
+def error_class(status: int) -> type[ApiError]:
+    """The class of an error status; ApiError itself for statuses without their own."""
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    return ServerError if status >= 500 else ApiError

@@ -1,0 +1,108 @@
+"""Drawing results over their image: translucent masks, boxes and `class score` labels.
+
+One drawing for everything that shows results: `/segment?format=png|jpeg` on the server, the
+`centermask segment --format png` command, and the demo page, which gets `PALETTE` from here and
+blends with the same `MASK_ALPHA` (`service/static/app.js`). Numpy and Pillow only.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from centermask_client.schemas import ImageFormat, Instance
+
+# Distinct, saturated colours (RGB) that stay readable under white label text; class k takes PALETTE[k % 20].
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 140, 60),
+    (0, 110, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (0, 150, 150),
+    (200, 50, 200),
+    (128, 128, 0),
+    (170, 90, 40),
+    (0, 0, 160),
+    (128, 0, 0),
+    (70, 120, 160),
+    (190, 100, 120),
+    (20, 100, 40),
+    (110, 80, 210),
+    (200, 120, 0),
+    (0, 90, 110),
+    (140, 60, 90),
+    (80, 80, 80),
+    (160, 20, 20),
+)
+MASK_ALPHA = 0.45
+BOX_WIDTH = 2
+
+
+def class_colour(class_id: int) -> tuple[int, int, int]:
+    return PALETTE[class_id % len(PALETTE)]
+
+
+def label_text(instance: Instance) -> str:
+    return f"{instance.class_name} {instance.score:.2f}"
+
+
+def font_size(height: int, width: int) -> int:
+    """Label text height in pixels: readable on thumbnails and on large photos alike."""
+    return int(min(32, max(11, round(max(height, width) / 50))))
+
+
+def draw_overlay(image: Image.Image | np.ndarray, instances: Sequence[Instance]) -> Image.Image:
+    """The image (RGB) with each instance's mask blended in its class colour, its box and its label.
+
+    Instances are drawn worst first, so the best-scoring one ends on top. Masks must be RLE
+    (mask_format=rle); instances without a mask get a box and label only.
+    """
+    pixels = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {pixels.shape}")
+    height, width = pixels.shape[:2]
+    ordered = sorted(instances, key=lambda instance: instance.score)
+    for instance in ordered:
+        if instance.mask is None:
+            continue
+        if tuple(instance.mask.size) != (height, width):
+            raise ValueError(f"a mask of size {instance.mask.size} does not fit a {height}x{width} image")
+        mask = instance.mask_array()
+        tint = np.array(class_colour(instance.class_id), dtype=np.float64)
+        blended = pixels[mask].astype(np.float64) * (1 - MASK_ALPHA) + tint * MASK_ALPHA
+        # Round half up, as the page does (Math.round), so both draw the same pixels.
+        pixels[mask] = np.floor(blended + 0.5).astype(np.uint8)
+    canvas = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=font_size(height, width))
+    for instance in ordered:
+        colour = class_colour(instance.class_id)
+        x1, y1, x2, y2 = instance.box
+        if x2 > x1 and y2 > y1:
+            draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=BOX_WIDTH)
+        text = label_text(instance)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        text_w, text_h = right - left, bottom - top
+        pad = 2
+        # Above the box when there is room, else just inside its top edge.
+        label_y = y1 - text_h - 2 * pad if y1 - text_h - 2 * pad >= 0 else y1
+        label_x = min(max(0.0, x1), max(0.0, width - text_w - 2 * pad))
+        draw.rectangle(
+            (label_x, label_y, label_x + text_w + 2 * pad, label_y + text_h + 2 * pad), fill=colour
+        )
+        draw.text((label_x + pad - left, label_y + pad - top), text, fill=(255, 255, 255), font=font)
+    return canvas
+
+
+def encode_image(image: Image.Image, image_format: ImageFormat) -> bytes:
+    """PNG (fast compression) or JPEG (quality 90) bytes."""
+    buffer = io.BytesIO()
+    if image_format == "png":
+        image.save(buffer, "PNG", compress_level=3)
+    else:
+        image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()

@@ -1,0 +1,219 @@
+"""The wire format: the JSON bodies of the CenterMask service, defined once.
+
+The service documents its OpenAPI schema with these models, `model.wire.records` builds the bodies they
+describe, and the client parses answers into them. Only pydantic and numpy are needed, so this imports
+without torch or fastapi.
+
+Coordinates are pixels of the upright image (EXIF orientation applied), x to the right, y down. Pixel
+(x, y) covers [x, x + 1) x [y, y + 1).
+"""
+
+from typing import Literal, get_args
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from centermask_client.rle import decode as decode_rle
+
+MaskFormat = Literal["rle", "polygon", "none"]
+"""How `/segment` encodes masks: COCO compressed RLE, polygons with holes, or no masks."""
+MASK_FORMATS: tuple[MaskFormat, ...] = get_args(MaskFormat)
+
+ImageFormat = Literal["png", "jpeg"]
+"""Encodings of a rendered overlay (`/segment?format=png`)."""
+
+
+class SegmentParameters(BaseModel):
+    """What a request keeps of the model's output and how it encodes masks: the query parameters of
+    `/segment` and `/segment/batch`, and the `parameters` of an Open Inference Protocol request. Each one
+    left unset takes the service's default (its CENTERMASK_* setting)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    score_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Keep detections scoring at least this. Default: CENTERMASK_SCORE_THRESHOLD.",
+    )
+    max_detections: int | None = Field(
+        None, ge=1, description="Keep at most this many, best first. Default: CENTERMASK_MAX_DETECTIONS."
+    )
+    classes: list[str] | None = Field(
+        None,
+        description="Keep only these classes: names (case-insensitive), `class_id:N` (the contiguous index) or "
+        "`category_id:N` (the dataset's id), comma-separated or repeated. A bare number is refused as "
+        "ambiguous.",
+        examples=["circle,ring", "category_id:1"],
+    )
+    mask_format: MaskFormat = Field(
+        "rle",
+        description="`rle`: COCO compressed RLE; `polygon`: outer ring and hole rings per region, along pixel "
+        "edges; `none`: boxes only.",
+    )
+    class_agnostic_nms: bool | None = Field(
+        None,
+        description="One label per object: of detections whose boxes overlap above "
+        "CENTERMASK_CLASS_AGNOSTIC_IOU, keep the best-scoring whatever its class (applied to the model's "
+        "output before the other filters). Default: CENTERMASK_CLASS_AGNOSTIC_NMS.",
+    )
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _one_string_is_a_list(cls, value: object) -> object:
+        # The Open Inference Protocol sends selectors as one comma-separated string.
+        return [value] if isinstance(value, str) else value
+
+    def selectors(self) -> list[str]:
+        """The class selectors, comma-separated entries split."""
+        return [part.strip() for value in self.classes or () for part in value.split(",") if part.strip()]
+
+    def query(self) -> dict[str, str]:
+        """The query string of these parameters; unset ones are left out (the server's defaults apply)."""
+        params: dict[str, str] = {"mask_format": self.mask_format}
+        if self.score_threshold is not None:
+            params["score_threshold"] = repr(float(self.score_threshold))
+        if self.max_detections is not None:
+            params["max_detections"] = str(int(self.max_detections))
+        if self.classes:
+            params["classes"] = ",".join(self.classes)
+        if self.class_agnostic_nms is not None:
+            params["class_agnostic_nms"] = str(self.class_agnostic_nms).lower()
+        return params
+
+
+class PolygonPart(BaseModel):
+    """One connected region of a mask: the outer ring minus the hole rings."""
+
+    outer: list[float] = Field(
+        description="Outer boundary as [x1, y1, x2, y2, ...], along pixel edges (integral values)."
+    )
+    holes: list[list[float]] = Field(
+        default_factory=list, description="Boundaries of the region's holes, in the same form."
+    )
+
+
+class Mask(BaseModel):
+    size: tuple[int, int] = Field(description="[height, width] of the image.")
+    counts: str | None = Field(
+        None, description="COCO compressed RLE (mask_format=rle): `pycocotools.mask.decode` reads it."
+    )
+    polygons: list[PolygonPart] | None = Field(
+        None,
+        description="mask_format=polygon: one part per connected region (8-connectivity); the mask is "
+        "the union of the parts, each its outer ring minus its holes. Rasterising the rings by pixel "
+        "centres gives the mask back exactly.",
+    )
+
+    def to_array(self) -> np.ndarray:
+        """(height, width) bool: the decoded RLE. Raises ValueError for polygon masks."""
+        if self.counts is None:
+            raise ValueError("only RLE masks decode here; request mask_format=rle")
+        return decode_rle({"size": list(self.size), "counts": self.counts})
+
+
+class Instance(BaseModel):
+    box: tuple[float, float, float, float] = Field(
+        description="[x1, y1, x2, y2]: left, top, right, bottom edges in pixels, clipped to the image."
+    )
+    score: float = Field(description="Detection confidence in 0..1: sqrt(class probability × centerness).")
+    class_id: int = Field(description="Contiguous class index 0..K-1: position in `/v1/model` class_names.")
+    category_id: int = Field(
+        description="The dataset's id of the class: COCO category ids for the official COCO weights, the "
+        "annotation file's ids for a model trained here."
+    )
+    class_name: str
+    mask_score: float = Field(
+        description="score × the predicted IoU of the mask: how good the mask is (COCO mask AP ranks by it)."
+    )
+    mask: Mask | None = Field(None, description="Absent with mask_format=none.")
+
+    def mask_array(self) -> np.ndarray:
+        """(height, width) bool mask, decoded from RLE on each call. Raises ValueError without RLE."""
+        if self.mask is None:
+            raise ValueError("this instance has no mask; request mask_format=rle")
+        return self.mask.to_array()
+
+
+class Timing(BaseModel):
+    decode: float = Field(description="Decoding and resizing the image, in milliseconds.")
+    queue: float = Field(description="Waiting for a batch slot.")
+    inference: float = Field(description="The forward pass of the batch the image was in.")
+    postprocess: float = Field(description="Filtering and mask encoding.")
+
+
+class TotalTiming(BaseModel):
+    total: float = Field(description="The whole request, reading the body included, in milliseconds.")
+
+
+class RequestTiming(Timing, TotalTiming):
+    pass
+
+
+class ImageResult(BaseModel):
+    file: str | None = Field(description="The upload's filename; null for a raw body.")
+    height: int
+    width: int
+    instances: list[Instance] = Field(description="Best score first.")
+
+
+class SegmentResponse(ImageResult):
+    model: str = Field(description="The served model's config name.")
+    request_id: str = Field(description="Also in the X-Request-ID header; it tags the request's log lines.")
+    timing_ms: RequestTiming
+
+
+class BatchImageResult(ImageResult):
+    timing_ms: Timing
+
+
+class BatchResponse(BaseModel):
+    model: str
+    request_id: str
+    results: list[BatchImageResult] = Field(description="One per uploaded image, in upload order.")
+    timing_ms: TotalTiming
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int = Field(
+        description="In force for the device (CENTERMASK_MAX_BATCH_SIZE or its default)."
+    )
+    max_batch_delay_ms: float
+    max_queue: int
+    bucket_size: int = Field(
+        description="Padded image sizes are multiples of this; images of one padded size share batches."
+    )
+
+
+class ModelInfo(BaseModel):
+    config_name: str
+    class_names: list[str] = Field(description="Index = class_id.")
+    category_ids: list[int] = Field(description="The category_id of each class, index = class_id.")
+    device: str
+    precision: str = Field(description="fp32 (exact to the official outputs), bf16, fp16 or int8.")
+    dtype: str = Field(description="What the network's floating-point layers compute in.")
+    weights_sha256: str
+    compiled: bool = Field(
+        False,
+        description="Whether the backbone, FPN and FCOS head run compiled by torch.compile (CENTERMASK_COMPILE "
+        "on, and compiling did not fail).",
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="Whether they replay CUDA graphs (CENTERMASK_CUDA_GRAPHS on, and no capture failed).",
+    )
+    batching: BatchingInfo
+    score_threshold: float = Field(description="Default of the score_threshold parameter.")
+    max_detections: int = Field(description="Default of the max_detections parameter.")
+    class_agnostic_nms: bool = Field(description="Default of the class_agnostic_nms parameter.")
+    class_agnostic_iou: float = Field(description="Box IoU above which class-agnostic NMS merges detections.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. invalid_image, overloaded.")
+    message: str = Field(description="What went wrong, for people.")
+    index: int | None = Field(None, description="The failing image of a batch request.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

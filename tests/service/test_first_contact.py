@@ -85,8 +85,12 @@ def test_every_setting_is_documented() -> None:
 
 def test_the_readme_quick_start_names_what_exists() -> None:
     readme = (REPO / "README.md").read_text()
-    assert "pip install -e . && centermask-serve" in readme
-    assert 'pip install -e ".[test,deploy]" && python -m pytest' in readme
+    assert "pip install ./clients/python -e . && centermask-serve" in readme
+    test_command = 'pip install -e ./clients/python -e ".[test,deploy]" && mypy && python -m pytest'
+    assert test_command in readme
+    ci = (REPO / ".ci" / "run").read_text()
+    assert 'pip install --quiet --disable-pip-version-check -e ./clients/python -e ".[test,deploy]"' in ci
+    assert "\nmypy\n" in ci and "\npython -m pytest" in ci
     assert "service/static/examples/shapes-1.png" in readme and "http://localhost:8000/" in readme
     for page in (REPO / "docs").glob("*.md"):
         assert f"docs/{page.name}" in readme, f"the README does not link docs/{page.name}"

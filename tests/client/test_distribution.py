@@ -4,6 +4,7 @@ environment without torch (nor anything else of the server) and segments images 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,9 +24,12 @@ INSTALL_TIMEOUT_S = 600
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("client-wheel")
+    # Built from a copy: setuptools writes build/ and *.egg-info/ beside the sources it builds.
+    source = out / "source"
+    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out),
-         str(CLIENT)],
+         str(source)],
         check=True, timeout=300, capture_output=True,
     )  # fmt: skip
     (built,) = out.glob("centermask_client-*.whl")

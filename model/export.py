@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from model.inference.options import add_arguments
 from model.onnx.contract import ExportedGraphs, graph_paths, provenance
 from model.onnx.export import DEFAULT_OPSET, export_model
 from model.weights import DEFAULT_WEIGHTS
@@ -21,8 +22,7 @@ __all__ = ["ExportedGraphs", "export_model", "graph_paths", "main", "provenance"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", type=Path, help="checkpoint (.pth/.pkl); default: the bundled model")
-    parser.add_argument("--config", help="config name, needed for official checkpoints")
+    add_arguments(parser, ("weights", "config"))
     parser.add_argument(
         "--out",
         type=Path,

@@ -12,6 +12,7 @@ import argparse
 import enum
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -114,10 +115,13 @@ class PredictorOptions(BaseModel):
         return PredictorOptions(**{name: getattr(self, name) for name in PredictorOptions.model_fields})
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per option (`--cuda-graphs`, `--precision bf16`), with its help text and default."""
+def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """One flag per option (`--cuda-graphs`, `--precision bf16`), with its help text and default; `names`
+    chooses some (a command that only reads weights, say)."""
     group = parser.add_argument_group("model", "which weights to run, where and how")
     for name, field in PredictorOptions.model_fields.items():
+        if names is not None and name not in names:
+            continue
         flags = [f"--{name.replace('_', '-')}", *_FORMER_FLAGS.get(name, ())]
         kind = _argument_type(field.annotation)
         help_text = field.description or ""
@@ -125,6 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(*flags, dest=name, action="store_true", help=help_text)
             continue
         metavar = next((item for item in field.metadata if isinstance(item, Metavar)), None)
+        if metavar is None and kind is Path:
+            metavar = "PATH"
         if isinstance(kind, type) and issubclass(kind, enum.Enum):
             choices = [member.value for member in kind]
             group.add_argument(

@@ -130,7 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None =
             continue
         metavar = next((item for item in field.metadata if isinstance(item, Metavar)), None)
         if metavar is None and kind is Path:
-            metavar = "PATH"
+            metavar = Metavar("PATH")
         if isinstance(kind, type) and issubclass(kind, enum.Enum):
             choices = [member.value for member in kind]
             group.add_argument(

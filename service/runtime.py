@@ -292,7 +292,7 @@ class Runtime:
                     functools.partial(predictor.warm_up, shape, size),
                 )
                 for shape in predictor.common_shapes()
-                for size in range(1, self._max_batch_size + 1)
+                for size in predictor.batch_sizes(self._max_batch_size)
             ]
         )
         self._watchdog_s = settings.inference_watchdog_s or max(

@@ -1,7 +1,7 @@
-"""How the predictor runs the network's dense part, `Engine.features` (backbone, FPN and FCOS head), whose
-every shape follows from the padded batch's: eagerly, compiled by `torch.compile`, replayed from CUDA graphs,
-or both (graphs of the compiled code). Decoding, NMS and the mask heads have data-dependent shapes and always
-run eagerly.
+"""How the predictor runs the network's dense part: normalising a `DenseInput` (uint8 canvas and image sizes)
+and `Engine.features` on it (backbone, FPN and FCOS head), a program whose every shape follows from the
+canvas's: eagerly, compiled by `torch.compile`, replayed from CUDA graphs, or both (graphs of the compiled
+code). Decoding, NMS and the mask heads have data-dependent shapes and always run eagerly.
 
 Both accelerations are prepared per batch shape (batch size × padded shape) at warm-up (`Predictor.warm_up`,
 which the service runs for every common padded shape and batch size), where a slow first call is expected. A
@@ -12,6 +12,10 @@ on: a request never fails because of one.
 
 Compiled code is not bit-exact to eager code: inductor fuses and reorders float operations, so fp32 results
 differ by float rounding (about 1e-5 relative). CUDA graphs replay the very kernels they captured.
+
+A graph's memory is what it keeps between replays: its uint8 input canvas, and the outputs later steps read
+(the mask levels P3-P5 and the head's outputs); its intermediates live in one pool all graphs share. The
+predictor warms up (and so captures) a few batch sizes per padded shape, not every one.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ import torch
 from model.inference.backends import Backend
 from model.inference.engine import Engine
 from model.inference.postprocess import MASK_LEVELS
+from model.inference.preprocess import DenseInput, normalize_canvas
 from model.network.fcos import FCOSHeadOutputs
 
 logger = logging.getLogger(__name__)
 
-Features = Callable[[torch.Tensor], tuple[dict[str, torch.Tensor], FCOSHeadOutputs]]
-# A batch shape: the padded batch's (N, 3, Hp, Wp) and dtype.
-BatchShape = tuple[tuple[int, ...], torch.dtype]
+Outputs = tuple[dict[str, torch.Tensor], FCOSHeadOutputs]
+Features = Callable[[torch.Tensor, torch.Tensor], Outputs]
+# A batch shape: the canvas's (N, 3, Hp, Wp).
+BatchShape = tuple[int, ...]
 
 # Compiled graphs of `features` one process may hold, one per prepared batch shape (the service warms up every
 # common shape at every batch size: 15 × 8 on a GPU with buckets). Past dynamo's default of 8, new shapes
@@ -59,10 +65,11 @@ def check_cuda_graphs(device: torch.device) -> None:
 
 
 class DenseRunner:
-    """A network's `features`, eager or accelerated as asked (see the module's docstring).
+    """The dense program (normalisation, then a network's `features`), eager or accelerated as asked (see the
+    module's docstring).
 
-    `prepare` a batch at warm-up to compile and capture its shape; call the runner on a batch as on
-    `features`. From one thread at a time, the predictor's inference thread.
+    `prepare` a batch at warm-up to compile and capture its shape; call the runner on a `DenseInput`. From one
+    thread at a time, the predictor's inference thread.
     """
 
     def __init__(
@@ -73,8 +80,14 @@ class DenseRunner:
         compile: bool = False,
         cuda_graphs: bool = False,
     ) -> None:
-        self._eager: Features = network.features
-        self._compiled: Features | None = _compile(network) if compile else None
+        pixel_mean = torch.tensor(network.config.pixel_mean).view(3, 1, 1).to(device)
+        pixel_std = torch.tensor(network.config.pixel_std).view(3, 1, 1).to(device)
+
+        def dense(pixels: torch.Tensor, sizes: torch.Tensor) -> Outputs:
+            return network.features(normalize_canvas(pixels, sizes, pixel_mean, pixel_std))
+
+        self._eager: Features = dense
+        self._compiled: Features | None = _compile(network, dense) if compile else None
         self._compiled_shapes: set[BatchShape] = set()
         self._graphs: dict[BatchShape, _CapturedGraph] | None = None
         if cuda_graphs:
@@ -94,13 +107,13 @@ class DenseRunner:
         """Whether prepared shapes replay CUDA graphs: they were asked for and no capture has failed."""
         return self._graphs is not None
 
-    def prepare(self, batch: torch.Tensor) -> None:
+    def prepare(self, batch: DenseInput) -> None:
         """Compile and capture for batches of this one's shape, unless done already. Slow (a compile takes
         tens of seconds); a failure is logged and leaves that acceleration off."""
-        shape = _batch_shape(batch)
+        shape = tuple(batch.pixels.shape)
         if self._compiled is not None and shape not in self._compiled_shapes:
             try:
-                self._compiled(batch)  # compiles for this shape, then runs the compiled code once
+                self._compiled(*batch)  # compiles for this shape, then runs the compiled code once
             except Exception as error:
                 _warn("torch.compile failed", error)
                 self._compiled = None
@@ -114,13 +127,13 @@ class DenseRunner:
                 _warn("capturing a CUDA graph failed", error)
                 self._graphs = None
 
-    def __call__(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], FCOSHeadOutputs]:
-        """`features(batch)`: replayed, compiled or eager, as prepared for its shape."""
-        shape = _batch_shape(batch)
+    def __call__(self, batch: DenseInput) -> Outputs:
+        """The pyramid and head outputs of a batch: replayed, compiled or eager, as prepared for its shape."""
+        shape = tuple(batch.pixels.shape)
         graph = self._graphs.get(shape) if self._graphs is not None else None
         if graph is not None:
             return graph.replay(batch)
-        return self._run_for(shape)(batch)
+        return self._run_for(shape)(*batch)
 
     def _run_for(self, shape: BatchShape) -> Features:
         return (
@@ -128,8 +141,8 @@ class DenseRunner:
         )
 
 
-def _compile(network: Engine) -> Features | None:
-    """`network.features` compiled, lazily (the work happens at each shape's first call); None when it
+def _compile(network: Engine, dense: Features) -> Features | None:
+    """The dense program compiled, lazily (the work happens at each shape's first call); None when it
     cannot be."""
     if network.backend is not Backend.TORCH:
         logger.warning(
@@ -139,7 +152,7 @@ def _compile(network: Engine) -> Features | None:
     try:
         # One static graph per shape (dynamic=False): the predictor's padded shapes are a small, fixed set.
         # fullgraph: a graph break is a failure to report, not a silently partial compile.
-        return torch.compile(network.features, fullgraph=True, dynamic=False, **_recompile_limit())
+        return torch.compile(dense, fullgraph=True, dynamic=False, **_recompile_limit())
     except Exception as error:
         _warn("torch.compile failed", error)
         return None
@@ -163,37 +176,38 @@ def _warn(what: str, error: Exception) -> None:
     logger.warning("%s, so the network runs eagerly: %s: %s", what, type(error).__name__, reason)
 
 
-def _batch_shape(batch: torch.Tensor) -> BatchShape:
-    return tuple(batch.shape), batch.dtype
-
-
 class _CapturedGraph:
-    """`features` on one batch shape as a CUDA graph: a static input it reads and outputs its replays write."""
+    """The dense program on one batch shape as a CUDA graph: the static input it reads (the uint8 canvas and
+    the sizes) and the outputs its replays write, nothing more."""
 
-    def __init__(self, run: Features, batch: torch.Tensor, pool: Any) -> None:
+    def __init__(self, run: Features, batch: DenseInput, pool: Any) -> None:
         # Allocated before the capture, so outside the shared pool: no graph's replay writes there.
-        self._input = batch.clone()
+        self._input = DenseInput(batch.pixels.clone(), batch.sizes.clone())
         # Capture and replay use the current device's streams, which need not be the batch's (cuda:1).
-        self._device = batch.device
+        self._device = batch.pixels.device
         with torch.cuda.device(self._device):
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(CAPTURE_WARM_UP_RUNS):
-                    run(self._input)
+                    run(*self._input)
             torch.cuda.current_stream().wait_stream(side)
             self._graph = torch.cuda.CUDAGraph()
             # thread_local: CUDA calls of other threads (the event loop's metrics, say) do not void the capture.
             with torch.cuda.graph(self._graph, pool=pool, capture_error_mode="thread_local"):
-                self._pyramid, self._head = run(self._input)
+                pyramid, self._head = run(*self._input)
+            # Only the levels the mask heads read stay referenced: P6 and P7 go back to the shared pool.
+            self._pyramid = {level: pyramid[level] for level in MASK_LEVELS}
+            del pyramid
 
-    def replay(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], FCOSHeadOutputs]:
-        """`features(batch)` for a batch of the captured shape, as tensors of the caller's own."""
+    def replay(self, batch: DenseInput) -> Outputs:
+        """The dense program's outputs for a batch of the captured shape, as tensors of the caller's own."""
         with torch.cuda.device(self._device):
-            self._input.copy_(batch)
+            self._input.pixels.copy_(batch.pixels)
+            self._input.sizes.copy_(batch.sizes)
             self._graph.replay()
             # The outputs live in the shared pool, where any graph's next replay may write: copies leave with
             # the caller. Only the levels the mask heads read, as `Engine.features` allows.
-            pyramid = {level: self._pyramid[level].clone() for level in MASK_LEVELS}
+            pyramid = {level: tensor.clone() for level, tensor in self._pyramid.items()}
             head = FCOSHeadOutputs(*([tensor.clone() for tensor in outputs] for outputs in self._head))
         return pyramid, head

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from model.inference.precision import Precision
@@ -16,13 +19,22 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def configure_cuda(precision: Precision) -> None:
-    """Process-wide CUDA settings for inference: cuDNN autotuning per shape, and in fp32 no TF32.
+@contextlib.contextmanager
+def cuda_numerics(precision: Precision) -> Iterator[None]:
+    """CUDA settings for a predictor's work, restored afterwards: cuDNN autotuning per shape (left on), and TF32
+    only in reduced precisions.
 
     TF32 (on by default for cuDNN convolutions on Ampere and later) rounds inputs to 10 mantissa bits, which
-    would take fp32 results outside the official outputs' tolerances (CENTERMASK_SPEC.md §9.17).
+    would take fp32 results outside the official outputs' tolerances (CENTERMASK_SPEC.md §9.17). The flags are
+    process-wide, so they are set around each call rather than once: an fp32 predictor beside a fp16 one (a
+    benchmark, two models in one server) keeps IEEE float32. One predictor runs at a time in a process (the
+    inference thread), so the flags never serve two at once.
     """
     torch.backends.cudnn.benchmark = True
-    exact = precision is Precision.FP32
-    torch.backends.cudnn.allow_tf32 = not exact
-    torch.backends.cuda.matmul.allow_tf32 = not exact
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    allow = precision is not Precision.FP32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from torchvision.ops import batched_nms, roi_align
+from torchvision.ops import batched_nms, nms, roi_align
 
 from model.network.configs import ModelConfig
 from model.network.fcos import FCOSHeadOutputs
@@ -47,6 +47,55 @@ class Proposals(NamedTuple):
     def take(self, index: torch.Tensor) -> Proposals:
         """The proposals at `index` (integer indices or a boolean mask), in that order."""
         return Proposals(self.boxes[index], self.scores[index], self.classes[index])
+
+
+class Rows(NamedTuple):
+    """Detections of a whole batch as one table, on the device: rows grouped by image (ascending), best score
+    first within an image. boxes (M, 4) float32, scores (M,), classes (M,) int64, image (M,) int64."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    classes: torch.Tensor
+    image: torch.Tensor
+
+    def take(self, index: torch.Tensor) -> Rows:
+        return Rows(self.boxes[index], self.scores[index], self.classes[index], self.image[index])
+
+
+def group_offsets(image: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For rows grouped by image (ascending): each image's row count and first row, both (count,)."""
+    counts = torch.bincount(image, minlength=count)
+    return counts, torch.cumsum(counts, 0) - counts
+
+
+def rank_in_image(image: torch.Tensor, wanted: torch.Tensor, count: int) -> torch.Tensor:
+    """(M,) int64: each row's position among its image's wanted rows that come before it (rows grouped by
+    image). Without host synchronisation."""
+    before = torch.cumsum(wanted.long(), 0) - wanted.long()  # wanted rows before each row, in the whole batch
+    _, starts = group_offsets(image, count)
+    first = before[starts.clamp(max=max(image.numel() - 1, 0))] if image.numel() else before
+    return before - first[image]
+
+
+# Most boxes one NMS call takes in the batched path: its kernel keeps an n × n bit mask (this many: 112 MiB).
+MAX_BATCHED_NMS_BOXES = 30_000
+
+
+def nms_by_group(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """Greedy NMS within each group, as one kernel call: indices of the kept boxes, by descending score.
+
+    The groups are kept apart by shifting each one's boxes beyond every other's (torchvision's coordinate
+    trick), here in float64, where the shifted coordinates and their differences stay exact: IoU can differ
+    from float32 NMS only where it lies within rounding of the threshold.
+    """
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    wide = boxes.double()
+    span = wide.max() - wide.min() + 1
+    shifted = wide - wide.min() + (groups.double() * span)[:, None]
+    return nms(shifted, scores.double(), threshold)
 
 
 class LevelCandidates(NamedTuple):
@@ -122,6 +171,49 @@ class FcosDecoder:
             )
         return results
 
+    @torch.no_grad()
+    def detect_batched(
+        self, outputs: FCOSHeadOutputs, locations: list[torch.Tensor]
+    ) -> tuple[Rows, torch.Tensor]:
+        """`detect` for a whole batch at once, with two host synchronisations (gathering the candidates, and
+        NMS, whose kernel hands its mask to the host) instead of several per image: the accelerator's path.
+
+        Returns the NMS survivors of every image as `Rows` and the (M,) bool mask of those within the post-NMS
+        top-k (ties kept, as `detect`); compacting is left to the caller, who may drop more rows first. The
+        detections are `detect`'s up to IoU rounding at the NMS threshold (see `nms_by_group`).
+        """
+        per_level = [
+            self._decode_level(logits, regression, centerness, stride, level_locations_)
+            for logits, regression, centerness, stride, level_locations_ in zip(
+                *outputs, self.strides, locations, strict=True
+            )
+        ]
+        boxes, scores, classes, valid = (torch.cat(parts, dim=1) for parts in zip(*per_level, strict=True))
+        count, num_classes = boxes.shape[0], outputs.cls_logits[0].shape[1]
+        image, slot = valid.nonzero(as_tuple=True)
+        boxes, scores, classes = boxes[image, slot], scores[image, slot], classes[image, slot]
+        if image.numel() <= MAX_BATCHED_NMS_BOXES:
+            kept = nms_by_group(boxes, scores, image * num_classes + classes, self.nms_threshold)
+        else:  # more candidates than one kernel's mask should hold (untrained weights): an image at a time
+            kept = torch.cat([
+                (image == index).nonzero()[:, 0][nms_by_group(boxes[image == index], scores[image == index],
+                                                              classes[image == index], self.nms_threshold)]
+                for index in range(count)
+            ])  # fmt: skip
+        # NMS gives the survivors by descending score; a stable sort by image groups them, best first.
+        kept = kept[torch.sort(image[kept], stable=True).indices]
+        rows = Rows(boxes[kept], scores[kept], classes[kept], image[kept])
+        return rows, self._top_rows(rows, count)
+
+    def _top_rows(self, rows: Rows, count: int) -> torch.Tensor:
+        """(M,) bool: the rows scoring at least their image's post_nms_topk-th best score (`_keep_top`)."""
+        if rows.scores.numel() == 0:
+            return torch.zeros(0, dtype=torch.bool, device=rows.scores.device)
+        counts, starts = group_offsets(rows.image, count)
+        kth = (starts + self.post_nms_topk - 1).clamp(max=rows.scores.numel() - 1)
+        threshold = torch.where(counts > self.post_nms_topk, rows.scores[kth], float("-inf"))
+        return rows.scores >= threshold[rows.image]
+
     def _decode_level(
         self,
         logits: torch.Tensor,
@@ -169,20 +261,14 @@ class FcosDecoder:
 
 
 def assign_levels(
-    boxes: list[torch.Tensor], image_sizes: list[tuple[int, int]], min_level: int = 3, max_level: int = 5
-):
+    boxes: torch.Tensor, image_areas: torch.Tensor, min_level: int = 3, max_level: int = 5
+) -> torch.Tensor:
     """CenterMask Eq. 2: level k = ceil(k_max − log2(A_image / A_box)), clamped to [min_level, max_level].
 
-    boxes: per image (M_i, 4) in resized-image pixels; image_sizes: resized, unpadded (h, w).
-    Returns (ΣM_i,) int64 indices into the pooled levels (0 = min_level).
+    boxes: (M, 4) in resized-image pixels; image_areas: (M,) float32, the resized, unpadded h × w of each box's
+    image. Returns (M,) int64 indices into the pooled levels (0 = min_level).
     """
-    box_areas = torch.cat([(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b in boxes])
-    image_areas = torch.cat(
-        [
-            torch.tensor(float(h * w), dtype=torch.float32, device=b.device).repeat(len(b))
-            for b, (h, w) in zip(boxes, image_sizes, strict=True)
-        ]
-    )
+    box_areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     levels = torch.ceil(max_level - torch.log2(image_areas / box_areas + sys.float_info.epsilon))
     return torch.clamp(levels, min=min_level, max=max_level).to(torch.int64) - min_level
 
@@ -194,22 +280,55 @@ def pool_rois(
     output_size: int,
     strides: tuple[int, ...] = (8, 16, 32),
 ) -> torch.Tensor:
-    """ROIAlignV2 (aligned, adaptive sampling) of each box from its assigned level.
-
-    features: the P3..P5 maps (N, C, H_l, W_l). Returns (ΣM_i, C, output_size, output_size), rows in box order.
-    """
-    rois = torch.cat(
-        [torch.cat((torch.full_like(b[:, :1], index), b), dim=1) for index, b in enumerate(boxes)]
+    """ROIAlignV2 (aligned, adaptive sampling) of each box from its assigned level: `pool_boxes` for boxes
+    given per image. features: the P3..P5 maps (N, C, H_l, W_l); boxes: per image (M_i, 4) in resized-image
+    pixels; image_sizes: resized, unpadded (h, w). Returns (ΣM_i, C, output_size, output_size), in box order."""
+    device = features[0].device
+    image = torch.cat(
+        [torch.full((len(b),), index, dtype=torch.int64, device=device) for index, b in enumerate(boxes)]
     )
-    levels = assign_levels(boxes, image_sizes, min_level=3, max_level=3 + len(features) - 1)
-    channels = features[0].shape[1]
-    pooled = features[0].new_zeros((rois.shape[0], channels, output_size, output_size))
-    for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
+    areas = torch.tensor([float(h * w) for h, w in image_sizes], dtype=torch.float32, device=device)
+    return pool_boxes(features, torch.cat(boxes), image, areas, output_size, strides)
+
+
+def pool_boxes(
+    features: list[torch.Tensor],
+    boxes: torch.Tensor,
+    image: torch.Tensor,
+    image_areas: torch.Tensor,
+    output_size: int,
+    strides: tuple[int, ...] = (8, 16, 32),
+    *,
+    every_level: bool = False,
+) -> torch.Tensor:
+    """ROIAlignV2 of each of the (M, 4) boxes, of image (M,), from its assigned level; image_areas: (N,)
+    float32 resized h × w per image. Returns (M, C, output_size, output_size), in box order.
+
+    `every_level` pools every box from every level and keeps each one's own: more work, but no host
+    synchronisation (choosing the boxes of a level has a data-dependent size). Each box's values are the same
+    either way: RoIAlign computes a box from its own level's map alone.
+    """
+    rois = torch.cat((image[:, None].to(boxes.dtype), boxes), dim=1)
+    levels = assign_levels(boxes, image_areas[image], min_level=3, max_level=3 + len(features) - 1)
+
+    def pooled_from(level: int, chosen: torch.Tensor) -> torch.Tensor:
+        return roi_align(
+            features[level],
+            chosen,
+            output_size,
+            spatial_scale=1.0 / strides[level],
+            sampling_ratio=0,
+            aligned=True,
+        )
+
+    if every_level:
+        stacked = torch.stack([pooled_from(level, rois) for level in range(len(features))])
+        return stacked[levels, torch.arange(rois.shape[0], device=rois.device)]
+    pooled = features[0].new_zeros((rois.shape[0], features[0].shape[1], output_size, output_size))
+    for level in range(len(features)):
         index = torch.nonzero(levels == level, as_tuple=True)[0]
         if index.numel():
-            pooled[index] = roi_align(
-                feature, rois[index], output_size, spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True
-            )
+            pooled[index] = pooled_from(level, rois[index])
     return pooled
 
 

@@ -1,15 +1,18 @@
 """What happens to an image before the network, as in the official pipeline (CENTERMASK_SPEC.md §1).
 
 On the CPU, per image: the shortest-edge resize with Pillow's antialiased bilinear, RGB → BGR, CHW
-(`prepare_image`). On the inference device, per batch: normalisation, then zero padding to a common shape
-(`normalize_and_pad`). Training, evaluation, prediction and export all go through these functions; what
+(`prepare_image`). Per batch: the images on one uint8 canvas (`DenseInput`, copied to the device at once), then
+on the device normalisation with the padding left at zero (`normalize_canvas`, part of the dense program, so a
+CUDA graph's static input is uint8). `normalize_and_pad` does the same from float images. Training, evaluation, prediction and export all go through these functions; what
 happens after the network is `model.inference.postprocess`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -109,3 +112,37 @@ def normalize_and_pad(
     for slot, image in zip(batch, normalized, strict=True):
         slot[:, : image.shape[1], : image.shape[2]].copy_(image)
     return batch
+
+
+class DenseInput(NamedTuple):
+    """A batch as the dense program takes it. pixels: (N, 3, Hp, Wp) uint8 BGR, each image at the top left of
+    a zero canvas; sizes: (N, 2) int64, each image's (h, w). Both on the inference device."""
+
+    pixels: torch.Tensor
+    sizes: torch.Tensor
+
+    @classmethod
+    def of(cls, images: Sequence[torch.Tensor], shape: tuple[int, int], device: torch.device) -> DenseInput:
+        """(3, h, w) uint8 images on the CPU → one canvas of `shape`, moved to `device` in one copy (from
+        pinned memory on CUDA, so the copy does not hold up the host)."""
+        pinned = device.type == "cuda"
+        pixels = torch.zeros((len(images), 3, *shape), dtype=torch.uint8, pin_memory=pinned)
+        for slot, image in zip(pixels, images, strict=True):
+            if image.shape[1] > shape[0] or image.shape[2] > shape[1]:
+                raise ValueError(f"cannot pad an image of {tuple(image.shape[1:])} to {shape}")
+            slot[:, : image.shape[1], : image.shape[2]].copy_(image)
+        sizes = torch.tensor(
+            [tuple(image.shape[1:]) for image in images], dtype=torch.int64, pin_memory=pinned
+        )
+        return cls(pixels.to(device, non_blocking=True), sizes.to(device, non_blocking=True))
+
+
+def normalize_canvas(
+    pixels: torch.Tensor, sizes: torch.Tensor, pixel_mean: torch.Tensor, pixel_std: torch.Tensor
+) -> torch.Tensor:
+    """A `DenseInput` → the network's (N, 3, Hp, Wp) float32 input: each image normalised, the padding zero,
+    exactly as `normalize_and_pad` makes it. Shapes follow the input's alone (no host synchronisation)."""
+    normalized = (pixels.float() - pixel_mean) / pixel_std
+    rows = torch.arange(pixels.shape[2], device=pixels.device)[None, :, None] < sizes[:, 0, None, None]
+    cols = torch.arange(pixels.shape[3], device=pixels.device)[None, None, :] < sizes[:, 1, None, None]
+    return torch.where((rows & cols)[:, None], normalized, 0.0)

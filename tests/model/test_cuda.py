@@ -19,6 +19,7 @@ from model.inference.load import load_predictor
 from model.inference.masks import paste_masks
 from model.inference.postprocess import MASK_LEVELS
 from model.inference.predictor import Predictor
+from model.inference.preprocess import DenseInput, normalize_canvas
 from model.wire.records import image_record
 from model.wire.rle import encode_pasted
 from tests.rule_weights import match_instances, official_rule_checkpoint
@@ -40,7 +41,11 @@ def cpu_predictor(official_weights: Path) -> Predictor:
 
 def test_fp32_on_cuda_matches_the_official_outputs(official_weights: Path, shared_reference: Path) -> None:
     predictor = load_predictor(official_weights, CONFIG, "cuda")
-    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    # TF32 is off while the network runs (and only then: the flags are the process's).
+    seen = []
+    hook = predictor.engine.model.backbone.register_forward_pre_hook(
+        lambda *_: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+    )
     directory = shared_reference / "fixtures" / CONFIG
     for image in json.loads((directory / "summary.json").read_text())["images"]:
         reference = json.loads((directory / image["file"]).with_suffix(".json").read_text())
@@ -48,6 +53,8 @@ def test_fp32_on_cuda_matches_the_official_outputs(official_weights: Path, share
         ours = image_record(image["file"], detections, predictor.class_names, predictor.category_ids)
         report = match_instances(reference["instances"], ours["instances"])
         assert report.passes, (image["file"], report)
+    hook.remove()
+    assert seen and set(seen) == {(False, False)}
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -108,7 +115,7 @@ def _blocky(seed: int, height: int, width: int) -> np.ndarray:
 
 
 # (padded shape, batch size, image size): the tiny checkpoint's landscape and portrait shapes.
-GRAPH_CASES = [((320, 448), 1, (240, 320)), ((320, 448), 3, (240, 320)), ((448, 320), 2, (320, 240))]
+GRAPH_CASES = [((320, 448), 1, (240, 320)), ((320, 448), 4, (240, 320)), ((448, 320), 2, (320, 240))]
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +132,9 @@ def test_cuda_graph_replays_equal_eager_runs(
     prepared = [graphed.prepare(_blocky(seed, *size)) for seed in range(batch_size)]
     assert {image.padded_shape for image in prepared} == {shape}
     with torch.inference_mode():
-        batch = graphed.normalize_and_pad([image.pixels.cuda().float() for image in prepared], shape)
-        (pyramid, head), (eager_pyramid, eager_head) = graphed.dense(batch), graphed.engine.features(batch)
+        batch = DenseInput.of([image.pixels for image in prepared], shape, graphed.device)
+        eager = graphed.engine.features(normalize_canvas(*batch, graphed.pixel_mean, graphed.pixel_std))
+        (pyramid, head), (eager_pyramid, eager_head) = graphed.dense(batch), eager
     # The same kernels, replayed: bit for bit.
     for level in MASK_LEVELS:
         assert torch.equal(pyramid[level], eager_pyramid[level]), level
@@ -146,10 +154,10 @@ def test_a_replays_outputs_survive_the_next_replays(graphed: Predictor) -> None:
     for shape, batch_size, _ in GRAPH_CASES:
         graphed.warm_up(shape, batch_size)
 
-    def batch(case: int, seed: int) -> torch.Tensor:
+    def batch(case: int, seed: int) -> DenseInput:
         shape, batch_size, size = GRAPH_CASES[case]
-        images = [graphed.prepare(_blocky(seed + i, *size)).pixels.cuda().float() for i in range(batch_size)]
-        return graphed.normalize_and_pad(images, shape)
+        images = [graphed.prepare(_blocky(seed + i, *size)).pixels for i in range(batch_size)]
+        return DenseInput.of(images, shape, graphed.device)
 
     with torch.inference_mode():
         pyramid, head = graphed.dense(batch(2, seed=0))

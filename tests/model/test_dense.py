@@ -15,6 +15,7 @@ from model.inference.backends import Backend
 from model.inference.dense import CudaGraphsUnavailable, DenseRunner
 from model.inference.load import load_predictor
 from model.inference.predictor import Predictor
+from model.inference.preprocess import DenseInput
 
 # The small checkpoint's one common padded shape (resize 64/128), and an image of it and one of another.
 SHAPE = (64, 96)
@@ -48,11 +49,11 @@ class CountingCompile:
     def __call__(self, function, **options):
         assert options["dynamic"] is False and options["fullgraph"] is True
 
-        def compiled(batch: torch.Tensor):
+        def compiled(*inputs: torch.Tensor):
             self.calls += 1
             if self.fail_with is not None:
                 raise self.fail_with
-            return function(batch)
+            return function(*inputs)
 
         return compiled
 
@@ -131,11 +132,13 @@ def test_only_warmed_up_batch_shapes_run_compiled(
 
 def test_another_backends_network_is_not_compiled(caplog: pytest.LogCaptureFixture) -> None:
     outputs = ({}, None)
-    network = SimpleNamespace(backend=Backend.ONNXRUNTIME, features=lambda batch: outputs)
+    config = SimpleNamespace(pixel_mean=(1.0, 2.0, 3.0), pixel_std=(1.0, 1.0, 1.0))
+    network = SimpleNamespace(backend=Backend.ONNXRUNTIME, config=config, features=lambda batch: outputs)
+    batch = DenseInput(torch.zeros((1, 3, 32, 32), dtype=torch.uint8), torch.tensor([[32, 32]]))
     with caplog.at_level(logging.WARNING, logger="model.inference.dense"):
         runner = DenseRunner(network, device=torch.device("cpu"), compile=True)  # type: ignore[arg-type]
-        runner.prepare(torch.zeros((1, 3, 32, 32)))
-    assert not runner.compiled and runner(torch.zeros((1, 3, 32, 32))) is outputs
+        runner.prepare(batch)
+    assert not runner.compiled and runner(batch) is outputs
     assert warnings_of(caplog) == [
         "torch.compile is not used: the onnxruntime backend runs the network as exported, eagerly"
     ]

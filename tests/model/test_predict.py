@@ -20,7 +20,7 @@ from model.inference.load import load_predictor
 from model.inference.postprocess import MASK_LEVELS
 from model.inference.precision import PrecisionUnavailable
 from model.inference.predictor import Predictor
-from model.inference.preprocess import padded_shape, resized_shape
+from model.inference.preprocess import DenseInput, normalize_canvas, padded_shape, resized_shape
 from model.predict import main
 from model.weights.checkpoint import load_model
 from model.wire.records import image_record
@@ -352,8 +352,9 @@ def test_compiled_fp32_meets_the_parity_criteria_against_eager(bundled: Predicto
     prepared = compiled.prepare(scene.image)
     assert prepared.padded_shape == shape
     with torch.inference_mode():
-        batch = compiled.normalize_and_pad([prepared.pixels.float()], shape)
-        (pyramid, head), (eager_pyramid, eager_head) = compiled.dense(batch), bundled.engine.features(batch)
+        batch = DenseInput.of([prepared.pixels], shape, compiled.device)
+        eager = bundled.engine.features(normalize_canvas(*batch, bundled.pixel_mean, bundled.pixel_std))
+        (pyramid, head), (eager_pyramid, eager_head) = compiled.dense(batch), eager
     # Inductor reorders float operations: equal up to float32 rounding, not bit for bit.
     for level in MASK_LEVELS:
         torch.testing.assert_close(pyramid[level], eager_pyramid[level], rtol=1e-4, atol=1e-4)

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.results import write_result
+from bench.model_bench import rule_test_size
+from bench.results import Results
 from bench.server import running_server, spawned_server
 from model.inference.detections import Selection
 from model.inference.images import load_rgb
@@ -101,6 +102,8 @@ def server_options(config: str | None, args: argparse.Namespace, extra: Sequence
     options += ["--torch-threads", str(args.threads)]
     if args.batch_size is not None:
         options += ["--max-batch-size", str(args.batch_size)]
+    if "--max-queue" not in extra:  # room for every client's request, so that saturation never means 503s
+        options += ["--max-queue", str(max(64, *args.concurrency))]
     if config is not None:
         options += ["--config", config]
     return [*options, *extra]
@@ -185,6 +188,19 @@ class InProcess:
         return count / (time.perf_counter() - started)
 
 
+def phase_row(name: str, result: LoadResult) -> dict[str, Any]:
+    p50, p90, p99 = result.percentiles_ms()
+    return {
+        "phase": name,
+        "images_per_s": result.throughput,
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "answers": dict(sorted(((str(k), v) for k, v in result.statuses.items()))),
+        "server_stage_ms": {stage: round(statistics.mean(ms), 1) for stage, ms in result.stage_ms.items()},
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -206,33 +222,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides"
     )
+    parser.add_argument(
+        "--ready-timeout", type=float, default=600, help="seconds the spawned server may take"
+    )
+    parser.add_argument("--out", type=Path, help="write the results here, after each phase")
+    parser.add_argument(
+        "--rule-test-size",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="the rule weights' test resize instead of the config's (small images for a rehearsal)",
+    )
     args, server_args = parser.parse_known_args(argv)
 
     torch.set_num_threads(args.threads)
     image = synthetic_jpeg(args.height, args.width)
     phases: dict[str, LoadResult] = {}
+    results = Results("load", {k: str(v) for k, v in vars(args).items()}, args.out)
     with tempfile.TemporaryDirectory() as scratch:
         weights, config = args.weights, args.config
         if weights is None and args.spawn:
-            weights = write_rule_checkpoint(Path(scratch) / "rule.pth", args.rule_config)
+            weights = write_rule_checkpoint(
+                Path(scratch) / "rule.pth", args.rule_config, **rule_test_size(args)
+            )
         model = InProcess(weights, config, image, args) if weights is not None else None
         in_process = [model.throughput(args.in_process_seconds)] if model else []
         if model:
             del model.predictor  # the memory goes back before the server starts
         with (
-            spawned_server(weights, server_options(config, args, server_args), Path(scratch) / "server.log")
+            spawned_server(
+                weights,
+                server_options(config, args, server_args),
+                Path(scratch) / "server.log",
+                args.ready_timeout,
+            )
             if args.spawn
             else running_server(args.url) as server
         ):
             url = server.url
             for concurrency in args.concurrency:
-                phases[f"saturation c={concurrency}"] = asyncio.run(
-                    saturation(url, image, concurrency, args.requests, args.duration)
-                )
+                name = f"saturation c={concurrency}"
+                phases[name] = asyncio.run(saturation(url, image, concurrency, args.requests, args.duration))
+                results.add(phase_row(name, phases[name]))
             best = max(result.throughput for result in phases.values())
-            phases[f"half load {best / 2:.2f}/s"] = asyncio.run(
-                fixed_rate(url, image, best / 2, args.duration)
-            )
+            name = f"half load {best / 2:.2f}/s"
+            phases[name] = asyncio.run(fixed_rate(url, image, best / 2, args.duration))
+            results.add(phase_row(name, phases[name]))
             peak_rss = server.peak_rss_bytes()
         if model:
             model = InProcess(weights, config, image, args)
@@ -243,22 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"torch threads {args.threads}, server batch size {args.batch_size or 'default'}"
     )
     print(f"{'phase':<24} {'img/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}  answers / server ms")
-    rows = []
-    for name, result in phases.items():
-        p50, p90, p99 = result.percentiles_ms()
-        stages = {stage: round(statistics.mean(ms), 1) for stage, ms in result.stage_ms.items()}
-        answers = dict(sorted(((str(k), v) for k, v in result.statuses.items())))
-        print(f"{name:<24} {result.throughput:>7.2f} {p50:>8.0f} {p90:>8.0f} {p99:>8.0f}  {answers} {stages}")
-        rows.append(
-            {
-                "phase": name,
-                "images_per_s": result.throughput,
-                "p50_ms": p50,
-                "p90_ms": p90,
-                "p99_ms": p99,
-                "answers": answers,
-                "server_stage_ms": stages,
-            }
+    for row in results.rows:
+        print(
+            f"{row['phase']:<24} {row['images_per_s']:>7.2f} {row['p50_ms']:>8.0f} {row['p90_ms']:>8.0f} "
+            f"{row['p99_ms']:>8.0f}  {row['answers']} {row['server_stage_ms']}"
         )
     summary: dict[str, Any] = {}
     if in_process:
@@ -274,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if peak_rss is not None:
         summary["server_peak_rss_bytes"] = peak_rss
         print(f"server peak RSS {peak_rss / 2**20:.0f} MiB")
-    write_result("load", {**{k: str(v) for k, v in vars(args).items()}, **summary}, rows)
+    results.finish(**summary)
     ok = all(result.succeeded == sum(result.statuses.values()) for result in phases.values())
     return 0 if ok else 1
 

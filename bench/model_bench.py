@@ -1,4 +1,4 @@
-"""End-to-end model throughput: uint8 RGB image in → COCO RLE records out, over a grid of settings.
+"""Model throughput over a grid of settings: the network alone, and end to end (uint8 RGB in → COCO RLE out).
 
     python -m bench.model_bench --config centermask_lite_V_19_slim_eSE_FPN_ms_4x --size 480x640 \
         --batch-size 1 --precision fp32 bf16 --backend torch onnxruntime --threads 2 --device cpu --runs 10
@@ -10,8 +10,13 @@ each in turn), so that drift of the machine affects them alike and their ratios 
 accelerated combination is warmed up as the service does (`Predictor.warm_up`: compiled and captured there)
 before its untimed runs; the table says whether compile and CUDA graphs were in force (a failure falls back to eager).
 Both backends run the same pre- and postprocessing; ONNX Runtime gets as many threads as torch (--threads). Weights are the deterministic rule weights (about 50 detections per image,
-like the official CPU timings in shared/reference/TIMINGS.md) unless --weights is given. Prints a table and
-writes bench/results/model-*.json.
+like the official CPU timings in shared/reference/TIMINGS.md) unless --weights is given.
+
+Two figures per combination: `infer` is `Predictor.infer` on batches prepared beforehand (the device's work
+and the batch's postprocessing up to `Detections`), timed on CUDA with CUDA events around it, so what the
+GPU does is not hidden by the host; `e2e` adds, on this one thread, resizing each image and encoding its
+masks as RLE records — the per-image host work a service spreads over its CPU workers. Prints a table and
+writes bench/results/model-*.json (or --out, after each configuration).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from bench.results import write_result
+from bench.results import Results
 from model.inference.backends import Backend
 from model.inference.device import resolve_device
 from model.inference.load import load_predictor
@@ -61,6 +66,13 @@ def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.kron(coarse, np.ones((8, 8, 1), dtype=np.uint8))[:height, :width].copy()
 
 
+def rule_test_size(args: argparse.Namespace) -> dict[str, int]:
+    """`write_rule_checkpoint`'s test resize from --rule-test-size, when given."""
+    if not args.rule_test_size:
+        return {}
+    return {"min_size_test": args.rule_test_size[0], "max_size_test": args.rule_test_size[1]}
+
+
 def parse_size(text: str) -> tuple[int, int]:
     height, _, width = text.partition("x")
     return int(height), int(width)
@@ -82,14 +94,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--out", type=Path, help="write the results here, after each configuration")
+    parser.add_argument(
+        "--rule-test-size",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="the rule weights' test resize instead of the config's (small images for a rehearsal)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     on_cuda = resolve_device(args.device).type == "cuda"
-    rows = []
+    results = Results(
+        "model",
+        {"threads": args.threads, "runs": args.runs, "weights": str(args.weights or "rule")},
+        args.out,
+    )
+    print(
+        f"{'config':<44} {'backend':<11} {'device':<6} {'prec':<5} {'compile':<7} {'graphs':<6} {'size':>9} "
+        f"{'batch':>5} {'infer ms/img':>12} {'img/s':>8} {'e2e ms/img':>10} {'img/s':>7}"
+    )
     for config in args.config:
         with tempfile.TemporaryDirectory() as scratch:
-            weights = args.weights or write_rule_checkpoint(Path(scratch) / "rule.pth", config)
+            weights = args.weights or write_rule_checkpoint(
+                Path(scratch) / "rule.pth", config, **rule_test_size(args)
+            )
             variants = [
                 Variant(backend, precision, SWITCH[compile], SWITCH[graphs])
                 for backend, precision, compile, graphs in itertools.product(
@@ -110,58 +140,56 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for variant in variants
             }
-        programs: dict[_Key, Callable[[], int]] = {}
+        programs: dict[_Key, tuple[Callable[[], float], Callable[[], int]]] = {}
         for variant, size, batch_size in itertools.product(variants, args.size, args.batch_size):
-            programs[(variant, size, batch_size)] = _program(predictors[variant], size, batch_size)
-        for program in programs.values():
+            programs[(variant, size, batch_size)] = _programs(predictors[variant], size, batch_size)
+        for network, end_to_end in programs.values():
             for _ in range(args.warmup):
-                program()
-        timings: dict[_Key, list[float]] = {key: [] for key in programs}
+                network()
+                end_to_end()
+        # Round-robin: one run of each program in turn, so drift affects them alike.
+        infer_ms: dict[_Key, list[float]] = {key: [] for key in programs}
+        e2e_ms: dict[_Key, list[float]] = {key: [] for key in programs}
         detections: dict[_Key, int] = {}
         for _ in range(args.runs):
-            for key, program in programs.items():
+            for key, (network, end_to_end) in programs.items():
+                infer_ms[key].append(network() * 1000 / key[2])
                 started = time.perf_counter()
-                detections[key] = program()
-                timings[key].append((time.perf_counter() - started) * 1000 / key[2])
-        for (variant, size, batch_size), values in timings.items():
-            median = statistics.median(values)
+                detections[key] = end_to_end()
+                e2e_ms[key].append((time.perf_counter() - started) * 1000 / key[2])
+        for (variant, size, batch_size), values in infer_ms.items():
+            infer, e2e = statistics.median(values), statistics.median(e2e_ms[(variant, size, batch_size)])
             predictor = predictors[variant]
-            rows.append(
-                {
-                    "config": predictor.config_name,
-                    "backend": variant.backend,
-                    "device": str(predictor.device),
-                    "precision": variant.precision,
-                    # In force, after warm-up: false where it was asked for and fell back to eager.
-                    "compile": predictor.compiled,
-                    "cuda_graphs": predictor.cuda_graphs,
-                    "size": f"{size[0]}x{size[1]}",
-                    "batch_size": batch_size,
-                    "median_ms_per_image": round(median, 2),
-                    "min_ms_per_image": round(min(values), 2),
-                    "images_per_s": round(1000 / median, 2),
-                    "detections_per_image": detections[(variant, size, batch_size)] / batch_size,
-                }
+            row = {
+                "config": predictor.config_name,
+                "backend": variant.backend,
+                "device": str(predictor.device),
+                "precision": variant.precision,
+                # In force, after warm-up: false where it was asked for and fell back to eager.
+                "compile": predictor.compiled,
+                "cuda_graphs": predictor.cuda_graphs,
+                "size": f"{size[0]}x{size[1]}",
+                "batch_size": batch_size,
+                "infer_ms_per_image": round(infer, 3),
+                "infer_images_per_s": round(1000 / infer, 1),
+                "e2e_ms_per_image": round(e2e, 3),
+                "e2e_images_per_s": round(1000 / e2e, 2),
+                "min_e2e_ms_per_image": round(min(e2e_ms[(variant, size, batch_size)]), 3),
+                "detections_per_image": detections[(variant, size, batch_size)] / batch_size,
+            }
+            print(
+                f"{row['config']:<44} {row['backend']:<11} {row['device']:<6} {row['precision']:<5} "
+                f"{_switch(row['compile']):<7} {_switch(row['cuda_graphs']):<6} {row['size']:>9} "
+                f"{row['batch_size']:>5} {infer:>12.2f} {1000 / infer:>8.1f} {e2e:>10.1f} {1000 / e2e:>7.2f}",
+                flush=True,
             )
+            results.add(row)
+        del predictors, programs
+        if on_cuda:
+            torch.cuda.empty_cache()
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    header = (
-        f"{'config':<44} {'backend':<11} {'device':<6} {'prec':<5} {'compile':<7} {'graphs':<6} {'size':>9} "
-        f"{'batch':>5} {'ms/img':>8} {'min':>8} {'img/s':>7}"
-    )
-    print(header)
-    for row in rows:
-        print(
-            f"{row['config']:<44} {row['backend']:<11} {row['device']:<6} {row['precision']:<5} "
-            f"{_switch(row['compile']):<7} {_switch(row['cuda_graphs']):<6} {row['size']:>9} "
-            f"{row['batch_size']:>5} {row['median_ms_per_image']:>8.1f} {row['min_ms_per_image']:>8.1f} "
-            f"{row['images_per_s']:>7.2f}"
-        )
     print(f"threads={args.threads} runs={args.runs} peak RSS {peak_rss_mib:.0f} MiB")
-    write_result(
-        "model",
-        {"threads": args.threads, "runs": args.runs, "weights": str(args.weights or "rule")},
-        rows,
-    )
+    results.finish(peak_rss_mib=round(peak_rss_mib))
     return 0
 
 
@@ -169,24 +197,40 @@ def _switch(value: bool) -> str:
     return "on" if value else "off"
 
 
-def _program(predictor: Predictor, size: tuple[int, int], batch_size: int) -> Callable[[], int]:
-    """One timed call: a batch of images of one size through `infer` and the JSON encoder."""
+def _programs(
+    predictor: Predictor, size: tuple[int, int], batch_size: int
+) -> tuple[Callable[[], float], Callable[[], int]]:
+    """Two timed calls on a batch of images of one size: `infer` alone on prepared images (returns its
+    seconds: CUDA events on CUDA), and the whole way from pixels to JSON records (returns the detections)."""
     images = [synthetic_image(*size, seed) for seed in range(batch_size)]
+    prepared = [predictor.prepare(image) for image in images]
     if (
         predictor.compiled or predictor.cuda_graphs
     ):  # compiled and captured at warm-up only, as in the service
-        predictor.warm_up(predictor.prepare(images[0]).padded_shape, batch_size)
+        predictor.warm_up(prepared[0].padded_shape, batch_size)
+    on_cuda = predictor.device.type == "cuda"
 
-    def run() -> int:
-        prepared = [predictor.prepare(image) for image in images]
-        results = predictor.infer(prepared)
+    def network() -> float:
+        if on_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            predictor.infer(prepared)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000
+        started = time.perf_counter()
+        predictor.infer(prepared)
+        return time.perf_counter() - started
+
+    def end_to_end() -> int:
+        results = predictor.infer([predictor.prepare(image) for image in images])
         for detections in results:
             instances_to_json(detections, predictor.class_names, predictor.category_ids)
-        if predictor.device.type == "cuda":
+        if on_cuda:
             torch.cuda.synchronize()
         return sum(len(d) for d in results)
 
-    return run
+    return network, end_to_end
 
 
 if __name__ == "__main__":

@@ -4,13 +4,16 @@
 
 The network's work is counted with `torch.utils.flop_counter` (2 FLOPs per multiply-add) on the official
 test size of a 480×640 image, with rule weights (about 50 detections). The peaks are a large matmul and a
-128→128 3×3 convolution (channels-last, 160×160), each in the same precision, timed in the same process
-right before the model. Prints a table and writes bench/results/roofline-*.json.
+128→128 3×3 convolution (channels-last, 160×160), each in the same precision and with the same numerics as
+the model (on CUDA: TF32 only in reduced precisions), timed in the same process right before the model; on
+CUDA each is launched many times between two synchronisations, so that launch gaps do not count. Prints a
+table and writes bench/results/roofline-*.json (or --out, after each row).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -22,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.model_bench import synthetic_image
-from bench.results import write_result
+from bench.model_bench import parse_size, rule_test_size, synthetic_image
+from bench.results import Results
+from model.inference.device import cuda_numerics
 from model.inference.load import load_predictor
 from model.inference.precision import Precision
 from tests.rule_weights import write_rule_checkpoint
@@ -43,17 +47,27 @@ def median_seconds(function: Callable[[], object], runs: int, device: torch.devi
     return statistics.median(timings)
 
 
-def peaks(dtype: torch.dtype, device: torch.device, runs: int) -> dict[str, float]:
-    """GFLOP/s of a 2048² matmul and of a 128→128 3×3 convolution on 160×160 in `dtype`."""
+# Kernel launches per timed run of a peak on CUDA (each takes tens of microseconds).
+PEAK_REPEATS_CUDA = 50
+
+
+def peaks(precision: Precision, device: torch.device, runs: int) -> dict[str, float]:
+    """GFLOP/s of a 2048² matmul and of a 128→128 3×3 convolution on 160×160 in `precision`'s dtype."""
+    dtype = precision.dtype
+    repeats = PEAK_REPEATS_CUDA if device.type == "cuda" else 1
     a = torch.randn(2048, 2048, device=device, dtype=dtype)
     b = torch.randn(2048, 2048, device=device, dtype=dtype)
     x = torch.randn(1, 128, 160, 160, device=device, dtype=dtype).contiguous(
         memory_format=torch.channels_last
     )
     w = torch.randn(128, 128, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        matmul_s = median_seconds(lambda: a @ b, runs, device)
-        conv_s = median_seconds(lambda: F.conv2d(x, w, padding=1), runs, device)
+    numerics = cuda_numerics(precision) if device.type == "cuda" else contextlib.nullcontext()
+    with torch.inference_mode(), numerics:
+        matmul_s = median_seconds(lambda: [a @ b for _ in range(repeats)], runs, device) / repeats
+        conv_s = (
+            median_seconds(lambda: [F.conv2d(x, w, padding=1) for _ in range(repeats)], runs, device)
+            / repeats
+        )
     return {
         "matmul_gflops": 2 * 2048**3 / matmul_s / 1e9,
         "conv3x3_gflops": 2 * 160 * 160 * 128 * 128 * 9 / conv_s / 1e9,
@@ -69,17 +83,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--size", type=parse_size, default=(480, 640), help="HxW of the image")
+    parser.add_argument("--out", type=Path, help="write the results here, after each row")
+    parser.add_argument(
+        "--rule-test-size",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="the rule weights' test resize instead of the config's (small images for a rehearsal)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    image = synthetic_image(480, 640)
-    rows = []
+    image = synthetic_image(*args.size)
+    results = Results(
+        "roofline",
+        {"threads": args.threads, "runs": args.runs, "image": f"{args.size[0]}x{args.size[1]}"},
+        args.out,
+    )
     for precision in args.precision:
-        peak = peaks(Precision(precision).dtype, device, args.runs)
+        peak = peaks(Precision(precision), device, args.runs)
         for config in args.config:
             with tempfile.TemporaryDirectory() as scratch:
-                weights = write_rule_checkpoint(Path(scratch) / "rule.pth", config)
+                weights = write_rule_checkpoint(Path(scratch) / "rule.pth", config, **rule_test_size(args))
                 predictor = load_predictor(weights, device=args.device, precision=precision)
             prepared = predictor.prepare(image)
             with FlopCounterMode(display=False) as counter:
@@ -87,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             flops = counter.get_total_flops()
             seconds = median_seconds(lambda p=predictor, i=prepared: p.infer([i]), args.runs, device)
             achieved = flops / seconds / 1e9
-            rows.append(
+            results.add(
                 {
                     "config": config,
                     "precision": precision,
@@ -102,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'config':<44} {'prec':<5} {'GFLOP':>7} {'ms':>8} {'GFLOP/s':>8} {'conv peak':>9} {'matmul':>8} {'of peak':>7}"
     )
-    for row in rows:
+    for row in results.rows:
         print(
             f"{row['config']:<44} {row['precision']:<5} {row['gflop']:>7.1f} {row['ms']:>8.1f} "
             f"{row['achieved_gflops']:>8.1f} {row['conv3x3_gflops']:>9.1f} {row['matmul_gflops']:>8.1f} "
             f"{row['of_conv_peak']:>7.0%}"
         )
-    write_result("roofline", {"threads": args.threads, "runs": args.runs, "image": "480x640"}, rows)
+    results.finish()
     return 0
 
 

@@ -80,9 +80,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def spawned_server(weights: Path, options: Sequence[str], log: Path) -> Iterator[Server]:
-    """`centermask-serve --weights weights *options` on a free port, ready; stopped on exit. Its output
-    goes to `log`."""
+def spawned_server(
+    weights: Path, options: Sequence[str], log: Path, ready_timeout_s: float = READY_TIMEOUT_S
+) -> Iterator[Server]:
+    """`centermask-serve --weights weights *options` on a free port, ready within `ready_timeout_s`; stopped
+    on exit. Its output goes to `log`."""
     port = free_port()
     command = [sys.executable, "-c", "from service.server import main; main()"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--weights", str(weights), *options]
@@ -90,7 +92,7 @@ def spawned_server(weights: Path, options: Sequence[str], log: Path) -> Iterator
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
-        wait_ready(server)
+        wait_ready(server, ready_timeout_s)
         yield server
     finally:
         server.stop()
@@ -104,10 +106,10 @@ def running_server(url: str) -> Iterator[Server]:
     yield server
 
 
-def wait_ready(server: Server) -> None:
+def wait_ready(server: Server, timeout_s: float = READY_TIMEOUT_S) -> None:
     """Return once /readyz answers 200; exit the script if the server dies or never gets ready."""
     where = f"its log: {server.log}" if server.log else "(not started here)"
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process is not None and server.process.poll() is not None:
             sys.exit(f"the server exited with {server.process.returncode}; {where}")
@@ -117,4 +119,4 @@ def wait_ready(server: Server) -> None:
         except httpx.TransportError:
             pass  # not listening yet
         time.sleep(0.2)
-    sys.exit(f"{server.url} was not ready within {READY_TIMEOUT_S} s; {where}")
+    sys.exit(f"{server.url} was not ready within {timeout_s:g} s; {where}")

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Mount, Route
 
 from model.inference.images import configure_pillow
 from model.inference.load import load_predictor
@@ -21,7 +22,7 @@ from service.api import model, pages, probes, segment
 from service.errors import install_error_handlers
 from service.logging import configure_logging
 from service.metrics import Metrics
-from service.middleware import RequestContextMiddleware
+from service.middleware import HeadAsGetMiddleware, RequestContextMiddleware
 from service.openapi import install_openapi
 from service.responses import OrjsonResponse
 from service.runtime import PredictorLoader, Runtime
@@ -55,7 +56,7 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     # the internet (nor does Swagger UI's validator badge, turned off).
     app = FastAPIOffline(
         title="CenterMask",
-        version=_version(),
+        version=app_version(),
         summary="Real-time instance segmentation: boxes and COCO RLE masks.",
         description=DESCRIPTION,
         lifespan=lifespan,
@@ -72,9 +73,11 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
         app.include_router(router)
     pages.install_pages(app)
     install_openapi(app, openapi_schemas())
-    endpoints = frozenset(
-        route.path for router in routers for route in router.routes if isinstance(route, APIRoute)
-    )
+    # Metric labels: every route's path (the API's, the docs', /openapi.json) and every mount's prefix
+    # (/static): anything else is "unmatched".
+    routes = [*app.routes, *(route for router in routers for route in router.routes)]
+    endpoints = frozenset(route.path for route in routes if isinstance(route, Route | APIRoute))
+    mounts = frozenset(route.path for route in app.routes if isinstance(route, Mount))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -84,12 +87,13 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
             expose_headers=["Retry-After", "X-Request-ID"],
             max_age=600,
         )
+    app.add_middleware(HeadAsGetMiddleware)
     # Added last, so outermost: every answer, CORS preflights included, gets a request id and a log line.
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, endpoints=endpoints)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, endpoints=endpoints, mounts=mounts)
     return app
 
 
-def _version() -> str:
+def app_version() -> str:
     try:
         return version("centermask-serve")
     except PackageNotFoundError:  # run from a checkout that was never installed

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from model.wire.records import error_body
-from service.logging import request_id
+from service.logging import error_code, request_id
 from service.responses import OrjsonResponse
 
 RETRY_AFTER_S = 1
@@ -34,14 +34,15 @@ class ServiceError(Exception):
     # The `centermask_rejected_total` reason, for errors that turn a request away unserved.
     rejection: ClassVar[str | None] = None
 
-    def __init__(self, message: str, *, index: int | None = None) -> None:
+    def __init__(self, message: str, *, index: int | None = None, file: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.index = index
+        self.file = file
 
-    def for_image(self, index: int) -> "ServiceError":
-        """The same error, attributed to one image of a batch request."""
-        return type(self)(self.message, index=index)
+    def for_image(self, index: int, file: str | None = None) -> "ServiceError":
+        """The same error, attributed to one image of a batch request (its position and filename)."""
+        return type(self)(self.message, index=index, file=file)
 
     def to_response(self, path: str = "") -> Response:
         """The error's answer to a request for `path` (whose prefix decides the body's shape)."""
@@ -49,7 +50,13 @@ class ServiceError(Exception):
         if self.status_code == 500:
             message = f"{message}; request id {request_id.get()}"
         return error_response(
-            self.status_code, self.code, message, index=self.index, headers=self.headers, path=path
+            self.status_code,
+            self.code,
+            message,
+            index=self.index,
+            file=self.file,
+            headers=self.headers,
+            path=path,
         )
 
 
@@ -117,8 +124,14 @@ class InferenceFailed(ServiceError):
     status_code = 500
     code = "inference_failed"
 
-    def __init__(self, message: str = "internal error while running the model", **kwargs: int | None) -> None:
-        super().__init__(message, **kwargs)
+    def __init__(
+        self,
+        message: str = "internal error while running the model",
+        *,
+        index: int | None = None,
+        file: str | None = None,
+    ) -> None:
+        super().__init__(message, index=index, file=file)
 
 
 class NotReady(ServiceError):
@@ -172,13 +185,15 @@ def error_response(
     message: str,
     *,
     index: int | None = None,
+    file: str | None = None,
     headers: Mapping[str, str] | None = None,
     path: str = "",
 ) -> Response:
+    error_code.set(code)
     if speaks_inference_protocol(path):
         where = f"image {index}: " if index is not None else ""
         return OrjsonResponse({"error": where + message}, status_code=status_code, headers=headers)
-    return OrjsonResponse(error_body(code, message, index), status_code=status_code, headers=headers)
+    return OrjsonResponse(error_body(code, message, index, file), status_code=status_code, headers=headers)
 
 
 def internal_error_response(path: str = "") -> Response:

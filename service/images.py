@@ -5,8 +5,9 @@ from model.inference.images import CorruptImage, DecodedImage, ImageError, Unsup
 from model.inference.images import TooManyPixels as ImageHasTooManyPixels
 from service.errors import InvalidImage, ServiceError, TooManyPixels, UnsupportedMediaType
 
-# Content types accepted for a raw body (whatever the declared type, the bytes decide the format).
-MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff")
+# Content types accepted for a raw body (whatever the declared type, the bytes decide the format), including
+# the generic one clients send when they do not know (curl --data-binary, fetch with a Blob).
+MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff", "application/octet-stream")
 
 _ERRORS: dict[type[ImageError], type[ServiceError]] = {
     CorruptImage: InvalidImage,

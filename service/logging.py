@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+# The error code of the current request's answer, for its access log line (service/errors.py sets it).
+error_code: ContextVar[str | None] = ContextVar("error_code", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -54,3 +56,5 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # Python warnings (PyTorch's, among others) become log records too: every line on stderr stays JSON.
+    logging.captureWarnings(True)

@@ -9,7 +9,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import internal_error_response
-from service.logging import request_id
+from service.logging import error_code, request_id
 from service.metrics import Metrics
 
 logger = logging.getLogger("service.access")
@@ -31,21 +31,31 @@ _QUIET_ENDPOINTS = frozenset(
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, endpoints: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        endpoints: frozenset[str],
+        mounts: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.metrics = metrics
-        # Only known paths (or route templates, for paths with parameters) become label values, so
-        # scanners cannot blow up the metrics' cardinality.
+        # Only known paths (or route templates, for paths with parameters, or a mount's prefix for the
+        # files below it) become label values, so scanners cannot blow up the metrics' cardinality.
         self.endpoints = endpoints
+        self.mounts = mounts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        method = scope["method"]
         client_id = Headers(scope=scope).get("x-request-id", "")
         current_id = client_id if _VALID_REQUEST_ID.fullmatch(client_id) else uuid.uuid4().hex
         token = request_id.set(current_id)
+        code_token = error_code.set(None)
         status_code = 500
         response_started = False
 
@@ -68,19 +78,51 @@ class RequestContextMiddleware:
             path = scope["path"]
             # The router records the matched route in the scope: its template names a parametrised path.
             template = getattr(scope.get("route"), "path", None)
-            endpoint = (
-                path if path in self.endpoints else template if template in self.endpoints else "unmatched"
-            )
+            endpoint = self._endpoint(path, template)
             self.metrics.requests.labels(endpoint, str(status_code)).inc()
             self.metrics.request_duration.labels(endpoint, str(status_code)).observe(latency_s)
+            fields: dict[str, object] = {
+                "method": method,
+                "path": path,
+                "status": status_code,
+                "latency_ms": round(latency_s * 1000, 2),
+            }
+            if error_code.get() is not None:
+                fields["error"] = error_code.get()
             logger.log(
-                logging.DEBUG if endpoint in _QUIET_ENDPOINTS else logging.INFO,
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": path,
-                    "status": status_code,
-                    "latency_ms": round(latency_s * 1000, 2),
-                },
+                logging.DEBUG if endpoint in _QUIET_ENDPOINTS else logging.INFO, "request", extra=fields
             )
+            error_code.reset(code_token)
             request_id.reset(token)
+
+    def _endpoint(self, path: str, template: str | None) -> str:
+        if path in self.endpoints:
+            return path
+        if template in self.endpoints:
+            return template
+        return next((mount for mount in self.mounts if path.startswith(mount + "/")), "unmatched")
+
+
+class HeadAsGetMiddleware:
+    """HEAD wherever GET works (HTTP requires it; load balancers probe with it): the GET route answers, and
+    only its status and headers go out. FastAPI's routes, unlike Starlette's, take GET alone."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        # In place, not a copy: the router notes the matched route in this scope, which the access log and
+        # the metrics read (they noted the method, HEAD, before).
+        scope["method"] = "GET"
+        await self.app(scope, receive, headers_only)

@@ -151,6 +151,7 @@ MODEL_INFO_EXAMPLE = {
     "category_ids": [1, 2, 3, 4, 5],
     "device": "cuda:0",
     "precision": "fp16",
+    "backend": "torch",
     "dtype": "float16",
     "weights_sha256": "9b1c0f3e2d4a5b6c7d8e9f00112233445566778899aabbccddeeff0011223344",
     "compiled": False,

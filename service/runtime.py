@@ -268,6 +268,7 @@ class Runtime:
                 "config": predictor.config_name,
                 "device": str(predictor.device),
                 "precision": str(predictor.precision),
+                "backend": str(predictor.backend),
                 "weights": str(predictor.weights_path),
                 "classes": len(predictor.class_names),
                 "load_s": round(time.perf_counter() - started, 3),
@@ -313,7 +314,8 @@ class Runtime:
                 # What warm-up achieved: false where compiling or a capture failed (a warning says why).
                 "compiled": predictor.compiled,
                 "cuda_graphs": predictor.cuda_graphs,
-                "settings": settings.effective(),
+                # The settings in force: defaults that depend on the device resolved.
+                "settings": {**settings.effective(), "max_batch_size": self._max_batch_size},
             },
         )
 

@@ -12,9 +12,10 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service.app import create_app
+from model.inference.load import check_options
+from service.app import app_version, create_app
 from service.logging import configure_logging
-from service.runtime import Runtime
+from service.runtime import Phase, Runtime
 from service.settings import Settings
 
 
@@ -102,13 +103,25 @@ def run(app: FastAPI, settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
     )
-    DrainingServer(config, app.state.runtime, drain_timeout_s=settings.drain_timeout_s).run()
+    runtime: Runtime = app.state.runtime
+    DrainingServer(config, runtime, drain_timeout_s=settings.drain_timeout_s).run()
+    if runtime.phase is Phase.FAILED:
+        # The model could not be loaded, or the worker died: say so to systemd, Docker and Kubernetes.
+        sys.exit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`centermask-serve`: every setting as a flag (`--port 8080`) or as CENTERMASK_* in the environment."""
+    """`centermask-serve`: every setting as a flag (`--port 8080`) or as CENTERMASK_* in the environment.
+
+    Exits 1, with a message, for settings that cannot work (refused before loading anything: a precision the
+    device cannot run, a missing weights file), and when the model fails to load or the worker dies later.
+    """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if "--version" in arguments:
+        print(f"centermask-serve {app_version()}")
+        return
     try:
-        settings = Settings.from_command_line(sys.argv[1:] if argv is None else argv)
+        settings = Settings.from_command_line(arguments)
     except ValidationError as exc:
         problems = "\n".join(
             f"  {'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
@@ -116,4 +129,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         sys.exit(f"centermask-serve: invalid settings\n{problems}")
     configure_logging(settings.log_level)
+    try:
+        check_options(settings.predictor_options())
+    except (RuntimeError, OSError, ValueError) as error:
+        sys.exit(f"centermask-serve: cannot serve: {error}")
     run(create_app(settings), settings)

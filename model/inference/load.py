@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from model.inference.backends import Backend, backend_device, check_backend
 from model.inference.dense import check_cuda_graphs
@@ -34,14 +35,8 @@ def load_predictor(
         chosen = values[0]
     else:
         chosen = PredictorOptions.of(*values, **options)
-    target = resolve_device(backend_device(chosen.backend, chosen.device))
-    check_supported(chosen.precision, target)
-    check_backend(chosen.backend, chosen.precision, target)
-    if chosen.cuda_graphs:
-        check_cuda_graphs(target)
+    target = check_options(chosen)
     path = chosen.weights if chosen.weights is not None else DEFAULT_WEIGHTS
-    if chosen.weights is None and not path.is_file():
-        raise FileNotFoundError(f"the bundled default weights are missing ({path}); pass a weights file")
     model, class_names, checkpoint = load_model(path, chosen.config)
     category_ids = resolve_category_ids(checkpoint, len(class_names), str(path))
     network: Any = model
@@ -66,6 +61,22 @@ def load_predictor(
         cuda_graphs=chosen.cuda_graphs,
         jpeg_draft=chosen.jpeg_draft,
     )
+
+
+def check_options(options: PredictorOptions) -> torch.device:
+    """What can be refused before reading any weights, refused with a message saying what would work: a
+    device that is not there, a precision, backend or CUDA graphs it cannot run, a weights file that is not
+    there. Returns the device the predictor would run on."""
+    target = resolve_device(backend_device(options.backend, options.device))
+    check_supported(options.precision, target)
+    check_backend(options.backend, options.precision, target)
+    if options.cuda_graphs:
+        check_cuda_graphs(target)
+    path = options.weights if options.weights is not None else DEFAULT_WEIGHTS
+    if not path.is_file():
+        where = "the bundled default weights are missing" if options.weights is None else "no weights file at"
+        raise FileNotFoundError(f"{where} {path}")
+    return target
 
 
 def predictor_from_arguments(args: argparse.Namespace) -> Predictor:

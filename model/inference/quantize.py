@@ -9,6 +9,7 @@ model's AP with int8 is in its model card.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable
 
@@ -18,6 +19,8 @@ from torch import nn
 
 from model.inference.images import load_rgb
 from model.weights import calibration_paths
+
+logger = logging.getLogger(__name__)
 
 # Scenes calibrated on when the caller gives none (shipped in model/weights/calibration/).
 CALIBRATION_IMAGES = 8
@@ -47,6 +50,7 @@ def quantize_pyramid(
 
         torch.backends.quantized.engine = "x86"
         batches = list(calibration_batches)
+        logger.info("int8: calibrating the backbone and FPN on %d images (tens of seconds)", len(batches))
         observed = prepare_fx(pyramid, get_default_qconfig_mapping("x86"), example_inputs=(batches[0],))
         with torch.inference_mode():
             for batch in batches:

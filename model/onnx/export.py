@@ -11,8 +11,11 @@ The command line is `python -m model.export` (`model/export.py`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -120,7 +123,7 @@ def export_model(
     ):  # fmt: skip
         # verbose=False keeps the exporter's progress off stdout; its note on how it names the dynamic
         # dimensions is no warning for our users either.
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        with warnings.catch_warnings(), _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
             warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
             program = torch.onnx.export(
                 graph.eval(),
@@ -142,6 +145,23 @@ def export_model(
         onnx.checker.check_model(proto, full_check=True)
         graphs.append(proto.SerializeToString())
     return ExportedGraphs(*graphs)
+
+
+# The exporter's optimisation passes log every step at info (a hundred lines a graph): progress, not news.
+_CHATTY_LOGGERS = ("onnx_ir", "onnxscript")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def has_deformable_convs(model: nn.Module) -> bool:

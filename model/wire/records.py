@@ -117,11 +117,13 @@ def batch_response(
     }
 
 
-def error_body(code: str, message: str, index: int | None = None) -> dict[str, Any]:
-    """The `ErrorBody` of every error answer; `index` names the failing image of a batch request."""
+def error_body(code: str, message: str, index: int | None = None, file: str | None = None) -> dict[str, Any]:
+    """The `ErrorBody` of every error answer; `index` and `file` name the failing image of a batch request."""
     error: dict[str, Any] = {"code": code, "message": message}
     if index is not None:
         error["index"] = index
+    if file is not None:
+        error["file"] = file
     return {"error": error}
 
 

@@ -28,6 +28,7 @@ async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> ModelInfo:
         category_ids=predictor.category_ids,
         device=str(predictor.device),
         precision=str(predictor.precision),
+        backend=str(predictor.backend),
         dtype=str(predictor.dtype).removeprefix("torch."),
         weights_sha256=predictor.weights_sha256,
         compiled=predictor.compiled,

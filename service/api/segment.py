@@ -103,7 +103,7 @@ async def segment_batch(
         try:
             results = await unless_disconnected(request, runtime.segment(images, options))
         except ImageFailed as failed:
-            raise failed.error.for_image(failed.index) from None
+            raise failed.error.for_image(failed.index, images[failed.index].filename) from None
     return OrjsonResponse(
         batch_response(
             [(result.record, result.timing_ms()) for result in results],

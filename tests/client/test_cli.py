@@ -115,7 +115,42 @@ def test_png_needs_an_output_directory(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_an_unreachable_service_fails_every_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = write_png(tmp_path / "d.png", 6, 32, 32)
+    write_png(tmp_path / "e.png", 7, 32, 32)
     # Port 9 (discard) on loopback: nothing listens there in the test environment.
-    assert main(["segment", str(source), "--url", "http://127.0.0.1:9", "--no-progress"]) == 1
+    assert main(["segment", str(source), str(source.with_name("e.png")), "--url", "http://127.0.0.1:9",
+                 "--no-progress"]) == 1  # fmt: skip
     errors = capsys.readouterr().err
-    assert "failed: " in errors and "cannot reach http://127.0.0.1:9" in errors
+    # One line says the service is not there, not one per image, and no rate of images that never went.
+    assert errors.count("cannot reach http://127.0.0.1:9") == 1, errors
+    assert "centermask: the service at http://127.0.0.1:9 did not answer" in errors
+    assert "images/s" not in errors
+
+
+def test_results_already_there_are_kept_unless_overwrite(
+    tiny_server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_png(tmp_path / "f.png", 7, 48, 64)
+    out = tmp_path / "out"
+    assert (
+        main(["segment", str(source), "--url", tiny_server.url, "--out-dir", str(out), "--no-progress"]) == 0
+    )
+    first = (out / "f.json").read_text()
+    (out / "f.json").write_text("mine")
+    assert (
+        main(["segment", str(source), "--url", tiny_server.url, "--out-dir", str(out), "--no-progress"]) == 2
+    )
+    assert "f.json is already there; pass --overwrite" in capsys.readouterr().err
+    assert (out / "f.json").read_text() == "mine"
+    arguments = ["segment", str(source), "--url", tiny_server.url, "--out-dir", str(out), "--no-progress"]
+    assert main([*arguments, "--overwrite"]) == 0
+    assert json.loads((out / "f.json").read_text())["width"] == json.loads(first)["width"] == 64
+
+
+def test_both_commands_say_their_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.startswith("centermask ")
+    from service.server import main as serve
+
+    serve(["--version"])
+    assert capsys.readouterr().out.startswith("centermask-serve ")

@@ -2,7 +2,8 @@
 
 import pytest
 
-from tests.helpers import metric_families
+from service import metrics as exported
+from tests.helpers import REPO, metric_families
 from tests.service.helpers import Served, png_body, random_image
 
 REJECTION_REASONS = (
@@ -63,3 +64,14 @@ async def test_unknown_paths_share_one_label(served: Served) -> None:
         s.labels["endpoint"] for s in families["centermask_requests"].samples if "endpoint" in s.labels
     }
     assert "unmatched" in endpoints and "/wp-admin/setup.php" not in endpoints
+
+
+def test_every_metric_and_label_value_is_documented() -> None:
+    """docs/metrics.md names every metric the service exports, every rejection reason and failure kind."""
+    documented = (REPO / "docs" / "metrics.md").read_text()
+    registry = exported.Metrics().registry
+    names = {family.name for family in registry.collect()}
+    missing = [name for name in sorted(names) if f"`{name}" not in documented]
+    assert missing == []
+    assert [reason for reason in exported.REJECTION_REASONS if f"`{reason}`" not in documented] == []
+    assert [kind for kind in exported.FAULT_KINDS if f"`{kind}`" not in documented] == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from centermask_client.errors import ApiError, CenterMaskError
+from centermask_client.errors import ApiError, CenterMaskError, ConnectionFailed
 from centermask_client.schemas import SegmentResponse
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -45,6 +46,8 @@ class Outcome:
     job: Job
     result: SegmentResponse | None = None
     error: str | None = None
+    # The service could not be reached (no answer at all), rather than refusing this image.
+    unreachable: bool = False
 
 
 def find_jobs(inputs: Sequence[str]) -> list[Job]:
@@ -74,6 +77,7 @@ def find_jobs(inputs: Sequence[str]) -> list[Job]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="centermask", description="Client of a CenterMask service.")
+    parser.add_argument("--version", action="version", version=f"centermask {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     segment = commands.add_parser(
         "segment",
@@ -122,6 +126,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--timeout", type=float, default=120.0, metavar="SECONDS", help="per request (default: 120)"
     )
     segment.add_argument("--no-progress", action="store_true", help="no progress bar")
+    segment.add_argument(
+        "--overwrite", action="store_true", help="replace results already in --out-dir (default: refuse)"
+    )
     args = parser.parse_args(argv)
     if args.format == "png" and args.out_dir is None:
         parser.error("--format png writes files: give --out-dir")
@@ -132,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         jobs = find_jobs(args.inputs)
+        if args.out_dir is not None and not args.overwrite:
+            _refuse_to_overwrite(jobs, args)
     except UsageError as error:
         print(f"centermask: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -139,17 +148,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcomes = asyncio.run(_segment_all(jobs, args))
     elapsed = time.perf_counter() - started
     failed = [outcome for outcome in outcomes if outcome.error is not None]
+    unreachable = [outcome for outcome in failed if outcome.unreachable]
+    if unreachable and len(unreachable) == len(jobs):
+        # Nothing reached the service: one line says so, not one per image.
+        print(
+            f"centermask: the service at {args.url} did not answer: {unreachable[0].error}", file=sys.stderr
+        )
+        return EXIT_FAILED
     for outcome in failed:
         print(f"failed: {outcome.job.source}: {outcome.error}", file=sys.stderr)
+    succeeded = len(jobs) - len(failed)
     instances = sum(len(outcome.result.instances) for outcome in outcomes if outcome.result is not None)
-    where = f"; results in {args.out_dir}" if args.out_dir is not None else ""
+    where = f"; results in {args.out_dir}" if args.out_dir is not None and succeeded else ""
+    rate = f" ({succeeded / elapsed:.1f} images/s)" if succeeded else ""
     count = f"{len(jobs)} image{'s' if len(jobs) != 1 else ''}"
     print(
-        f"centermask: {count}, {len(jobs) - len(failed)} segmented, {len(failed)} failed, "
-        f"{instances} instances in {elapsed:.1f} s ({len(jobs) / elapsed:.1f} images/s){where}",
+        f"centermask: {count}, {succeeded} segmented, {len(failed)} failed, "
+        f"{instances} instances in {elapsed:.1f} s{rate}{where}",
         file=sys.stderr,
     )
     return EXIT_FAILED if failed else 0
+
+
+def _refuse_to_overwrite(jobs: list[Job], args: argparse.Namespace) -> None:
+    """Raise UsageError if a result of these jobs is already in --out-dir."""
+    suffixes = [".json", ".overlay.png"] if args.format == "png" else [".json"]
+    existing = [
+        target
+        for job in jobs
+        for suffix in suffixes
+        if (target := args.out_dir / job.name.with_name(job.name.name + suffix)).exists()
+    ]
+    if existing:
+        more = f" (and {len(existing) - 1} more results)" if len(existing) > 1 else ""
+        raise UsageError(f"{existing[0]} is already there{more}; pass --overwrite to replace it")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("centermask-client")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0.0.0"
 
 
 async def _segment_all(jobs: list[Job], args: argparse.Namespace) -> list[Outcome]:
@@ -174,6 +213,8 @@ async def _segment_all(jobs: list[Job], args: argparse.Namespace) -> list[Outcom
                 outcome = Outcome(job, result=result)
             except ApiError as error:
                 outcome = Outcome(job, error=f"{error.status} {error.code}: {error.message}")
+            except ConnectionFailed as error:
+                outcome = Outcome(job, error=str(error), unreachable=True)
             except (CenterMaskError, OSError, ValueError) as error:
                 outcome = Outcome(job, error=str(error))
             bar.update(1)

@@ -130,14 +130,17 @@ class _Api:
         status = response.status_code
         try:
             error = response.json()["error"]
-            code, message, index = str(error["code"]), str(error["message"]), error.get("index")
+            code, message = str(error["code"]), str(error["message"])
+            index, file = error.get("index"), error.get("file")
         except (ValueError, KeyError, TypeError):
-            code, message, index = "http_error", response.text[:200] or response.reason_phrase, None
+            code, message = "http_error", response.text[:200] or response.reason_phrase
+            index = file = None
         raise error_class(status)(
             status,
             code,
             message,
             index=index,
+            file=file,
             request_id=response.headers.get("X-Request-ID"),
             retry_after_s=retry_after_s(response),
         )

@@ -23,7 +23,7 @@ class ApiError(CenterMaskError):
     """The service answered with an error status.
 
     `code` is the stable machine-readable code of the body (`invalid_image`, `overloaded`, ...),
-    `index` the failing image of a batch request, `request_id` the X-Request-ID to look up in the
+    `index` and `file` the failing image of a batch request (its position and filename), `request_id` the X-Request-ID to look up in the
     service's logs.
     """
 
@@ -34,15 +34,18 @@ class ApiError(CenterMaskError):
         message: str,
         *,
         index: int | None = None,
+        file: str | None = None,
         request_id: str | None = None,
         retry_after_s: float | None = None,
     ) -> None:
-        where = f" (image {index})" if index is not None else ""
+        named = f" {file!r}" if file is not None else ""
+        where = f" (image {index}{named})" if index is not None else ""
         super().__init__(f"{status} {code}{where}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.index = index
+        self.file = file
         self.request_id = request_id
         self.retry_after_s = retry_after_s
 

@@ -191,6 +191,9 @@ class ModelInfo(BaseModel):
     category_ids: list[int] = Field(description="The category_id of each class, index = class_id.")
     device: str
     precision: str = Field(description="fp32 (exact to the official outputs), bf16, fp16 or int8.")
+    backend: str = Field(
+        "torch", description="What runs the network: torch, or onnxruntime (the network exported to ONNX)."
+    )
     dtype: str = Field(description="What the network's floating-point layers compute in.")
     weights_sha256: str
     compiled: bool = Field(
@@ -212,7 +215,8 @@ class ModelInfo(BaseModel):
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. invalid_image, overloaded.")
     message: str = Field(description="What went wrong, for people.")
-    index: int | None = Field(None, description="The failing image of a batch request.")
+    index: int | None = Field(None, description="The failing image of a batch request: its position.")
+    file: str | None = Field(None, description="The failing image of a batch request: its upload's filename.")
 
 
 class ErrorBody(BaseModel):

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
@@ -72,7 +72,18 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     for router in routers:
         app.include_router(router)
     pages.install_pages(app)
-    install_openapi(app, openapi_schemas())
+    # What needs the key as configured: the API's own routers always, the probes' with PROTECT_PROBES.
+    keyed: list[APIRouter] = [segment.router, model.router, v2.model_router]
+    if settings.protect_probes:
+        keyed += [pages.router, probes.router, v2.probe_router]
+    secured = frozenset(
+        (route.path, method)
+        for router in keyed
+        for route in router.routes
+        if isinstance(route, APIRoute) and settings.api_key is not None
+        for method in route.methods or ()
+    )
+    install_openapi(app, openapi_schemas(), secured=secured)
     # Metric labels: every route's path (the API's, the docs', /openapi.json) and every mount's prefix
     # (/static): anything else is "unmatched".
     routes = [*app.routes, *(route for router in routers for route in router.routes)]

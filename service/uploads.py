@@ -153,6 +153,10 @@ async def _read_form_files(request: Request, field: str, *, max_files: int, max_
         values = form.getlist(field)
         if not values:
             raise InvalidParameter(f"the multipart field '{field}' is missing")
+        others = sorted({name for name in form if name != field})
+        if others:  # the documented body holds this one field (OpenAPI: additionalProperties false)
+            names = ", ".join(repr(name[:50]) for name in others[:3])
+            raise InvalidRequest(f"the multipart body holds fields other than '{field}': {names}")
         uploads = []
         for value in values:
             if not isinstance(value, UploadFile):

@@ -183,6 +183,13 @@ def part(name: str, data: bytes, filename: bytes | None = b"a.png", boundary: st
         (part("image", VALID_PNG, boundary="abc") + b"--abc--\r\n", MULTIPART, 400, "invalid_request"),
         (part("image", VALID_PNG, filename=None) + b"--xyz--\r\n", MULTIPART, 422, "invalid_parameter"),
         (part("other", VALID_PNG) + b"--xyz--\r\n", MULTIPART, 422, "invalid_parameter"),
+        (
+            part("image", VALID_PNG)
+            + b'--xyz\r\nContent-Disposition: form-data; name="note"\r\n\r\nx\r\n--xyz--\r\n',
+            MULTIPART,
+            400,
+            "invalid_request",
+        ),
         (part("image", VALID_PNG) * 2 + b"--xyz--\r\n", MULTIPART, 413, "too_many_images"),
         (
             b"--xyz\r\nContent-Disposition: form-data\r\n\r\nx\r\n--xyz--\r\n",
@@ -199,6 +206,7 @@ def part(name: str, data: bytes, filename: bytes | None = b"a.png", boundary: st
         "other boundary",
         "field without filename",
         "wrong field",
+        "another field beside the image",
         "two images",
         "part without name",
         "part without headers",

@@ -63,6 +63,11 @@ class InvalidRequest(ServiceError):
     code = "invalid_request"
 
 
+class InvalidVideo(ServiceError):
+    status_code = 400
+    code = "invalid_video"
+
+
 class Unauthorized(ServiceError):
     status_code = 401
     code = "unauthorized"
@@ -94,6 +99,16 @@ class TooManyImages(ServiceError):
     code = "too_many_images"
 
 
+class VideoTooLarge(ServiceError):
+    status_code = 413
+    code = "video_too_large"
+
+
+class VideoTooLong(ServiceError):
+    status_code = 413
+    code = "video_too_long"
+
+
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     code = "unsupported_media_type"
@@ -119,6 +134,20 @@ class InferenceFailed(ServiceError):
 
     def __init__(self, message: str = "internal error while running the model", **kwargs: int | None) -> None:
         super().__init__(message, **kwargs)
+
+
+class InternalError(ServiceError):
+    """Something unexpected, where the answer has already begun (a stream's last line says it)."""
+
+    status_code = 500
+    code = "internal_error"
+
+
+class NotImplementedHere(ServiceError):
+    """A feature whose optional dependency this installation lacks (video needs PyAV)."""
+
+    status_code = 501
+    code = "not_implemented"
 
 
 class NotReady(ServiceError):

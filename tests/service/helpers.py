@@ -56,6 +56,14 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = TIMEOUT_S
             await asyncio.sleep(0.005)
 
 
+def wait_for(condition: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
+    """Wait, in a test's own thread, for a condition that the server's thread makes true."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.005)
+
+
 def metric_value(app: FastAPI, name: str, labels: dict[str, str] | None = None) -> float:
     value = app.state.metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
@@ -183,6 +191,7 @@ class HttpServed:
     app: FastAPI
     server: DrainingServer
     port: int
+    thread: threading.Thread
 
     @property
     def url(self) -> str:
@@ -215,7 +224,7 @@ def serve_http(
     )
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
-    served = HttpServed(app, server, port)
+    served = HttpServed(app, server, port, thread)
     deadline = time.monotonic() + TIMEOUT_S
     while not (server.started and (not ready or served.runtime.phase is Phase.READY)):
         assert thread.is_alive(), "the server stopped while starting"

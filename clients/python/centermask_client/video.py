@@ -61,6 +61,25 @@ def media_type(head: bytes) -> str:
     return "application/octet-stream"
 
 
+def video_bytes(source: VideoSource) -> tuple[bytes, str]:
+    """A video's bytes to upload (a path's contents, bytes, or a binary file's rest) and a Content-Type for
+    them (`media_type`); an unrecognised file is labelled video/mp4, for the service to say what is wrong."""
+    if isinstance(source, str | os.PathLike):
+        data = Path(source).read_bytes()
+    elif isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    elif hasattr(source, "read"):
+        data = source.read()
+        if not isinstance(data, bytes):
+            raise TypeError("file objects must be opened in binary mode ('rb')")
+    else:
+        raise TypeError(
+            f"cannot send a value of type {type(source).__name__} as a video: pass a path, bytes or a file"
+        )
+    content_type = media_type(data[:64])
+    return data, "video/mp4" if content_type == "application/octet-stream" else content_type
+
+
 def import_av() -> Any:
     """PyAV, or an ImportError saying which extra brings it."""
     try:

@@ -74,6 +74,13 @@ class Unauthorized(ServiceError):
     headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
+class ForbiddenOrigin(ServiceError):
+    """A browser page of another origin opened a WebSocket (which CORS does not cover)."""
+
+    status_code = 403
+    code = "forbidden_origin"
+
+
 class RequestTimeout(ServiceError):
     status_code = 408
     code = "request_timeout"

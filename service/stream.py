@@ -13,7 +13,8 @@ How a connection ends, with its close code:
 - 1000: the client closed it, or sent nothing for `stream_idle_timeout_s`;
 - 1001: the service is draining (SIGTERM): the frame in flight is answered first;
 - 1007: a text message that is not a JSON `StreamControl`, or invalid parameters in the URL;
-- 1008: no valid API key (in the handshake's headers, or as the first message's `api_key`);
+- 1008: no valid API key (in the handshake's headers, or as the first message's `api_key`), or a browser
+  page of another origin than the service's and `cors_origins`';
 - 1009: a frame larger than `max_image_bytes`;
 - 1011: an unexpected error;
 - 1013: try again later: not ready, `max_streams` connections already open, or a failed worker.
@@ -32,6 +33,7 @@ import time
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import ValidationError
@@ -41,6 +43,7 @@ from centermask_client.schemas import SegmentParameters, StreamControl
 from model.wire.records import error_body, stream_frame_message
 from service.deps import api_key_is_valid, offered_api_key
 from service.errors import (
+    ForbiddenOrigin,
     ImageTooLarge,
     InvalidParameter,
     InvalidRequest,
@@ -311,8 +314,20 @@ async def close(websocket: WebSocket, session: StreamSession | None, closing: Cl
         await websocket.close(int(closing.code), closing.reason)
 
 
-def refusal(settings: Settings, open_streams: int) -> Closing | None:
+def refusal(websocket: WebSocket, settings: Settings, open_streams: int) -> Closing | None:
     """Why a new connection cannot be served now, if it cannot."""
+    origin = websocket.headers.get("origin")
+    # Browsers send their page's origin and let any page open a WebSocket anywhere (CORS does not apply):
+    # only the service's own pages and the configured origins may use a visitor's browser to stream here.
+    if origin is not None and not (
+        urlsplit(origin).netloc == websocket.headers.get("host")
+        or "*" in settings.cors_origins
+        or origin in settings.cors_origins
+    ):
+        return Closing(
+            CloseCode.POLICY_VIOLATION,
+            ForbiddenOrigin(f"pages of {origin[:100]} may not open streams here (CENTERMASK_CORS_ORIGINS)"),
+        )
     if open_streams >= settings.max_streams:
         return Closing(
             CloseCode.TRY_AGAIN_LATER,

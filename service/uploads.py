@@ -84,7 +84,7 @@ class Uploads:
                 [upload] = await _read_form_files(
                     request, "video", max_files=1, max_bytes=self._max_video_bytes, too_large=VideoTooLarge
                 )
-                _check_size(upload, self._max_video_bytes, too_large=VideoTooLarge)
+                _check_size(upload, self._max_video_bytes, too_large=VideoTooLarge, what="video")
                 return upload
             if media_type in VIDEO_MEDIA_TYPES:
                 body = _limited_body(request, self._max_video_bytes, too_large=VideoTooLarge)
@@ -204,8 +204,12 @@ def _clean_filename(filename: str | None) -> str | None:
 
 
 def _check_size(
-    upload: Upload, max_bytes: int, *, index: int | None = None, too_large: type[ServiceError] = ImageTooLarge
+    upload: Upload,
+    max_bytes: int,
+    *,
+    index: int | None = None,
+    too_large: type[ServiceError] = ImageTooLarge,
+    what: str = "image",
 ) -> None:
     if len(upload.data) > max_bytes:
-        what = "video" if too_large is VideoTooLarge else "image"
         raise too_large(f"the {what} is larger than {max_bytes} bytes", index=index)

@@ -168,7 +168,10 @@ async def frame_lines(
         for _, _, task in window:
             task.cancel()
         await asyncio.gather(*(task for _, _, task in window), return_exceptions=True)
-        await runtime.in_cpu_pool(opened.close)
+        try:
+            await runtime.in_cpu_pool(opened.close)
+        except RuntimeError:  # the pool is shut down (a drain ran out of time): close here
+            opened.close()
 
 
 def _line(body: dict[str, object]) -> bytes:

@@ -30,7 +30,7 @@ async def segment_stream(websocket: WebSocket) -> None:
     session = StreamSession(websocket, runtime, settings, metrics)
     closing: Closing | None = None
     try:
-        closing = refusal(settings, state.open_streams) or await session.authenticate()
+        closing = refusal(websocket, settings, state.open_streams) or await session.authenticate()
         if closing is None:
             async with runtime.admitted():
                 parameters = session.first_parameters or query_parameters(websocket)

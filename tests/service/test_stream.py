@@ -151,6 +151,21 @@ def test_what_the_server_cannot_take_closes_with_a_code_and_says_why(
     assert closed_code == code and reason.startswith(error)
 
 
+def test_pages_of_other_origins_may_not_stream(served: HttpServed) -> None:
+    headers = {"X-API-Key": KEY, "Origin": "http://elsewhere.example"}
+    with connect(
+        f"{served.ws_url}/segment/stream", additional_headers=headers, open_timeout=TIMEOUT_S
+    ) as stream:
+        assert receive(stream)["error"]["code"] == "forbidden_origin"
+        assert closed_with(stream)[0] == 1008
+    headers["Origin"] = served.url  # the service's own page
+    with connect(
+        f"{served.ws_url}/segment/stream", additional_headers=headers, open_timeout=TIMEOUT_S
+    ) as stream:
+        stream.send(FRAMES[0])
+        assert receive(stream)["frame"] == 0
+
+
 def test_invalid_parameters_in_the_url_close_with_1007(served: HttpServed) -> None:
     with open_stream(served, "?classes=no-such-class") as stream:
         assert receive(stream)["error"]["code"] == "invalid_parameter"

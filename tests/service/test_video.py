@@ -265,3 +265,29 @@ def test_a_client_that_leaves_stops_the_decoding_and_frees_its_queue_slots(
     assert metrics.get_sample_value("centermask_preprocess_seconds_count") == 4
     # Only the pass that was running when the client left ever ran.
     assert len(predictor.batches) == 1
+
+
+def test_a_drain_that_runs_out_of_time_ends_the_answer_with_not_ready(
+    small_weights: Path, controlled: tuple[PredictorLoader, Any], clips: dict[str, Path]
+) -> None:
+    load, get_predictor = controlled
+    settings = tiny_settings(small_weights, max_batch_size=1, drain_timeout_s=0.5)
+    with serve_http(settings, load) as served:
+        predictor = get_predictor()
+        predictor.hold()
+        with httpx.stream(
+            "POST",
+            f"{served.url}/segment/video?mask_format=none",
+            content=clips["mp4"].read_bytes(),
+            headers={"Content-Type": "video/mp4"},
+            timeout=TIMEOUT_S,
+        ) as response:
+            assert predictor.entered.wait(TIMEOUT_S)
+            served.sigterm()  # frame 0 is held in its forward pass past the drain timeout
+            answered = [json.loads(line) for line in response.iter_lines()]
+        predictor.release()
+        assert answered == [
+            {"error": {"code": "not_ready", "message": "the service is shutting down", "index": 0}}
+        ]
+        served.thread.join(TIMEOUT_S)
+        assert not served.thread.is_alive()

@@ -238,8 +238,10 @@ class Batcher(Generic[ItemT, ResultT]):
         # Queued now (the wait for room is not queueing): put returns without yielding once it has put,
         # so the worker has not seen the entry yet.
         entry.enqueued_at = loop.time()
-        # Room may have come from `close` emptying the queue: then nothing will ever run the item.
-        if self._closing or self.failure is not None:
+        # Room may have come from `close` or a failure emptying the queue: then nothing will ever run the item.
+        if self.failure is not None:
+            self._resolve_error(entry, WorkerFailed("the inference worker failed; retry"))
+        elif self._closing:
             self._resolve_error(entry, NotReady("the service is shutting down"))
         return entry.future
 

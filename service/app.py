@@ -18,12 +18,12 @@ from starlette.routing import Mount, Route
 
 from model.inference.images import configure_pillow
 from model.inference.load import load_predictor
-from service.api import model, pages, probes, segment
+from service.api import model, pages, probes, segment, stream, video
 from service.errors import install_error_handlers
 from service.logging import configure_logging
 from service.metrics import Metrics
 from service.middleware import HeadAsGetMiddleware, RequestContextMiddleware
-from service.openapi import install_openapi
+from service.openapi import install_openapi, wire_schemas
 from service.responses import OrjsonResponse
 from service.runtime import PredictorLoader, Runtime
 from service.settings import Settings
@@ -32,7 +32,9 @@ from service.v2 import endpoints as v2
 from service.v2.models import openapi_schemas
 
 DESCRIPTION = """POST an image to `/segment`: get boxes, classes, scores and COCO RLE masks back, or the
-image with them drawn (`format=png`). Triton and KServe clients speak the Open Inference Protocol under `/v2`.
+image with them drawn (`format=png`). POST a video to `/segment/video` for a line per frame; send a camera's
+frames over the WebSocket `/segment/stream`. Triton and KServe clients speak the Open Inference Protocol
+under `/v2`.
 
 The demo page is at [`/`](/); every error is `{"error": {"code", "message"}}` with its status.
 """
@@ -67,8 +69,20 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     app.state.metrics = metrics
     app.state.runtime = runtime
     app.state.uploads = Uploads(settings)
+    # Open /segment/stream connections (service/api/stream.py counts them).
+    app.state.open_streams = 0
+    metrics.streams_open.set_function(lambda: app.state.open_streams)
     install_error_handlers(app)
-    routers = (segment.router, model.router, pages.router, probes.router, v2.probe_router, v2.model_router)
+    routers = (
+        segment.router,
+        video.router,
+        stream.router,
+        model.router,
+        pages.router,
+        probes.router,
+        v2.probe_router,
+        v2.model_router,
+    )
     for router in routers:
         app.include_router(router)
     pages.install_pages(app)
@@ -83,7 +97,7 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
         if isinstance(route, APIRoute) and settings.api_key is not None
         for method in route.methods or ()
     )
-    install_openapi(app, openapi_schemas(), secured=secured)
+    install_openapi(app, {**openapi_schemas(), **wire_schemas()}, secured=secured)
     # Metric labels: every route's path (the API's, the docs', /openapi.json) and every mount's prefix
     # (/static): anything else is "unmatched".
     routes = [*app.routes, *(route for router in routers for route in router.routes)]
@@ -95,7 +109,7 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
-            expose_headers=["Retry-After", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID", "X-Video-Frames"],
             max_age=600,
         )
     app.add_middleware(HeadAsGetMiddleware)

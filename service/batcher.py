@@ -220,6 +220,31 @@ class Batcher(Generic[ItemT, ResultT]):
             self._queue.put_nowait(entry)
         return [entry.future for entry in queued]
 
+    async def put(self, item: ItemT, *, deadline: float) -> "asyncio.Future[Inference[ResultT]]":
+        """Queue `item`, waiting for room while the queue is full (`submit` refuses instead).
+
+        For callers that pace themselves by their own answers, such as a video's frames: their wait is
+        their backpressure, and what they already queued is not turned away. Cancelling the wait queues
+        nothing; cancelling the returned future withdraws the item. Raises WorkerFailed once the worker
+        has stopped for good, NotReady once the batcher is closing.
+        """
+        if self.failure is not None or not self._thread.is_alive:
+            raise WorkerFailed("the inference worker failed; this instance awaits a restart")
+        if self._closing:
+            raise NotReady("the service is shutting down")
+        loop = asyncio.get_running_loop()
+        entry = _Queued(item, deadline, loop.time(), loop.create_future())
+        await self._queue.put(entry)
+        # Queued now (the wait for room is not queueing): put returns without yielding once it has put,
+        # so the worker has not seen the entry yet.
+        entry.enqueued_at = loop.time()
+        # Room may have come from `close` or a failure emptying the queue: then nothing will ever run the item.
+        if self.failure is not None:
+            self._resolve_error(entry, WorkerFailed("the inference worker failed; retry"))
+        elif self._closing:
+            self._resolve_error(entry, NotReady("the service is shutting down"))
+        return entry.future
+
     async def close(self, timeout_s: float) -> None:
         """Let the queued images finish for up to `timeout_s`, then stop the worker.
 

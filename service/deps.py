@@ -4,7 +4,7 @@ request's segmentation options. Each as an `Annotated` alias for handler signatu
 import asyncio
 import hashlib
 import hmac
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Query, Request
@@ -45,14 +45,30 @@ ApiKeyHeader = Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto
 BearerHeader = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
 
 
+def api_key_is_valid(settings: Settings, offered: str) -> bool:
+    """Whether `offered` is the configured API key (always true when none is configured)."""
+    if settings.api_key is None:
+        return True
+    # Digests of equal length, compared in constant time: the timing says nothing about the key,
+    # not even its length.
+    expected = hashlib.sha256(settings.api_key.get_secret_value().encode()).digest()
+    return hmac.compare_digest(hashlib.sha256(offered.encode("utf-8", "replace")).digest(), expected)
+
+
+def offered_api_key(headers: Mapping[str, str]) -> str | None:
+    """The key in X-API-Key or Authorization: Bearer, None when neither header carries one (a WebSocket
+    handshake's headers, which FastAPI's security dependencies do not read)."""
+    if "x-api-key" in headers:
+        return headers["x-api-key"]
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
+
+
 def require_api_key(settings: SettingsDep, api_key: ApiKeyHeader, bearer: BearerHeader) -> None:
     if settings.api_key is None:
         return
     offered = api_key if api_key is not None else (bearer.credentials if bearer is not None else "")
-    # Digests of equal length, compared in constant time: the timing says nothing about the key,
-    # not even its length.
-    expected = hashlib.sha256(settings.api_key.get_secret_value().encode()).digest()
-    if not hmac.compare_digest(hashlib.sha256(offered.encode("utf-8", "replace")).digest(), expected):
+    if not api_key_is_valid(settings, offered):
         raise Unauthorized("a valid API key is required, in X-API-Key or Authorization: Bearer")
 
 

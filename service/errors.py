@@ -70,10 +70,22 @@ class InvalidRequest(ServiceError):
     code = "invalid_request"
 
 
+class InvalidVideo(ServiceError):
+    status_code = 400
+    code = "invalid_video"
+
+
 class Unauthorized(ServiceError):
     status_code = 401
     code = "unauthorized"
     headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class ForbiddenOrigin(ServiceError):
+    """A browser page of another origin opened a WebSocket (which CORS does not cover)."""
+
+    status_code = 403
+    code = "forbidden_origin"
 
 
 class RequestTimeout(ServiceError):
@@ -99,6 +111,16 @@ class TooManyPixels(ServiceError):
 class TooManyImages(ServiceError):
     status_code = 413
     code = "too_many_images"
+
+
+class VideoTooLarge(ServiceError):
+    status_code = 413
+    code = "video_too_large"
+
+
+class VideoTooLong(ServiceError):
+    status_code = 413
+    code = "video_too_long"
 
 
 class UnsupportedMediaType(ServiceError):
@@ -132,6 +154,20 @@ class InferenceFailed(ServiceError):
         file: str | None = None,
     ) -> None:
         super().__init__(message, index=index, file=file)
+
+
+class InternalError(ServiceError):
+    """Something unexpected, where the answer has already begun (a stream's last line says it)."""
+
+    status_code = 500
+    code = "internal_error"
+
+
+class NotImplementedHere(ServiceError):
+    """A feature whose optional dependency this installation lacks (video needs PyAV)."""
+
+    status_code = 501
+    code = "not_implemented"
 
 
 class NotReady(ServiceError):

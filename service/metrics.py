@@ -19,6 +19,9 @@ BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 REJECTION_REASONS = (
     "queue_full", "uploads_full", "deadline", "client_gone", "body_timeout", "not_ready", "worker_failed",
 )  # fmt: skip
+# What became of a frame sent over /segment/stream: answered, dropped (replaced while waiting by a newer
+# one, or left waiting when the connection closed) or failed (its error sent instead).
+STREAM_OUTCOMES = ("answered", "dropped", "failed")
 # What went wrong in a failed forward pass (service/faults.py); "hung" is a pass past the watchdog.
 FAULT_KINDS = ("error", "out_of_memory", "fatal", "hung")
 
@@ -70,6 +73,28 @@ class Metrics:
         )
         for kind in FAULT_KINDS:
             self.inference_failures.labels(kind)
+        self.video_frames = Counter(
+            "centermask_video_frames_total", "Video frames answered by /segment/video.", registry=registry
+        )
+        self.video_frame_latency = seconds(
+            "centermask_video_frame_latency_seconds",
+            "A video frame's latency: from its decoding to its line being written.",
+        )
+        self.stream_frames = Counter(
+            "centermask_stream_frames_total",
+            "Frames received on /segment/stream connections, by outcome.",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in STREAM_OUTCOMES:
+            self.stream_frames.labels(outcome)
+        self.stream_frame_latency = seconds(
+            "centermask_stream_frame_latency_seconds",
+            "A stream frame's latency: from its message's arrival to its answer being sent.",
+        )
+        self.streams_open = Gauge(
+            "centermask_streams_open", "Open /segment/stream connections.", registry=registry
+        )
         self.queue_depth = Gauge("centermask_queue_depth", "Images waiting for inference.", registry=registry)
         self.requests_in_flight = Gauge(
             "centermask_requests_in_flight", "Segmentation requests being processed.", registry=registry

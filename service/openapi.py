@@ -14,10 +14,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from centermask_client.schemas import ErrorBody
+from centermask_client.schemas import ErrorBody, StreamControl, StreamFrameResult, VideoFrameResult
 from model.wire.records import batch_response, error_body
 from service.errors import RETRY_AFTER_S
 from service.images import MEDIA_TYPES
+from service.uploads import VIDEO_MEDIA_TYPES
 
 # The demo page's example images and the bundled model's recorded answer for the first.
 EXAMPLES_DIR = Path(__file__).parent / "static" / "examples"
@@ -86,22 +87,89 @@ _HEADERS = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(
+    *statuses: int,
+    codes: dict[int, dict[str, str]] = ERROR_CODES,
+    descriptions: dict[int, str] = _ERROR_DESCRIPTIONS,
+) -> dict[int | str, dict[str, Any]]:
     """FastAPI `responses=` entries: the error body schema, and an example per code."""
     return {
         status: {
             "model": ErrorBody,
-            "description": _ERROR_DESCRIPTIONS[status],
+            "description": descriptions[status],
             "content": {
                 "application/json": {
                     "examples": {
-                        code: {"value": error_body(code, message)}
-                        for code, message in ERROR_CODES[status].items()
+                        code: {"value": error_body(code, message)} for code, message in codes[status].items()
                     }
                 }
             },
         }
         for status in statuses
+    }
+
+
+# /segment/video answers these before its first line; later failures are its last line instead.
+VIDEO_ERROR_CODES: dict[int, dict[str, str]] = {
+    **ERROR_CODES,
+    400: {
+        "invalid_video": "cannot read the video's header: it is truncated or corrupt",
+        "invalid_request": "malformed multipart body: missing boundary",
+    },
+    413: {
+        "video_too_large": "the request body is larger than 209715200 bytes",
+        "too_many_pixels": "the video's frames have 7680×4320 pixels, more than the limit of 8294400",
+        "video_too_long": "the video lasts 3600.0 s, more than the limit of 600 s",
+    },
+    415: {
+        "unsupported_media_type": "prores video is not supported; send MP4, MOV, MKV or WebM with H.264, "
+        "HEVC, VP8, VP9, AV1, MPEG-4 or MJPEG video"
+    },
+    501: {
+        "not_implemented": "this service cannot read videos: it was installed without PyAV "
+        "(centermask-serve[video])"
+    },
+}
+_VIDEO_ERROR_DESCRIPTIONS = {
+    **_ERROR_DESCRIPTIONS,
+    400: "The video cannot be read (corrupt, truncated, no decodable frame) or the multipart body is malformed.",
+    413: "More bytes than CENTERMASK_MAX_VIDEO_BYTES, frames of more pixels than CENTERMASK_MAX_VIDEO_PIXELS, "
+    "or longer than CENTERMASK_MAX_VIDEO_DURATION_S (as the header says).",
+    415: "Not a container or codec the service reads, or another Content-Type.",
+    500: "An unexpected error before the first line.",
+    501: "This installation has no video support (PyAV, the `video` extra).",
+}
+VIDEO_ERRORS = (400, 401, 413, 415, 422, 500, 501, 503)
+VIDEO_LINE_EXAMPLE = (
+    '{"frame":0,"time_s":0.0,"height":480,"width":640,"instances":[{"box":[120.0,97.8,230.8,210.2],'
+    '"score":0.84,"class_id":0,"category_id":1,"class_name":"circle","mask_score":0.88,'
+    '"mask":{"size":[480,640],"counts":"WYS1R1Y82N2L6J6L2N2N4I8K3jHlMo6U2PIlMo6U2RIj"}}]}\n'
+    '{"frame":1,"time_s":0.033333,"height":480,"width":640,"instances":[]}\n'
+    '{"error":{"code":"invalid_video","message":"cannot decode the video after 2 frames: it is truncated or '
+    'corrupt","index":2}}\n'
+)
+
+
+def video_responses() -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "description": "One `VideoFrameResult` per line, in frame order, written as each frame is done; "
+            "a failure after the first line ends the answer with one `ErrorBody` line (`index`: the frame). "
+            "`X-Video-Frames` has the number of lines to expect when the video's header gives it.",
+            "headers": {
+                "X-Video-Frames": {
+                    "description": "The expected number of frame lines (from the video's header).",
+                    "schema": {"type": "integer"},
+                }
+            },
+            "content": {
+                "application/x-ndjson": {
+                    "schema": {"$ref": "#/components/schemas/VideoFrameResult"},
+                    "example": VIDEO_LINE_EXAMPLE,
+                }
+            },
+        },
+        **error_responses(*VIDEO_ERRORS, codes=VIDEO_ERROR_CODES, descriptions=_VIDEO_ERROR_DESCRIPTIONS),
     }
 
 
@@ -201,6 +269,35 @@ IMAGES_BODY = {
 }
 
 
+VIDEO_BODY = {
+    "description": "The video: the multipart file field `video`, or the raw bytes with their Content-Type.",
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"video": {"type": "string", "format": "binary"}},
+                "required": ["video"],
+            }
+        },
+        **{
+            media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in VIDEO_MEDIA_TYPES
+        },
+    },
+    "required": True,
+}
+
+
+def wire_schemas() -> dict[str, Any]:
+    """Component schemas of bodies that no route's signature declares: a video's NDJSON line, and the
+    messages of the `/segment/stream` WebSocket (which OpenAPI cannot describe as an operation)."""
+    schemas: dict[str, Any] = {}
+    for model in (VideoFrameResult, StreamFrameResult, StreamControl):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas |= schema.pop("$defs", {})
+        schemas[model.__name__] = schema
+    return schemas
+
+
 def install_openapi(
     app: FastAPI, schemas: dict[str, Any] | None = None, *, secured: frozenset[tuple[str, str]] = frozenset()
 ) -> None:
@@ -220,7 +317,10 @@ def install_openapi(
             )
             _add_headers(schema)
             _declare_security(schema, secured)
-            schema["components"].setdefault("schemas", {}).update(schemas or {})
+            components = schema["components"].setdefault("schemas", {})
+            # The routes' own schemas of a model win over a hand-made one of the same name.
+            for name, value in (schemas or {}).items():
+                components.setdefault(name, value)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -21,6 +21,7 @@ import torch
 
 from model.inference.backends import Backend
 from model.inference.detections import Detections, Selection
+from model.inference.images import DecodedImage
 from model.inference.options import PredictorOptions
 from model.inference.predictor import Predictor
 from model.inference.preprocess import PreparedImage
@@ -115,6 +116,9 @@ class Runtime:
         self._idle = asyncio.Event()
         self._idle.set()
         self._drain_started: float | None = None
+        # Set once draining has begun, in the event loop (begin_draining runs in a signal handler): open
+        # streams wait on it to close.
+        self._streams_closing = asyncio.Event()
         self._watchdog_s: float | None = None
         metrics.track(
             queue_depth=lambda: self._batcher.depth if self._batcher else 0,
@@ -156,9 +160,19 @@ class Runtime:
         if self._drain_started is None:
             self._drain_started = time.monotonic()
 
+    def close_streams(self) -> None:
+        """Tell open streams (`/segment/stream`) to answer their frame in flight and close. Called in the
+        event loop once draining has begun (the server's tick, or `stop`)."""
+        self._streams_closing.set()
+
+    async def until_streams_close(self) -> None:
+        """Returns once open streams should close (the service is draining)."""
+        await self._streams_closing.wait()
+
     async def stop(self) -> None:
         """Drain: finish admitted requests for up to the drain timeout, then stop the worker."""
         self.begin_draining()
+        self.close_streams()
         drain_started = self._drain_started
         assert drain_started is not None
         if self._loader is not None and not self._loader.done():
@@ -235,6 +249,40 @@ class Runtime:
                 prepared, inferences, records, strict=True
             )
         ]
+
+    async def segment_frame(self, image: DecodedImage, decode_s: float, options: SegmentOptions) -> Segmented:
+        """Segment one decoded video frame, as `segment` does an uploaded image once decoded.
+
+        Unlike `segment`, a full queue is waited for rather than refused: a video's frames are paced by
+        their own answers (a bounded number in flight), and its request has already been admitted. The
+        deadline (`request_deadline_s` for one image) starts now. Raises the frame's ServiceError.
+        """
+        assert self._batcher is not None
+        deadline_s = self._settings.request_deadline_s(1, self._max_batch_size)
+        deadline = asyncio.get_running_loop().time() + deadline_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                prepared, prepare_s = await self._in_cpu_pool(self._prepare, image)
+                future = await self._batcher.put(Job(prepared, options.before_masks), deadline=deadline)
+                inference = await future
+                record, postprocess_s = await self._in_cpu_pool(self._postprocess, None, inference, options)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the frame took longer than its deadline of {deadline_s:g} s (CENTERMASK_REQUEST_TIMEOUT_S)"
+            ) from None
+        self._metrics.images.inc()
+        return Segmented(
+            record, decode_s + prepare_s, inference.queue_s, inference.inference_s, postprocess_s
+        )
+
+    @property
+    def frames_in_flight(self) -> int:
+        """Frames of one video decoded and queued ahead of the one answered next."""
+        return self._settings.frames_in_flight(self._max_batch_size)
+
+    async def in_cpu_pool(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (decoding a video's next frame) in the decode/encode pool."""
+        return await self._in_cpu_pool(function, *args)
 
     async def _load(self) -> None:
         try:
@@ -338,6 +386,13 @@ class Runtime:
         predictor = self.predictor
         image = decode_image(data, max_pixels=self._settings.max_image_pixels, draft_to=predictor.draft_to)
         prepared = predictor.prepare(image)
+        elapsed = time.perf_counter() - started
+        self._metrics.preprocess.observe(elapsed)
+        return prepared, elapsed
+
+    def _prepare(self, image: DecodedImage) -> tuple[PreparedImage, float]:
+        started = time.perf_counter()
+        prepared = self.predictor.prepare(image)
         elapsed = time.perf_counter() - started
         self._metrics.preprocess.observe(elapsed)
         return prepared, elapsed

@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -81,6 +82,8 @@ class DrainingServer(uvicorn.Server):
             return True
         if self._drain_started is None:
             return False
+        # Here, in the event loop (unlike the signal handler), open streams can be told to close.
+        self._runtime.close_streams()
         elapsed = time.monotonic() - self._drain_started
         if self._runtime.in_flight and elapsed < self._drain_timeout_s:
             return False
@@ -93,21 +96,29 @@ class DrainingServer(uvicorn.Server):
 
 
 def run(app: FastAPI, settings: Settings) -> None:
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http=GuardedH11Protocol,
-        timeout_keep_alive=settings.idle_timeout_s,  # type: ignore[arg-type]  # a float works: a timer's delay
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
-    )
     runtime: Runtime = app.state.runtime
-    DrainingServer(config, runtime, drain_timeout_s=settings.drain_timeout_s).run()
+    DrainingServer(server_config(app, settings), runtime, drain_timeout_s=settings.drain_timeout_s).run()
     if runtime.phase is Phase.FAILED:
         # The model could not be loaded, or the worker died: say so to systemd, Docker and Kubernetes.
         sys.exit(1)
+
+
+def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's configuration for the app under these settings (`overrides`: tests pick their port)."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "http": GuardedH11Protocol,
+        "timeout_keep_alive": settings.idle_timeout_s,  # a float works: a timer's delay
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": max(1, round(settings.drain_timeout_s)),
+        # /segment/stream: a frame may be as large as an image upload; a larger message is closed with 1009
+        # by uvicorn before it is held. Frames are JPEG or PNG, which per-message deflate only slows down.
+        "ws_max_size": settings.max_image_bytes + 1,
+        "ws_per_message_deflate": False,
+    }
+    return uvicorn.Config(app, **(options | overrides))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -115,6 +115,30 @@ class Settings(PredictorOptions, BaseSettings):
         validate_default=True,
         description="Most images in one /segment/batch request. Default: min(32, max_queue).",
     )
+    max_video_bytes: PositiveInt = Field(
+        200 * MiB,
+        description="Largest accepted video file (POST /segment/video), held in memory while decoded.",
+    )
+    max_video_duration_s: PositiveFloat = Field(
+        600,
+        description="Longest accepted video, in seconds of its timeline (from its header, and while decoding).",
+    )
+    max_video_pixels: PositiveInt = Field(
+        3840 * 2160, description="Largest accepted video frame, width × height (from the stream's header)."
+    )
+    video_frames_in_flight: PositiveInt | None = Field(
+        None,
+        description="Frames of one video decoded and queued ahead of the one answered next, so that they batch. "
+        "Default: 2 × the batch size in force, at most max_queue.",
+    )
+    max_streams: PositiveInt = Field(
+        32, description="Open /segment/stream connections at once; more are closed at once (code 1013)."
+    )
+    stream_idle_timeout_s: PositiveFloat = Field(
+        60,
+        description="A /segment/stream connection that sends no message for this long is closed (code 1000); "
+        "so is one that sends no API key this long after connecting, when a key is needed (code 1008).",
+    )
     score_threshold: float = Field(
         0.3, ge=0, le=1, description="Default for the score_threshold query parameter."
     )
@@ -200,6 +224,12 @@ class Settings(PredictorOptions, BaseSettings):
     def request_deadline_s(self, images: int, max_batch_size: int) -> float:
         """The processing deadline of a request with this many images (request_timeout_s per batch)."""
         return self.request_timeout_s * math.ceil(images / max_batch_size)
+
+    def frames_in_flight(self, max_batch_size: int) -> int:
+        """How many frames of one video are decoded and queued ahead of the one answered next."""
+        if self.video_frames_in_flight is not None:
+            return min(self.video_frames_in_flight, self.max_queue)
+        return min(2 * max_batch_size, self.max_queue)
 
     def batch_size_for(self, device: str) -> int:
         """The most images in one forward pass on a device of this type ("cpu" or "cuda")."""

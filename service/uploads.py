@@ -1,7 +1,7 @@
 """Reading uploaded images from a request body, within the limits.
 
 `/segment` takes one image, as the multipart file field `image` or as a raw body with an image
-Content-Type; `/segment/batch` takes the repeated multipart file field `images`; the Open Inference
+Content-Type; `/segment/video` one video, as the field `video` or a raw body; `/segment/batch` takes the repeated multipart file field `images`; the Open Inference
 Protocol's infer takes a JSON or binary tensor body (service/inference_protocol.py parses it). Sizes are checked
 against Content-Length before reading and again while reading, so an oversized body is never held.
 A body must arrive within `body_timeout_s` (408 after it), and at most `max_concurrent_uploads`
@@ -25,9 +25,11 @@ from service.errors import (
     InvalidParameter,
     InvalidRequest,
     RequestTimeout,
+    ServiceError,
     TooManyImages,
     TooManyUploads,
     UnsupportedMediaType,
+    VideoTooLarge,
 )
 from service.images import MEDIA_TYPES
 from service.settings import Settings
@@ -37,6 +39,8 @@ _MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _MULTIPART = "multipart/form-data"
 # Longest filename echoed back in the answer's "file".
 _MAX_FILENAME = 255
+# Content types accepted for a raw video body (whatever the declared type, the bytes decide the format).
+VIDEO_MEDIA_TYPES = ("video/mp4", "video/quicktime", "video/webm", "video/x-matroska", "video/matroska")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Uploads:
 
     def __init__(self, settings: Settings) -> None:
         self._max_bytes = settings.max_image_bytes
+        self._max_video_bytes = settings.max_video_bytes
         self._max_images = settings.max_images_per_request
         self._timeout_s = settings.body_timeout_s
         self._max_concurrent = settings.max_concurrent_uploads
@@ -68,6 +73,25 @@ class Uploads:
         raise UnsupportedMediaType(
             f"Content-Type {media_type[:100] or '(none)'} is not supported; send {_MULTIPART} "
             f"with the field 'image', or the image itself as one of {', '.join(MEDIA_TYPES)}"
+        )
+
+    async def read_video(self, request: Request) -> Upload:
+        """A video: the multipart file field `video`, or the raw body with a video Content-Type; at most
+        `max_video_bytes`, under the same slot and body deadline as images."""
+        async with self._slot():
+            media_type = _media_type(request)
+            if media_type == _MULTIPART:
+                [upload] = await _read_form_files(
+                    request, "video", max_files=1, max_bytes=self._max_video_bytes, too_large=VideoTooLarge
+                )
+                _check_size(upload, self._max_video_bytes, too_large=VideoTooLarge, what="video")
+                return upload
+            if media_type in VIDEO_MEDIA_TYPES:
+                body = _limited_body(request, self._max_video_bytes, too_large=VideoTooLarge)
+                return Upload(filename=None, data=b"".join([chunk async for chunk in body]))
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type[:100] or '(none)'} is not supported; send {_MULTIPART} "
+            f"with the field 'video', or the video itself as one of {', '.join(VIDEO_MEDIA_TYPES)}"
         )
 
     async def read_images(self, request: Request) -> list[Upload]:
@@ -123,25 +147,34 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def _limited_body(request: Request, max_bytes: int) -> AsyncGenerator[bytes, None]:
-    too_large = ImageTooLarge(f"the request body is larger than {max_bytes} bytes")
+async def _limited_body(
+    request: Request, max_bytes: int, *, too_large: type[ServiceError] = ImageTooLarge
+) -> AsyncGenerator[bytes, None]:
+    error = too_large(f"the request body is larger than {max_bytes} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise too_large
+        raise error
     received = 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_bytes:
-                raise too_large
+                raise error
             yield chunk
     except ClientDisconnect:
         raise ClientClosedRequest("the client closed the connection while sending the body") from None
 
 
-async def _read_form_files(request: Request, field: str, *, max_files: int, max_bytes: int) -> list[Upload]:
+async def _read_form_files(
+    request: Request,
+    field: str,
+    *,
+    max_files: int,
+    max_bytes: int,
+    too_large: type[ServiceError] = ImageTooLarge,
+) -> list[Upload]:
     """The files of one multipart field, 1 to max_files of them."""
-    body = _limited_body(request, max_files * (max_bytes + _MULTIPART_OVERHEAD_BYTES))
+    body = _limited_body(request, max_files * (max_bytes + _MULTIPART_OVERHEAD_BYTES), too_large=too_large)
     parser = MultiPartParser(request.headers, body, max_files=max_files, max_fields=max_files)
     try:
         form = await parser.parse()
@@ -174,6 +207,13 @@ def _clean_filename(filename: str | None) -> str | None:
     return filename[:_MAX_FILENAME].encode("utf-8", "replace").decode("utf-8")
 
 
-def _check_size(upload: Upload, max_bytes: int, *, index: int | None = None) -> None:
+def _check_size(
+    upload: Upload,
+    max_bytes: int,
+    *,
+    index: int | None = None,
+    too_large: type[ServiceError] = ImageTooLarge,
+    what: str = "image",
+) -> None:
     if len(upload.data) > max_bytes:
-        raise ImageTooLarge(f"the image is larger than {max_bytes} bytes", index=index)
+        raise too_large(f"the {what} is larger than {max_bytes} bytes", index=index)

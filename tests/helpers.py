@@ -113,3 +113,27 @@ def live_server(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def corrupted_mid_file(video: bytes) -> tuple[bytes, int]:
+    """The video with a run of its frames' bytes overwritten, so that decoding fails after some good frames;
+    and how many frames decode before the failure (found by decoding it here, as the service will)."""
+    import av
+
+    from centermask_client.video import VideoReader
+
+    for percent in range(50, 95, 5):
+        broken = bytearray(video)
+        start = len(video) * percent // 100
+        broken[start : start + 200] = b"\xff" * 200
+        good = 0
+        try:
+            with VideoReader(bytes(broken)) as reader:
+                for _ in reader.frames():
+                    good += 1
+        except av.error.FFmpegError:
+            if good:
+                return bytes(broken), good
+        except ValueError:  # the header was hit
+            continue
+    raise AssertionError("no corruption of this video fails after its first frame")

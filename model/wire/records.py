@@ -7,6 +7,7 @@ in one place and not the other fails them.
 
 * `instances_to_json`, `image_record`: detections → `Instance`, `ImageResult` records;
 * `segment_response`, `batch_response`: the `/segment` and `/segment/batch` envelopes around records;
+* `video_frame_line`, `stream_frame_message`: a video's NDJSON line and a stream's answer for one frame;
 * `timing_ms`: where a request's time went (`Timing`);
 * `error_body`: the `{"error": {...}}` body of every error (`ErrorBody`);
 * `instance_columns`: the records' fields as columns, the Open Inference Protocol's output tensors.
@@ -114,6 +115,32 @@ def batch_response(
         "request_id": request_id,
         "results": [{**record, "timing_ms": timing} for record, timing in records],
         "timing_ms": {"total": round(total_ms, 3)},
+    }
+
+
+def video_frame_line(frame: int, time_s: float, record: dict[str, Any]) -> dict[str, Any]:
+    """The `VideoFrameResult` of a video frame: its position and time, and its image record's instances."""
+    return {
+        "frame": frame,
+        "time_s": round(time_s, 6),
+        "height": record["height"],
+        "width": record["width"],
+        "instances": record["instances"],
+    }
+
+
+def stream_frame_message(
+    frame: int, dropped: int, record: dict[str, Any], timing: dict[str, float], total_ms: float
+) -> dict[str, Any]:
+    """The `StreamFrameResult` of a stream's frame: its message index, the frames dropped so far, its
+    instances and timing."""
+    return {
+        "frame": frame,
+        "dropped": dropped,
+        "height": record["height"],
+        "width": record["width"],
+        "instances": record["instances"],
+        "timing_ms": {**timing, "total": round(total_ms, 3)},
     }
 
 

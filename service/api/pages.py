@@ -22,10 +22,12 @@ from service.deps import require_api_key_for_probes
 
 STATIC = Path(__file__).parents[1] / "static"
 # Inline scripts and styles are the docs pages' own (FastAPI writes Swagger UI's set-up inline); ReDoc
-# runs its search in a worker made from a blob.
+# runs its search in a worker made from a blob; the demo page plays a chosen video from a blob URL, and
+# its WebSocket (/segment/stream) is this origin's too ('self' covers ws: and wss: of it).
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+    "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
+    "media-src 'self' blob:"
 )
 
 

@@ -1,4 +1,6 @@
-// The demo page: send an image to /segment, draw its instances on a canvas, filter them here.
+// The demo page: send an image to /segment, draw its instances on a canvas, filter them here. The camera
+// streams frames over the WebSocket /segment/stream; a chosen video goes to /segment/video and each of its
+// frames is drawn with its masks as its line arrives.
 //
 // One request per image (score_threshold=0): the score slider and the class toggles filter the answer
 // in the browser, without asking again. Masks are decoded from COCO RLE here and blended into the
@@ -289,6 +291,7 @@
   }
 
   async function segment(blob, name) {
+    stopLive();
     setStatus("busy", `Segmenting ${name}…`);
     const form = new FormData();
     form.append("image", blob, name);
@@ -359,6 +362,267 @@
     render();
     setStatus("done", `${name}: ${width}×${height}. Hover an instance to highlight it; filter with the slider and the classes.`);
   }
+
+  // ---------------------------------------------------------------- frames: the camera and videos
+
+  const video = $("video");
+  const grab = document.createElement("canvas");
+  const grabContext = grab.getContext("2d", { willReadFrequently: true });
+  const VIDEO_TYPES = ["video/mp4", "video/quicktime", "video/webm", "video/x-matroska"];
+  const live = {
+    mode: null, // "camera" or "video" while one runs
+    socket: null,
+    media: null, // the camera's MediaStream
+    sent: new Map(), // frame index → { pixels, sentAt } of frames awaiting their answer
+    next: 0, // the next frame's index
+    answered: [], // arrival times (ms) of recent answers, for the rate
+    latencyMs: 0,
+    dropped: 0,
+    abort: null, // cancels a video's request
+  };
+
+  // The video element's current frame, as pixels (what is sent, and what its answer is drawn over).
+  function grabFrame() {
+    grab.width = video.videoWidth;
+    grab.height = video.videoHeight;
+    grabContext.drawImage(video, 0, 0);
+    return grabContext.getImageData(0, 0, grab.width, grab.height);
+  }
+
+  // A frame and its answer on the canvas, as `show` does an image and its /segment answer.
+  function showFrame(pixels, result) {
+    if (canvas.width !== pixels.width || canvas.height !== pixels.height) {
+      canvas.width = pixels.width;
+      canvas.height = pixels.height;
+    }
+    state.image = null;
+    state.base = pixels;
+    state.result = result;
+    state.masks = result.instances.map((instance) => (instance.mask ? decodeRle(instance.mask) : null));
+    state.hover = -1;
+    renderClasses();
+    if (result.timing_ms) renderTiming();
+    $("json").textContent = JSON.stringify(result, null, 1);
+    render();
+  }
+
+  function framesPerSecond(now) {
+    live.answered = live.answered.filter((time) => now - time < 2000).concat(now);
+    const span = (now - live.answered[0]) / 1000;
+    return live.answered.length > 1 && span > 0 ? (live.answered.length - 1) / span : 0;
+  }
+
+  function stopLive() {
+    if (live.socket) live.socket.close(1000);
+    if (live.media) for (const track of live.media.getTracks()) track.stop();
+    if (live.abort) live.abort.abort();
+    Object.assign(live, { mode: null, socket: null, media: null, abort: null });
+    live.sent.clear();
+    video.srcObject = null;
+    video.removeAttribute("src");
+    delete document.body.dataset.live;
+    $("camera").textContent = "Start the camera";
+  }
+
+  // One frame in flight: the next is taken when the answer arrives, so frames go at the rate the service
+  // sustains, and what is drawn is never more than one answer old.
+  function sendFrame() {
+    const socket = live.socket;
+    if (live.mode !== "camera" || !socket || socket.readyState !== WebSocket.OPEN || !video.videoWidth) return;
+    const pixels = grabFrame();
+    const index = live.next;
+    live.next += 1;
+    grab.toBlob(
+      (blob) => {
+        if (live.socket !== socket || socket.readyState !== WebSocket.OPEN) return;
+        live.sent.set(index, { pixels, sentAt: performance.now() });
+        socket.send(blob);
+      },
+      "image/jpeg",
+      0.85,
+    );
+  }
+
+  function streamUrl() {
+    const url = new URL("segment/stream?score_threshold=0&mask_format=rle", document.baseURI);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    return url;
+  }
+
+  async function startCamera() {
+    stopLive();
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      setStatus("error", "This browser offers no camera here (cameras need https, or localhost).");
+      return;
+    }
+    setStatus("busy", "Starting the camera…");
+    try {
+      live.media = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+    } catch (error) {
+      setStatus("error", `No camera: ${error.message}`);
+      return;
+    }
+    live.mode = "camera";
+    document.body.dataset.live = "camera";
+    document.body.dataset.answered = "0";
+    $("camera").textContent = "Stop the camera";
+    video.srcObject = live.media;
+    await video.play();
+    const socket = new WebSocket(streamUrl());
+    live.socket = socket;
+    socket.addEventListener("open", () => {
+      const key = apiKey.value.trim();
+      // Browsers cannot set headers on a WebSocket: the key goes as the first message.
+      if (key) socket.send(JSON.stringify({ api_key: key }));
+      setStatus("live", "Streaming the camera: each answer brings the next frame.");
+      sendFrame();
+    });
+    socket.addEventListener("message", (event) => {
+      const answer = JSON.parse(event.data);
+      if (answer.error) {
+        const where = answer.error.index === undefined ? "" : ` (frame ${answer.error.index})`;
+        setStatus("error", `${answer.error.code}${where}: ${answer.error.message}`);
+        if (answer.error.code === "unauthorized") $("key-box").open = true;
+        if (answer.error.index !== undefined) {
+          live.sent.delete(answer.error.index);
+          sendFrame();
+        }
+        return;
+      }
+      const sent = live.sent.get(answer.frame);
+      live.sent.delete(answer.frame);
+      if (!sent) return;
+      const now = performance.now();
+      live.latencyMs = now - sent.sentAt;
+      live.dropped = answer.dropped;
+      state.roundTripMs = live.latencyMs;
+      showFrame(sent.pixels, answer);
+      const rate = framesPerSecond(now);
+      $("live-stats").textContent = `${rate.toFixed(1)} fps · ${live.latencyMs.toFixed(0)} ms latency · ${answer.instances.length} instances`;
+      document.body.dataset.answered = String(Number(document.body.dataset.answered) + 1);
+      sendFrame();
+    });
+    socket.addEventListener("close", (event) => {
+      if (live.socket !== socket) return;
+      const why = event.code === 1000 ? "" : ` (${event.code}${event.reason ? `: ${event.reason}` : ""})`;
+      if (event.code !== 1000 && document.body.dataset.state !== "error") setStatus("error", `The stream closed${why}.`);
+      stopLive();
+    });
+  }
+
+  function nextEvent(target, name) {
+    return new Promise((resolve, reject) => {
+      target.addEventListener(name, resolve, { once: true });
+      target.addEventListener("error", () => reject(new Error("this browser cannot play the video")), { once: true });
+    });
+  }
+
+  // The video at a frame's time: its pixels, as the browser decodes them (the service decoded its own).
+  async function frameAt(seconds) {
+    // A hair past the timestamp, so that rounding cannot land on the frame before.
+    const target = Math.min(seconds + 0.001, Math.max(0, video.duration - 0.001));
+    if (Math.abs(video.currentTime - target) > 1e-6) {
+      const seeked = nextEvent(video, "seeked");
+      video.currentTime = target;
+      await seeked;
+    }
+    return grabFrame();
+  }
+
+  async function segmentVideo(file) {
+    stopLive();
+    live.mode = "video";
+    document.body.dataset.live = "video";
+    document.body.dataset.answered = "0";
+    const abort = new AbortController();
+    live.abort = abort;
+    setStatus("busy", `Segmenting ${file.name}…`);
+    const url = URL.createObjectURL(file);
+    try {
+      const loaded = nextEvent(video, "loadeddata");
+      video.src = url;
+      await loaded;
+    } catch (error) {
+      // The service may still read it; say why nothing can be drawn here.
+      setStatus("error", `${file.name}: ${error.message}.`);
+      URL.revokeObjectURL(url);
+      return;
+    }
+    const type = VIDEO_TYPES.includes(file.type) ? file.type : "video/mp4";
+    let response;
+    try {
+      response = await fetch("segment/video?score_threshold=0&mask_format=rle", {
+        method: "POST",
+        body: file,
+        headers: { ...authHeaders(), "Content-Type": type },
+        signal: abort.signal,
+      });
+    } catch (error) {
+      if (live.abort === abort) setStatus("error", `Cannot reach the service: ${error.message}`);
+      return;
+    }
+    if (!response.ok) {
+      const body = await response.json().catch(() => null);
+      const error = body && body.error ? body.error : { code: `http_${response.status}`, message: response.statusText };
+      if (response.status === 401) $("key-box").open = true;
+      setStatus("error", `${response.status} ${error.code}: ${error.message}.`);
+      return;
+    }
+    const expected = response.headers.get("X-Video-Frames");
+    const reader = response.body.getReader();
+    const text = new TextDecoder();
+    let buffered = "";
+    let frames = 0;
+    let failure = null;
+    const started = performance.now();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (value) buffered += text.decode(value, { stream: true });
+        const lines = buffered.split("\n");
+        buffered = lines.pop();
+        for (const line of lines.filter((entry) => entry.trim())) {
+          const answer = JSON.parse(line);
+          if (answer.error) {
+            failure = answer.error;
+            continue;
+          }
+          const pixels = await frameAt(answer.time_s);
+          if (live.abort !== abort) return;
+          state.roundTripMs = performance.now() - started;
+          showFrame(pixels, answer);
+          frames += 1;
+          document.body.dataset.answered = String(frames);
+          $("live-stats").textContent = `frame ${answer.frame} at ${answer.time_s.toFixed(2)} s · ${frames}${expected ? ` of ${expected}` : ""} frames`;
+        }
+        if (done) break;
+      }
+    } catch (error) {
+      if (live.abort === abort) setStatus("error", `${file.name}: the answer broke off (${error.message}).`);
+      return;
+    }
+    if (failure) {
+      const where = failure.index === undefined ? "" : ` at frame ${failure.index}`;
+      setStatus("error", `${file.name}: ${frames} frames, then ${failure.code}${where}: ${failure.message}`);
+      return;
+    }
+    setStatus("done", `${file.name}: ${frames} frames segmented. Filter with the slider and the classes.`);
+  }
+
+  $("camera").addEventListener("click", () => {
+    if (live.mode === "camera") {
+      stopLive();
+      setStatus("idle", "The camera is off.");
+    } else {
+      startCamera();
+    }
+  });
+
+  $("video-file").addEventListener("change", (event) => {
+    const [file] = event.target.files;
+    event.target.value = "";
+    if (file) segmentVideo(file);
+  });
 
   // ---------------------------------------------------------------- inputs
 

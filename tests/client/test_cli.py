@@ -87,7 +87,7 @@ def test_the_progress_bar_and_the_overlay_match_the_json(
     ("arguments", "message"),
     [
         (["missing.png"], "no such file or directory: missing.png"),
-        (["empty"], "no images found"),
+        (["empty"], "no images or videos found"),
         (["a/x.png", "b/x.jpg"], "several inputs would write the same output 'x'"),
     ],
 )

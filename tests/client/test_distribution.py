@@ -59,9 +59,17 @@ def test_the_wheel_holds_the_client_alone(wheel: Path) -> None:
         for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
         if line.startswith("Requires-Dist:")
     ]
-    assert sorted(requirement.split(">")[0].split("=")[0] for requirement in requires) == [
+    base = [requirement for requirement in requires if "extra ==" not in requirement]
+    assert sorted(requirement.split(">")[0].split("=")[0] for requirement in base) == [
         "httpx", "numpy", "pillow", "pydantic", "tqdm",
     ]  # fmt: skip
+    # The optional extras: each for the calls that need it, nothing in the default install.
+    extras = {
+        requirement.split(">")[0].strip(): requirement.split("extra ==")[1].strip(" '\"")
+        for requirement in requires
+        if "extra ==" in requirement
+    }
+    assert extras == {"websockets": "stream", "av": "video"}
 
 
 def test_installed_alone_it_segments_on_a_live_service(

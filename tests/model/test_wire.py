@@ -8,7 +8,15 @@ import pytest
 import torch
 from pydantic import BaseModel
 
-from centermask_client.schemas import BatchResponse, ErrorBody, ImageResult, ModelInfo, SegmentResponse
+from centermask_client.schemas import (
+    BatchResponse,
+    ErrorBody,
+    ImageResult,
+    ModelInfo,
+    SegmentResponse,
+    StreamFrameResult,
+    VideoFrameResult,
+)
 from model.inference.detections import Detections
 from model.wire.records import (
     INSTANCE_COLUMNS,
@@ -17,7 +25,9 @@ from model.wire.records import (
     image_record,
     instance_columns,
     segment_response,
+    stream_frame_message,
     timing_ms,
+    video_frame_line,
 )
 from model.wire.selectors import select_classes
 from service import openapi
@@ -118,6 +128,8 @@ def test_every_envelope_is_its_schema_exactly() -> None:
     )
     batch = batch_response([(record, timing), (record, timing)], model="m", request_id="r", total_ms=70)
     assert_body_of(BatchResponse, batch)
+    assert_body_of(VideoFrameResult, video_frame_line(3, 0.1, record))
+    assert_body_of(StreamFrameResult, stream_frame_message(5, 2, record, timing, total_ms=70.1))
     assert_body_of(ErrorBody, error_body("invalid_image", "cannot identify the image"))
     assert_body_of(ErrorBody, error_body("invalid_image", "cannot identify the image", index=2))
 

@@ -3,11 +3,13 @@
 import asyncio
 import contextlib
 import io
+import signal
 import struct
 import subprocess
 import threading
+import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,9 @@ from model.inference.predictor import Predictor
 from model.inference.preprocess import PreparedImage
 from service.app import create_app
 from service.runtime import Phase, PredictorLoader, Runtime
+from service.server import DrainingServer, server_config
 from service.settings import Settings
-from tests.helpers import TIMEOUT_S
+from tests.helpers import TIMEOUT_S, free_port
 
 
 def random_image(seed: int, height: int, width: int) -> np.ndarray:
@@ -51,6 +54,14 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = TIMEOUT_S
     async with asyncio.timeout(timeout_s):
         while not condition():
             await asyncio.sleep(0.005)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
+    """Wait, in a test's own thread, for a condition that the server's thread makes true."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.005)
 
 
 def metric_value(app: FastAPI, name: str, labels: dict[str, str] | None = None) -> float:
@@ -170,3 +181,57 @@ def wait_for_exit(process: subprocess.Popen, timeout_s: float = TIMEOUT_S) -> in
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@dataclass
+class HttpServed:
+    """An app behind real uvicorn (as `centermask-serve` runs it) in a thread of the test process: real
+    connections, WebSockets and disconnections, with the app itself (runtime, metrics) at hand."""
+
+    app: FastAPI
+    server: DrainingServer
+    port: int
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.app.state.runtime
+
+    def sigterm(self) -> None:
+        """What SIGTERM does to `centermask-serve` (the handler only sets attributes: any thread may call it)."""
+        self.server.handle_exit(signal.SIGTERM, None)
+
+
+@contextlib.contextmanager
+def serve_http(
+    settings: Settings, load: PredictorLoader = load_predictor, *, ready: bool = True
+) -> Iterator[HttpServed]:
+    """Run the app under uvicorn on a free loopback port in a daemon thread until the block ends."""
+    app = create_app(settings, load=load)
+    port = free_port()
+    server = DrainingServer(
+        server_config(app, settings, host="127.0.0.1", port=port),
+        app.state.runtime,
+        drain_timeout_s=settings.drain_timeout_s,
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    served = HttpServed(app, server, port, thread)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (server.started and (not ready or served.runtime.phase is Phase.READY)):
+        assert thread.is_alive(), "the server stopped while starting"
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield served
+    finally:
+        server.should_exit = True
+        thread.join(TIMEOUT_S)

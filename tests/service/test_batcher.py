@@ -126,6 +126,33 @@ async def test_a_full_queue_refuses_the_whole_submission(batcher, network) -> No
     assert all("x" not in batch for batch in network.batches)
 
 
+async def test_put_waits_for_room_where_submit_refuses(batcher, network) -> None:
+    blocker = await hold_worker(batcher, network)
+    queued = batcher.submit([Item(str(i)) for i in range(8)], deadline=deadline())  # the queue is full
+    waiting = asyncio.ensure_future(batcher.put(Item("paced"), deadline=deadline()))
+    await asyncio.sleep(0)
+    assert not waiting.done() and batcher.depth == 8
+    network.gate.set()
+    paced = await waiting  # room came as the worker took a batch
+    await asyncio.gather(blocker, *queued, paced)
+    assert (await paced).result == "result of paced"
+    assert network.batches[-1][-1] == "paced"
+
+
+async def test_a_put_waiting_while_the_batcher_closes_is_told_so(batcher, network) -> None:
+    blocker = await hold_worker(batcher, network)
+    queued = batcher.submit([Item(str(i)) for i in range(8)], deadline=deadline())
+    waiting = asyncio.ensure_future(batcher.put(Item("late"), deadline=deadline()))
+    await asyncio.sleep(0)
+    await batcher.close(timeout_s=0)
+    with pytest.raises(NotReady):
+        await (await waiting)
+    with pytest.raises(NotReady):
+        await batcher.put(Item("after"), deadline=deadline())
+    network.gate.set()
+    await asyncio.gather(blocker, *queued, return_exceptions=True)
+
+
 async def test_cancelled_images_never_reach_the_network(batcher, network) -> None:
     blocker = await hold_worker(batcher, network)
     gone, kept = batcher.submit([Item("gone"), Item("kept")], deadline=deadline())

@@ -29,6 +29,11 @@ EXPECTED = {
     "centermask_model_ready": "gauge",
     "centermask_cuda_memory_allocated_bytes": "gauge",
     "centermask_cuda_memory_reserved_bytes": "gauge",
+    "centermask_video_frames_total": "counter",
+    "centermask_video_frame_latency_seconds": "histogram",
+    "centermask_stream_frames_total": "counter",
+    "centermask_stream_frame_latency_seconds": "histogram",
+    "centermask_streams_open": "gauge",
 }
 
 

@@ -1,5 +1,6 @@
 """The OpenAPI document: valid, complete (every route, status, header) and with real examples."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ from openapi_spec_validator import validate
 from starlette.routing import BaseRoute, Mount, Route
 
 from centermask_client.rle import area, decode
-from centermask_client.schemas import BatchResponse, ModelInfo, SegmentResponse
+from centermask_client.schemas import BatchResponse, ErrorBody, ModelInfo, SegmentResponse, VideoFrameResult
 from service.app import create_app
 from tests.service.helpers import tiny_settings
 
@@ -60,6 +61,7 @@ def test_every_route_the_app_serves_is_described(app: FastAPI, spec: dict[str, A
         "/",
         "/segment",
         "/segment/batch",
+        "/segment/video",
         "/v1/model",
         "/healthz",
         "/readyz",
@@ -151,3 +153,23 @@ def test_the_inference_protocol_documents_its_bodies_and_error_shape(spec: dict[
     protocol_error = {"$ref": "#/components/schemas/InferenceErrorBody"}
     for status in ("400", "404", "413", "503"):
         assert infer["responses"][status]["content"]["application/json"]["schema"] == protocol_error
+
+
+def test_the_video_endpoint_documents_its_lines_statuses_and_the_streams_messages(
+    spec: dict[str, Any],
+) -> None:
+    op = spec["paths"]["/segment/video"]["post"]
+    parameters = {p["name"] for p in op["parameters"]}
+    assert {"score_threshold", "max_detections", "classes", "mask_format", "fps", "max_frames"} <= parameters
+    assert {"multipart/form-data", "video/mp4", "video/webm"} <= set(op["requestBody"]["content"])
+    ok = op["responses"]["200"]
+    assert set(ok["content"]) == {"application/x-ndjson"}
+    assert "X-Video-Frames" in ok["headers"]
+    for line in ok["content"]["application/x-ndjson"]["example"].splitlines():
+        body = json.loads(line)
+        (ErrorBody if "error" in body else VideoFrameResult).model_validate(body)
+    assert set(op["responses"]) == {"200", "400", "401", "413", "415", "422", "500", "501", "503"}
+    examples_413 = op["responses"]["413"]["content"]["application/json"]["examples"]
+    assert set(examples_413) == {"video_too_large", "too_many_pixels", "video_too_long"}
+    # The stream is a WebSocket (no OpenAPI operation): its messages are component schemas.
+    assert {"VideoFrameResult", "StreamFrameResult", "StreamControl"} <= set(spec["components"]["schemas"])

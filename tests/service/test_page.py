@@ -11,8 +11,9 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from PIL import Image
 from centermask_client.overlay import font_size
 from centermask_client.rle import decode
 from tests.helpers import TINY_SERVER_KEY, LiveServer
+from training.data.clips import moving_frames, write_clip
 from training.data.shapes import CLASSIC, SHAPE_CLASSES, render_scene
 from training.examples import EXAMPLES
 
@@ -42,17 +44,23 @@ TIMEOUT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def playwright() -> Iterator[Any]:
+    """Playwright's driver, one per module: its sync API allows one at a time in a thread."""
     if not CHROMIUM.is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (.ci/run installs it)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip("playwright is not installed: pip install -e '.[browser]' (part of '.[test]')")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Any) -> Iterator[Any]:
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +306,94 @@ def test_an_image_can_be_dropped_or_pasted(tab: OfflinePage, bundled_server: Liv
     page.wait_for_selector("body[data-state=done]")
     assert page.text_content("#status").startswith(f"{name}: 400×300")
     assert len(drawn_list(page)) >= len(EXAMPLES[2].render().objects)
+
+
+def write_y4m(path: Path, frames: Iterable[np.ndarray], fps: int) -> Path:
+    """Frames as a YUV4MPEG2 file (4:2:0, JFIF's full-range BT.601): what Chromium's fake camera plays."""
+    frames = list(frames)
+    height, width = frames[0].shape[:2]
+    with path.open("wb") as file:
+        file.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            r, g, b = (frame[..., channel].astype(np.float64) for channel in range(3))
+            y = 0.299 * r + 0.587 * g + 0.114 * b
+            u = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
+            v = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
+
+            def quarter(plane: np.ndarray) -> np.ndarray:
+                return plane.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
+
+            file.write(b"FRAME\n")
+            for plane in (y, quarter(u), quarter(v)):
+                file.write(np.clip(np.rint(plane), 0, 255).astype(np.uint8).tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def camera_browser(playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Chromium whose camera is a generated clip of moving shapes (its fake device, allowed without asking)."""
+    clip = write_y4m(tmp_path_factory.mktemp("camera") / "shapes.y4m", moving_frames(20, 240, 320), fps=10)
+    camera = [
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+    ]
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + camera)
+    yield browser
+    browser.close()
+
+
+def test_the_camera_streams_to_the_service_and_its_masks_are_drawn_live(
+    camera_browser: Any, bundled_server: LiveServer, screenshots: Path
+) -> None:
+    tab = OfflinePage(camera_browser, bundled_server)
+    try:
+        page = tab.page
+        page.goto(f"{bundled_server.url}/")
+        page.wait_for_function("() => document.getElementById('model').textContent.includes(' on cpu')")
+        answered_before = bundled_server.metric("centermask_stream_frames_total", {"outcome": "answered"})
+        page.click("#camera")
+        page.wait_for_function("() => Number(document.body.dataset.answered) >= 3")
+        assert re.fullmatch(r"[\d.]+ fps · \d+ ms latency · \d+ instances", page.text_content("#live-stats"))
+        assert canvas_pixels(page).shape == (240, 320, 3)
+        answer = json.loads(page.text_content("#json"))
+        assert answer["dropped"] == 0  # one frame in flight: nothing to drop
+        assert drawn_list(page), "no shape found in the camera's frames"
+        page.screenshot(path=str(screenshots / "demo-page-camera.png"), full_page=True)
+        page.click("#camera")
+        page.wait_for_function("() => document.body.dataset.live === undefined")
+        bundled_server.wait_for(
+            lambda: bundled_server.metric("centermask_streams_open") == 0, "the stream closed"
+        )
+        assert (
+            bundled_server.metric("centermask_stream_frames_total", {"outcome": "answered"})
+            >= answered_before + 3
+        )
+        assert tab.outside == [] and tab.errors == []
+    finally:
+        tab.close()
+
+
+def test_a_video_is_drawn_frame_by_frame_as_its_lines_arrive(
+    tab: OfflinePage, bundled_server: LiveServer, tmp_path: Path, screenshots: Path
+) -> None:
+    page = tab.page
+    clip = tmp_path / "shapes.webm"
+    write_clip(clip, 5, 240, 320, fps=5)
+    page.goto(f"{bundled_server.url}/")
+    page.wait_for_function("() => document.getElementById('model').textContent.includes(' on cpu')")
+    page.set_input_files("#video-file", str(clip))
+    page.wait_for_selector("body[data-state=done]")
+    assert page.evaluate("() => document.body.dataset.answered") == "5"
+    assert "5 frames segmented" in page.text_content("#status")
+    assert page.text_content("#live-stats") == "frame 4 at 0.80 s · 5 of 5 frames"
+    shown = json.loads(page.text_content("#json"))
+    lines = httpx.post(
+        f"{bundled_server.url}/segment/video?score_threshold=0&mask_format=rle",
+        content=clip.read_bytes(),
+        headers={"Content-Type": "video/webm"},
+        timeout=120,
+    ).text.splitlines()
+    assert shown == json.loads(lines[-1])
+    assert drawn_list(page) and canvas_pixels(page).shape == (240, 320, 3)
+    page.screenshot(path=str(screenshots / "demo-page-video.png"), full_page=True)

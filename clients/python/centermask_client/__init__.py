@@ -5,6 +5,8 @@
     with Client("http://localhost:8000") as client:
         result = client.segment("shapes.png")
         masks = [instance.mask_array() for instance in result.instances]  # (H, W) bool each
+        for frame in client.segment_video("clip.mp4", fps=5):  # a line per frame, as they come
+            print(frame.frame, frame.time_s, len(frame.instances))
 
 Its own distribution (`pip install ./clients/python`), without torch. The service depends on it for the
 wire format (`centermask_client.schemas`, `centermask_client.rle`).
@@ -22,9 +24,11 @@ from centermask_client.errors import (
     PayloadTooLarge,
     ServerError,
     ServiceUnavailable,
+    StreamClosed,
     Unauthorized,
     UnsupportedMediaType,
 )
+from centermask_client.frames import AsyncFrameStream, AsyncVideoFrames, FrameStream, VideoFrames
 from centermask_client.schemas import (
     BatchResponse,
     ImageResult,
@@ -33,17 +37,22 @@ from centermask_client.schemas import (
     ModelInfo,
     PolygonPart,
     SegmentResponse,
+    StreamFrameResult,
+    VideoFrameResult,
 )
 
 __all__ = [
     "NO_RETRY",
     "ApiError",
     "AsyncClient",
+    "AsyncFrameStream",
+    "AsyncVideoFrames",
     "BatchResponse",
     "CenterMaskError",
     "Client",
     "ConnectionFailed",
     "DeadlineExceeded",
+    "FrameStream",
     "ImageResult",
     "Instance",
     "InvalidParameter",
@@ -57,6 +66,10 @@ __all__ = [
     "SegmentResponse",
     "ServerError",
     "ServiceUnavailable",
+    "StreamClosed",
+    "StreamFrameResult",
     "Unauthorized",
     "UnsupportedMediaType",
+    "VideoFrameResult",
+    "VideoFrames",
 ]

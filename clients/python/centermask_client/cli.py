@@ -1,29 +1,36 @@
 """`centermask`: the service from the command line.
 
-    centermask segment IMAGE|DIR... --url URL [--out-dir DIR] [--format json|png] [--concurrency N]
+    centermask segment IMAGE|VIDEO|DIR... --url URL [--out-dir DIR] [--format json|png] [--concurrency N]
 
 Sends every image (directories are searched recursively for JPEG, PNG, WebP, BMP and TIFF files) to
 `/segment`, several at a time, with a progress bar on stderr. With --out-dir it writes one JSON file
 per image (the service's answer) and, with --format png, the overlay drawn over the image
-(`NAME.overlay.png`); without --out-dir it prints one JSON line per image on stdout. It ends with a
-summary line and exits with status 1 if any image failed (each failure is listed with its error code).
+(`NAME.overlay.png`); without --out-dir it prints one JSON line per image on stdout. Videos (MP4, MOV,
+MKV, WebM) go to `/segment/video`, one after another, with a progress bar in frames: `NAME.jsonl` gets a
+line per frame and, with --format png, `NAME.overlay.mp4` the frames with their masks drawn (this needs
+PyAV: pip install 'centermask-client[video]'); without --out-dir the lines go to stdout. It ends with a
+summary line and exits with status 1 if any image or video failed (each failure is listed with its error
+code).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.metadata
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from centermask_client.errors import ApiError, CenterMaskError, ConnectionFailed
-from centermask_client.schemas import SegmentResponse
+from centermask_client.schemas import SegmentResponse, VideoFrameResult
+from centermask_client.video import VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 EXIT_FAILED = 1
@@ -39,6 +46,10 @@ class Job:
     source: Path
     # The output path without suffix, relative to --out-dir: the file's stem, or its path inside a DIR.
     name: Path
+
+    @property
+    def is_video(self) -> bool:
+        return self.source.suffix.lower() in VIDEO_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,11 @@ def find_jobs(inputs: Sequence[str]) -> list[Job]:
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+            )
             jobs.extend(Job(p, p.relative_to(path).with_suffix("")) for p in found)
         elif path.is_file():
             jobs.append(Job(path, Path(path.stem)))
@@ -71,7 +86,7 @@ def find_jobs(inputs: Sequence[str]) -> list[Job]:
             "in separate runs"
         )
     if not jobs:
-        raise UsageError("no images found")
+        raise UsageError("no images or videos found")
     return jobs
 
 
@@ -85,7 +100,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    segment.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files or directories of them")
+    segment.add_argument(
+        "inputs", nargs="+", metavar="IMAGE|VIDEO|DIR", help="image and video files, or directories of them"
+    )
     segment.add_argument(
         "--url",
         default=os.environ.get("CENTERMASK_URL", "http://localhost:8000"),
@@ -96,8 +113,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--format",
         choices=("json", "png"),
         default="json",
-        help="json: the answer of each image; png: the answer and the overlay drawn over the image "
-        "(needs --out-dir) (default: json)",
+        help="json: the answer of each image (a line per frame of a video); png: also the overlay drawn "
+        "over the image (NAME.overlay.png) or the video's frames (NAME.overlay.mp4) (needs --out-dir) "
+        "(default: json)",
     )
     segment.add_argument(
         "--concurrency",
@@ -116,6 +134,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--classes",
         metavar="LIST",
         help="comma-separated class names, class_id:N or category_id:N (default: all)",
+    )
+    segment.add_argument(
+        "--fps",
+        type=float,
+        metavar="F",
+        help="videos: segment at most F frames per second (default: every frame)",
+    )
+    segment.add_argument(
+        "--max-frames",
+        type=_positive_int,
+        metavar="N",
+        help="videos: segment at most N frames (default: all)",
     )
     segment.add_argument(
         "--api-key",
@@ -144,30 +174,157 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"centermask: {error}", file=sys.stderr)
         return EXIT_USAGE
+    images = [job for job in jobs if not job.is_video]
+    videos = [job for job in jobs if job.is_video]
     started = time.perf_counter()
-    outcomes = asyncio.run(_segment_all(jobs, args))
+    outcomes = asyncio.run(_segment_all(images, args)) if images else []
+    video_outcomes = _segment_videos(videos, args) if videos else []
     elapsed = time.perf_counter() - started
     failed = [outcome for outcome in outcomes if outcome.error is not None]
+    failed_videos = [outcome for outcome in video_outcomes if outcome.error is not None]
     unreachable = [outcome for outcome in failed if outcome.unreachable]
-    if unreachable and len(unreachable) == len(jobs):
+    if images and not videos and len(unreachable) == len(images):
         # Nothing reached the service: one line says so, not one per image.
         print(
             f"centermask: the service at {args.url} did not answer: {unreachable[0].error}", file=sys.stderr
         )
         return EXIT_FAILED
-    for outcome in failed:
-        print(f"failed: {outcome.job.source}: {outcome.error}", file=sys.stderr)
-    succeeded = len(jobs) - len(failed)
+    for job, problem in [(o.job, o.error) for o in failed] + [(o.job, o.error) for o in failed_videos]:
+        print(f"failed: {job.source}: {problem}", file=sys.stderr)
     instances = sum(len(outcome.result.instances) for outcome in outcomes if outcome.result is not None)
-    where = f"; results in {args.out_dir}" if args.out_dir is not None and succeeded else ""
-    rate = f" ({succeeded / elapsed:.1f} images/s)" if succeeded else ""
-    count = f"{len(jobs)} image{'s' if len(jobs) != 1 else ''}"
+    instances += sum(outcome.instances for outcome in video_outcomes)
+    frames = sum(outcome.frames for outcome in video_outcomes)
+    segmented = len(images) - len(failed)
+    counts, rates = [], []
+    if images or not videos:
+        counts.append(f"{_plural(len(images), 'image')}, {segmented} segmented, {len(failed)} failed")
+        if segmented:  # no rate of images that never went
+            rates.append(f"{segmented / elapsed:.1f} images/s")
+    if videos:
+        counts.append(
+            f"{_plural(len(videos), 'video')}, {_plural(frames, 'frame')}, {len(failed_videos)} failed"
+        )
+        if frames:
+            rates.append(f"{frames / elapsed:.1f} frames/s")
+    where = f"; results in {args.out_dir}" if args.out_dir is not None and (segmented or frames) else ""
+    rate = f" ({', '.join(rates)})" if rates else ""
     print(
-        f"centermask: {count}, {succeeded} segmented, {len(failed)} failed, "
-        f"{instances} instances in {elapsed:.1f} s{rate}{where}",
+        f"centermask: {', '.join(counts)}, {instances} instances in {elapsed:.1f} s{rate}{where}",
         file=sys.stderr,
     )
-    return EXIT_FAILED if failed else 0
+    return EXIT_FAILED if failed or failed_videos else 0
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
+@dataclass
+class VideoOutcome:
+    job: Job
+    frames: int = 0
+    instances: int = 0
+    error: str | None = None
+
+
+def _segment_videos(jobs: list[Job], args: argparse.Namespace) -> list[VideoOutcome]:
+    """Each video in turn (its frames are already several in flight on the service), a bar in frames."""
+    from centermask_client.client import Client
+
+    outcomes = []
+    with Client(args.url, api_key=args.api_key, timeout_s=args.timeout) as client:
+        for job in jobs:
+            outcome = VideoOutcome(job)
+            try:
+                _segment_video(client, job, args, outcome)
+            except ApiError as error:
+                where = f" at frame {error.index}" if error.index is not None else ""
+                outcome.error = f"{error.status} {error.code}{where}: {error.message}"
+            except (CenterMaskError, OSError, ValueError, ImportError) as error:
+                outcome.error = str(error)
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _segment_video(client: Any, job: Job, args: argparse.Namespace, outcome: VideoOutcome) -> None:
+    from tqdm import tqdm
+
+    from centermask_client.video import import_av
+
+    overlay = args.format == "png"
+    if overlay:
+        import_av()  # before the service does any work: the overlay would fail at the end
+    classes = [part.strip() for part in args.classes.split(",") if part.strip()] if args.classes else None
+    target = args.out_dir / job.name if args.out_dir is not None else None
+    with contextlib.ExitStack() as stack:
+        frames = stack.enter_context(
+            client.segment_video(
+                job.source,
+                fps=args.fps,
+                max_frames=args.max_frames,
+                score_threshold=args.score_threshold,
+                max_detections=args.max_detections,
+                classes=classes,
+            )
+        )
+        bar = stack.enter_context(
+            tqdm(
+                total=frames.expected_frames,
+                unit="frame",
+                desc=job.source.name,
+                file=sys.stderr,
+                disable=True if args.no_progress else None,
+            )
+        )
+        lines = None
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lines = stack.enter_context(target.with_name(target.name + ".jsonl").open("w"))
+
+        def answered() -> Iterator[VideoFrameResult]:
+            for frame in frames:
+                text = frame.model_dump_json(exclude_none=True)
+                if lines is None:
+                    print(text, flush=True)
+                else:
+                    lines.write(text + "\n")
+                outcome.frames += 1
+                outcome.instances += len(frame.instances)
+                bar.update(1)
+                yield frame
+
+        if overlay and target is not None:
+            _write_overlay(job.source, answered(), target.with_name(target.name + ".overlay.mp4"), args)
+        else:
+            for _ in answered():
+                pass
+
+
+def _write_overlay(
+    source: Path, answers: Iterator[VideoFrameResult], path: Path, args: argparse.Namespace
+) -> None:
+    """The answered frames, decoded here again (the same reader as the service's), with their instances
+    drawn, into an MP4 that keeps their times."""
+    import numpy as np
+
+    from centermask_client.overlay import draw_overlay
+    from centermask_client.video import VideoReader, write_video
+
+    with VideoReader(source) as reader:
+        rate = args.fps or reader.frame_rate or 30.0
+        local = reader.frames(fps=args.fps, max_frames=args.max_frames)
+
+        def drawn() -> Iterator[tuple[float, np.ndarray]]:
+            for answer in answers:
+                frame = next(local, None)
+                if frame is None or frame.index != answer.frame:
+                    raise ValueError(
+                        f"the video reads differently here than on the service (frame {answer.frame}); "
+                        "no overlay for the rest"
+                    )
+                yield answer.time_s, np.asarray(draw_overlay(frame.pixels, answer.instances))
+
+        write_video(path, drawn(), rate=rate)
 
 
 def _refuse_to_overwrite(jobs: list[Job], args: argparse.Namespace) -> None:

@@ -20,12 +20,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from centermask_client.errors import CenterMaskError, ConnectionFailed, error_class
+from centermask_client.frames import (
+    MAX_ANSWER_BYTES,
+    AsyncFrameStream,
+    AsyncVideoFrames,
+    FrameStream,
+    VideoFrames,
+    import_websockets,
+    stream_url,
+)
+from centermask_client.frames import unchecked_parameters as _parameters
 from centermask_client.inputs import EncodedImage, ImageInput, encode_input
 from centermask_client.schemas import (
     BatchResponse,
@@ -34,7 +44,9 @@ from centermask_client.schemas import (
     ModelInfo,
     SegmentParameters,
     SegmentResponse,
+    VideoParameters,
 )
+from centermask_client.video import VideoSource, video_bytes
 
 DEFAULT_URL = "http://localhost:8000"
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -61,23 +73,10 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(budget_s=0.0)
 
 
-def _parameters(
-    score_threshold: float | None,
-    max_detections: int | None,
-    classes: Sequence[str] | None,
-    mask_format: MaskFormat = "rle",
-) -> SegmentParameters:
-    """The request's parameters, checked by the server (constructed here without validation, so that the
-    server's answer, not a client-side error, says what is wrong)."""
-    if isinstance(classes, str):
-        raise TypeError("classes must be a list of selectors, e.g. ['circle', 'category_id:3']")
-    return SegmentParameters.model_construct(
-        score_threshold=score_threshold,
-        max_detections=max_detections,
-        classes=list(classes) if classes else None,
-        mask_format=mask_format,
-        class_agnostic_nms=None,
-    )
+def _video_parameters(
+    parameters: SegmentParameters, fps: float | None, max_frames: int | None
+) -> VideoParameters:
+    return VideoParameters.model_construct(**dict(parameters), fps=fps, max_frames=max_frames)
 
 
 class _Api:
@@ -101,6 +100,35 @@ class _Api:
         return http.build_request(
             "POST", f"{self.url}/segment", params=params, files=files, headers=self.headers
         )
+
+    def video_request(
+        self, http: httpx.Client | httpx.AsyncClient, video: tuple[bytes, str], params: dict[str, str]
+    ) -> httpx.Request:
+        data, content_type = video
+        headers = {**self.headers, "Content-Type": content_type}
+        return http.build_request(
+            "POST", f"{self.url}/segment/video", params=params, content=data, headers=headers
+        )
+
+    def stream_options(self, parameters: SegmentParameters, timeout_s: float) -> dict[str, Any]:
+        """The WebSocket connection's URL and options (for websockets' `connect`)."""
+        return {
+            "uri": stream_url(self.url, parameters),
+            "additional_headers": self.headers,
+            "max_size": MAX_ANSWER_BYTES,
+            "open_timeout": timeout_s,
+            # Frames are already compressed (JPEG, PNG); the service does not deflate either.
+            "compression": None,
+        }
+
+    def connection_failed(self, error: Exception) -> ConnectionFailed:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status is not None:
+            return ConnectionFailed(
+                f"{self.url} refused the WebSocket /segment/stream with HTTP {status}: not a CenterMask "
+                "service with streams, or a proxy that does not pass WebSockets"
+            )
+        return ConnectionFailed(f"cannot open a stream to {self.url}: {error}")
 
     def batch_request(
         self, http: httpx.Client | httpx.AsyncClient, images: Sequence[EncodedImage], params: dict[str, str]
@@ -174,6 +202,7 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._api = _Api(url, api_key, retry)
+        self._timeout_s = timeout_s
         self._http = httpx.Client(timeout=timeout_s, transport=transport)
 
     def segment(
@@ -229,6 +258,53 @@ class Client:
         response = self._send(lambda: self._api.segment_request(self._http, encoded, query))
         return self._api.check(response).content
 
+    def segment_video(
+        self,
+        video: VideoSource,
+        *,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[str] | None = None,
+        mask_format: MaskFormat = "rle",
+    ) -> VideoFrames:
+        """Segment the frames of a video (MP4, MOV, MKV, WebM: a path, bytes or a binary file); iterate the
+        result for each frame's `VideoFrameResult`, in frame order, as the service answers them.
+
+        fps: at most this many frames per second of video; max_frames: at most this many frames. What is
+        wrong with the file raises here; a failure later raises while iterating, after the frames before it.
+        """
+        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        query = _video_parameters(parameters, fps, max_frames).query()
+        upload = video_bytes(video)
+        response = self._send(lambda: self._api.video_request(self._http, upload, query), stream=True)
+        if not response.is_success:
+            response.read()
+            response.close()
+            self._api.check(response)
+        return VideoFrames(response)
+
+    def stream(
+        self,
+        *,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[str] | None = None,
+        mask_format: MaskFormat = "rle",
+    ) -> FrameStream:
+        """Open a `/segment/stream` WebSocket: `send` frames, `receive` answers (latest-frame-wins). Needs
+        the `stream` extra (websockets)."""
+        websockets = import_websockets()
+        from websockets.sync.client import connect
+
+        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        try:
+            connection = connect(**self._api.stream_options(parameters, self._timeout_s))
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            raise self._api.connection_failed(exc) from exc
+        return FrameStream(connection)
+
     def model_info(self) -> ModelInfo:
         """The served model: config, classes, device, batching and the parameters' defaults."""
         response = self._send(lambda: self._api.get_request(self._http, "/v1/model"))
@@ -250,16 +326,17 @@ class Client:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
+    def _send(self, build: Callable[[], httpx.Request], *, stream: bool = False) -> httpx.Response:
         attempt, waited_s = 0, 0.0
         while True:
             try:
-                response = self._http.send(build())
+                response = self._http.send(build(), stream=stream)
             except httpx.TransportError as exc:
                 raise ConnectionFailed(f"cannot reach {self._api.url}: {exc}") from exc
             delay = self._api.retry_delay_s(response, attempt, waited_s)
             if delay is None:
                 return response
+            response.close()
             time.sleep(delay)
             attempt, waited_s = attempt + 1, waited_s + delay
 
@@ -277,6 +354,7 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._api = _Api(url, api_key, retry)
+        self._timeout_s = timeout_s
         self._http = httpx.AsyncClient(timeout=timeout_s, transport=transport)
 
     async def segment(
@@ -325,6 +403,45 @@ class AsyncClient:
         response = await self._send(lambda: self._api.segment_request(self._http, encoded, query))
         return self._api.check(response).content
 
+    async def segment_video(
+        self,
+        video: VideoSource,
+        *,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[str] | None = None,
+        mask_format: MaskFormat = "rle",
+    ) -> AsyncVideoFrames:
+        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        query = _video_parameters(parameters, fps, max_frames).query()
+        upload = video_bytes(video)
+        response = await self._send(lambda: self._api.video_request(self._http, upload, query), stream=True)
+        if not response.is_success:
+            await response.aread()
+            await response.aclose()
+            self._api.check(response)
+        return AsyncVideoFrames(response)
+
+    async def stream(
+        self,
+        *,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[str] | None = None,
+        mask_format: MaskFormat = "rle",
+    ) -> AsyncFrameStream:
+        websockets = import_websockets()
+        from websockets.asyncio.client import connect
+
+        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        try:
+            connection = await connect(**self._api.stream_options(parameters, self._timeout_s))
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            raise self._api.connection_failed(exc) from exc
+        return AsyncFrameStream(connection)
+
     async def model_info(self) -> ModelInfo:
         response = await self._send(lambda: self._api.get_request(self._http, "/v1/model"))
         return self._api.parse(response, ModelInfo)
@@ -345,16 +462,17 @@ class AsyncClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
+    async def _send(self, build: Callable[[], httpx.Request], *, stream: bool = False) -> httpx.Response:
         attempt, waited_s = 0, 0.0
         while True:
             try:
-                response = await self._http.send(build())
+                response = await self._http.send(build(), stream=stream)
             except httpx.TransportError as exc:
                 raise ConnectionFailed(f"cannot reach {self._api.url}: {exc}") from exc
             delay = self._api.retry_delay_s(response, attempt, waited_s)
             if delay is None:
                 return response
+            await response.aclose()
             await asyncio.sleep(delay)
             attempt, waited_s = attempt + 1, waited_s + delay
 

@@ -86,6 +86,16 @@ class DeadlineExceeded(ApiError):
     """504: the request took longer than the service's deadline."""
 
 
+class StreamClosed(CenterMaskError):
+    """A `/segment/stream` connection was closed: `code` is the WebSocket close code (1000 normal, 1001 the
+    service is draining, 1008 no valid API key, 1013 try again later, ...), `reason` the server's text."""
+
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        super().__init__(f"the stream was closed ({code}{': ' + reason if reason else ''})")
+        self.code = code
+        self.reason = reason
+
+
 _BY_STATUS: dict[int, type[ApiError]] = {
     400: InvalidRequest,
     401: Unauthorized,
@@ -105,3 +115,43 @@ def error_class(status: int) -> type[ApiError]:
     if status in _BY_STATUS:
         return _BY_STATUS[status]
     return ServerError if status >= 500 else ApiError
+
+
+# The status each error code is answered with over HTTP: errors inside a stream of answers (a video's last
+# line, a WebSocket message) carry no status of their own, so their class and `status` come from here.
+STATUS_OF_CODE = {
+    "invalid_image": 400,
+    "invalid_video": 400,
+    "invalid_request": 400,
+    "unauthorized": 401,
+    "image_too_large": 413,
+    "video_too_large": 413,
+    "too_many_pixels": 413,
+    "video_too_long": 413,
+    "unsupported_media_type": 415,
+    "invalid_parameter": 422,
+    "inference_failed": 500,
+    "internal_error": 500,
+    "not_implemented": 501,
+    "not_ready": 503,
+    "overloaded": 503,
+    "out_of_memory": 503,
+    "worker_failed": 503,
+    "deadline_exceeded": 504,
+}
+
+
+def error_from_body(body: dict[str, object], *, request_id: str | None = None) -> ApiError:
+    """The typed error of an `{"error": {"code", "message", "index"}}` body met inside a stream of answers."""
+    error = body.get("error")
+    details = error if isinstance(error, dict) else {}
+    code = str(details.get("code", "error"))
+    status = STATUS_OF_CODE.get(code, 500)
+    index = details.get("index")
+    return error_class(status)(
+        status,
+        code,
+        str(details.get("message", "")),
+        index=index if isinstance(index, int) else None,
+        request_id=request_id,
+    )

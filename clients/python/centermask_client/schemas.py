@@ -82,6 +82,28 @@ class SegmentParameters(BaseModel):
         return params
 
 
+class VideoParameters(SegmentParameters):
+    """The query parameters of `/segment/video`: those of `/segment`, plus which frames to segment."""
+
+    fps: float | None = Field(
+        None,
+        gt=0,
+        description="Segment at most this many frames per second of video: the first frame of each "
+        "1/fps-second interval of the video's timeline. Default: every frame.",
+    )
+    max_frames: int | None = Field(
+        None, ge=1, description="Segment at most this many frames (after fps= sampling). Default: all."
+    )
+
+    def query(self) -> dict[str, str]:
+        params = super().query()
+        if self.fps is not None:
+            params["fps"] = repr(float(self.fps))
+        if self.max_frames is not None:
+            params["max_frames"] = str(int(self.max_frames))
+        return params
+
+
 class PolygonPart(BaseModel):
     """One connected region of a mask: the outer ring minus the hole rings."""
 
@@ -174,6 +196,54 @@ class BatchResponse(BaseModel):
     timing_ms: TotalTiming
 
 
+class FrameResult(BaseModel):
+    """One segmented frame of a video or a stream: its instances, as `/segment` gives them for the frame."""
+
+    frame: int = Field(
+        description="Video: the frame's position among the video's decoded frames (0-based; with fps= the "
+        "lines skip frames). Stream: the position of the frame's message among the binary messages "
+        "the connection has sent (0-based)."
+    )
+    height: int
+    width: int
+    instances: list[Instance] = Field(description="Best score first.")
+
+
+class VideoFrameResult(FrameResult):
+    """One line of `/segment/video`'s NDJSON answer."""
+
+    time_s: float = Field(
+        description="When the frame is shown, in seconds from the start of the video (its timestamp)."
+    )
+
+
+class StreamFrameResult(FrameResult):
+    """The answer to one frame sent over `/segment/stream`."""
+
+    dropped: int = Field(
+        description="Frames of this connection skipped so far: each replaced, while waiting, by a newer one "
+        "(latest-frame-wins)."
+    )
+    timing_ms: RequestTiming = Field(
+        description="Where the frame's time went; `total` runs from the message's arrival to this answer, "
+        "waiting behind the frame before it included."
+    )
+
+
+class StreamControl(BaseModel):
+    """A JSON text message on `/segment/stream`: the API key (only as the first message, when the
+    handshake carried none), and/or the parameters for the frames sent after it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: str | None = Field(None, description="The API key, when the handshake had no header with it.")
+    parameters: SegmentParameters | None = Field(
+        None,
+        description="Replaces the connection's parameters (those of the URL's query string at first) for "
+        "the frames sent after this message; unset ones take the service's defaults.",
+    )
+
+
 class BatchingInfo(BaseModel):
     max_batch_size: int = Field(
         description="In force for the device (CENTERMASK_MAX_BATCH_SIZE or its default)."
@@ -215,7 +285,11 @@ class ModelInfo(BaseModel):
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. invalid_image, overloaded.")
     message: str = Field(description="What went wrong, for people.")
-    index: int | None = Field(None, description="The failing image of a batch request: its position.")
+    index: int | None = Field(
+        None,
+        description="The failing image of a batch request (its position); the failing frame of a video or "
+        "stream (its `frame`).",
+    )
     file: str | None = Field(None, description="The failing image of a batch request: its upload's filename.")
 
 

@@ -1,0 +1,60 @@
+"""`/segment/stream`: a WebSocket of encoded frames in, their instances out, latest-frame-wins
+(service/stream.py has the protocol and its close codes)."""
+
+import logging
+
+from fastapi import APIRouter, WebSocket
+
+from service.errors import InternalError, InvalidParameter, ServiceError
+from service.metrics import Metrics
+from service.options import resolve_options
+from service.runtime import Runtime
+from service.settings import Settings
+from service.stream import CloseCode, Closing, StreamSession, close, query_parameters, refusal
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+@router.websocket("/segment/stream")
+async def segment_stream(websocket: WebSocket) -> None:
+    """Binary messages are frames (JPEG, PNG, WebP, BMP, TIFF); text messages are JSON `StreamControl`s.
+    Each frame taken is answered with a `StreamFrameResult`; frames that wait while a newer one arrives
+    are skipped (latest-frame-wins)."""
+    state = websocket.app.state
+    runtime: Runtime = state.runtime
+    settings: Settings = state.settings
+    metrics: Metrics = state.metrics
+    await websocket.accept()
+    session = StreamSession(websocket, runtime, settings, metrics)
+    closing: Closing | None = None
+    try:
+        closing = refusal(websocket, settings, state.open_streams) or await session.authenticate()
+        if closing is None:
+            async with runtime.admitted():
+                parameters = session.first_parameters or query_parameters(websocket)
+                session.options = resolve_options(settings, runtime.predictor, parameters)
+                state.open_streams += 1
+                try:
+                    closing = await session.run()
+                finally:
+                    state.open_streams -= 1
+    except InvalidParameter as error:
+        closing = Closing(CloseCode.INVALID_DATA, error)
+    except ServiceError as error:  # not ready, draining, failed worker: refused at the door
+        closing = Closing(CloseCode.TRY_AGAIN_LATER, error)
+    except Exception:
+        logger.exception("a stream failed")
+        closing = Closing(CloseCode.INTERNAL_ERROR, InternalError("internal error; reconnect"))
+    finally:
+        logger.info(
+            "stream closed",
+            extra={
+                "frames": session.received,
+                "answered": session.answered,
+                "dropped": session.dropped,
+                "close_code": int(closing.code) if closing else "client",
+            },
+        )
+        await close(websocket, session, closing)

@@ -1,0 +1,64 @@
+"""`POST /segment/video`: a video file in, one JSON line per segmented frame out, as each is ready."""
+
+import contextlib
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
+
+from centermask_client.schemas import VideoParameters
+from service import openapi
+from service.deps import MetricsDep, RuntimeDep, SettingsDep, UploadsDep, require_api_key
+from service.options import resolve_options
+from service.responses import NdjsonResponse
+from service.video import frame_lines, open_upload
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+# The expected number of lines, from the video's header (absent when it does not say): progress bars.
+FRAMES_HEADER = "X-Video-Frames"
+
+
+@router.post(
+    "/segment/video",
+    response_class=NdjsonResponse,
+    status_code=200,
+    responses=openapi.video_responses(),
+    openapi_extra={"requestBody": openapi.VIDEO_BODY},
+    summary="Segment the frames of a video, answered line by line",
+)
+async def segment_video(
+    request: Request,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    uploads: UploadsDep,
+    parameters: Annotated[VideoParameters, Query()],
+) -> Response:
+    """Segment the frames of an MP4, MOV, MKV or WebM video (H.264, HEVC, VP8, VP9, AV1, MPEG-4, MJPEG).
+
+    The answer is newline-delimited JSON (`application/x-ndjson`): one line per segmented frame, in frame
+    order, `{"frame", "time_s", "height", "width", "instances"}`, written as each frame is done; frames
+    are decoded and queued a few at a time, so they batch. `fps=` samples frames, `max_frames=` bounds them;
+    the other parameters are those of `/segment`. Anything wrong with the file is answered with a status
+    before any line; a failure later ends the answer with one `{"error": {...}}` line whose `index` is the
+    frame concerned.
+    """
+    options = resolve_options(settings, runtime.predictor, parameters)
+    # The request stays admitted (and the drain waits for it) until its last line is written.
+    admission = contextlib.AsyncExitStack()
+    await admission.enter_async_context(runtime.admitted())
+    try:
+        upload = await uploads.read_video(request)
+        opened = await open_upload(runtime, upload.data, settings, parameters.fps, parameters.max_frames)
+    except BaseException:
+        await admission.aclose()
+        raise
+
+    async def on_close(gone: bool) -> None:
+        if gone:
+            metrics.rejected.labels("client_gone").inc()
+        await admission.aclose()
+
+    headers = {} if opened.expected_frames is None else {FRAMES_HEADER: str(opened.expected_frames)}
+    return NdjsonResponse(frame_lines(runtime, opened, options, metrics), headers=headers, on_close=on_close)

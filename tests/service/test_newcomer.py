@@ -126,7 +126,7 @@ def json_lines(log: Path) -> list[dict[str, object]]:
     ids=["int8", "onnxruntime"],
 )
 def test_start_ups_log_json_only_and_say_what_runs(
-    tiny_weights: Path, tmp_path: Path, flags: tuple[str, ...], backend: str
+    small_weights: Path, tmp_path: Path, flags: tuple[str, ...], backend: str
 ) -> None:
     if flags[0] == "--precision":
         from model.inference.precision import Precision, PrecisionUnavailable, check_supported
@@ -136,7 +136,8 @@ def test_start_ups_log_json_only_and_say_what_runs(
         except PrecisionUnavailable as unavailable:
             pytest.skip(str(unavailable))
     log = tmp_path / "server.log"
-    flags = ("--weights", str(tiny_weights), "--max-batch-size", "2", *flags)
+    # The 64/128-resize weights: calibration and export take seconds even on a busy machine.
+    flags = ("--weights", str(small_weights), "--max-batch-size", "2", *flags)
     with live_server(log, *flags) as server:
         answer = httpx.post(f"{server.url}/segment", content=b"nope", headers={"Content-Type": "image/png"})
         assert answer.status_code == 400

@@ -219,6 +219,7 @@ async def test_one_bad_image_fails_the_batch_with_its_index(served: Served) -> N
         "code": "invalid_image",
         "message": None,
         "index": 1,
+        "file": "bad.png",
     }
 
 

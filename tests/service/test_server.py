@@ -80,7 +80,7 @@ def exits_at_startup(**settings: str) -> str:
 def test_a_missing_model_stops_the_server_with_a_clear_message(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model.pth"
     log = exits_at_startup(CENTERMASK_WEIGHTS=str(missing))
-    assert f"cannot load the model: weights file not found: {missing}" in log
+    assert f"cannot load the model: no weights file at {missing}" in log
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this host has CUDA")

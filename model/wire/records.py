@@ -8,6 +8,7 @@ in one place and not the other fails them.
 * `instances_to_json`, `image_record`: detections → `Instance`, `ImageResult` records;
 * `segment_response`, `batch_response`: the `/segment` and `/segment/batch` envelopes around records;
 * `video_frame_line`, `stream_frame_message`: a video's NDJSON line and a stream's answer for one frame;
+* `with_track_ids`: a frame's records with their `track_id` (`track=true`);
 * `timing_ms`: where a request's time went (`Timing`);
 * `error_body`: the `{"error": {...}}` body of every error (`ErrorBody`);
 * `instance_columns`: the records' fields as columns, the Open Inference Protocol's output tensors.
@@ -116,6 +117,16 @@ def batch_response(
         "results": [{**record, "timing_ms": timing} for record, timing in records],
         "timing_ms": {"total": round(total_ms, 3)},
     }
+
+
+def with_track_ids(
+    instances: Sequence[dict[str, Any]], track_ids: Sequence[int | None]
+) -> list[dict[str, Any]]:
+    """`Instance` records with their `track_id` (None: the tracker has not confirmed the instance), in the
+    records' order. Only a tracked video's or stream's records have the field."""
+    return [
+        {**instance, "track_id": track_id} for instance, track_id in zip(instances, track_ids, strict=True)
+    ]
 
 
 def video_frame_line(frame: int, time_s: float, record: dict[str, Any]) -> dict[str, Any]:

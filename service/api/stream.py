@@ -5,9 +5,8 @@ import logging
 
 from fastapi import APIRouter, WebSocket
 
-from service.errors import InternalError, InvalidParameter, ServiceError
+from service.errors import InternalError, InvalidParameter, NotImplementedHere, ServiceError
 from service.metrics import Metrics
-from service.options import resolve_options
 from service.runtime import Runtime
 from service.settings import Settings
 from service.stream import CloseCode, Closing, StreamSession, close, query_parameters, refusal
@@ -34,13 +33,13 @@ async def segment_stream(websocket: WebSocket) -> None:
         if closing is None:
             async with runtime.admitted():
                 parameters = session.first_parameters or query_parameters(websocket)
-                session.options = resolve_options(settings, runtime.predictor, parameters)
+                await session.set_parameters(parameters)
                 state.open_streams += 1
                 try:
                     closing = await session.run()
                 finally:
                     state.open_streams -= 1
-    except InvalidParameter as error:
+    except (InvalidParameter, NotImplementedHere) as error:  # parameters this service cannot take
         closing = Closing(CloseCode.INVALID_DATA, error)
     except ServiceError as error:  # not ready, draining, failed worker: refused at the door
         closing = Closing(CloseCode.TRY_AGAIN_LATER, error)

@@ -47,6 +47,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from centermask_client.schemas import SequenceParameters, StreamControl
 from model.wire.records import error_body, stream_frame_message, with_track_ids
+from service import tracking
 from service.deps import api_key_is_valid, offered_api_key
 from service.errors import (
     ForbiddenOrigin,
@@ -65,7 +66,6 @@ from service.metrics import Metrics
 from service.options import SegmentOptions, resolve_options
 from service.runtime import ImageFailed, Runtime
 from service.settings import Settings
-from service.tracking import Tracker, load_or_refuse
 from service.uploads import Upload
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class StreamSession:
         self.track = False
         self.first_parameters: SequenceParameters | None = None
         # Tracking: the tracker while frames are tracked, and the last track id given on the connection.
-        self._tracker: Tracker | None = None
+        self._tracker: tracking.Tracker | None = None
         self._last_track_id = 0
         self._waiting: _Waiting | None = None
         self._frame_arrived = asyncio.Event()
@@ -159,8 +159,8 @@ class StreamSession:
         """Put parameters in force; raises InvalidParameter or NotImplementedHere (track=true without the
         extra), leaving the previous ones."""
         options = resolve_options(self._settings, self._runtime.predictor, parameters)
-        if parameters.track:
-            await self._runtime.in_cpu_pool(load_or_refuse)
+        if parameters.track and not tracking.loaded():
+            await self._runtime.in_cpu_pool(tracking.load_or_refuse)
         self.options, self.track = options, parameters.track
 
     async def authenticate(self) -> Closing | None:
@@ -326,7 +326,7 @@ class StreamSession:
             self._tracker = None
             return record
         if self._tracker is None:
-            self._tracker = Tracker(None, first_id=self._last_track_id + 1)
+            self._tracker = tracking.Tracker(None, first_id=self._last_track_id + 1)
         track_ids = self._tracker.update(record["instances"], waiting.received_at)
         self._last_track_id = self._tracker.last_id
         return {**record, "instances": with_track_ids(record["instances"], track_ids)}

@@ -7,9 +7,11 @@ frame's boxes and scores in frame order and numbers the objects it follows. Fact
 - association is by box IoU against each track's Kalman-predicted box (a constant-velocity model, one step
   per tracked frame), high-scoring boxes first, then lower ones; classes and masks are not used, so a
   track keeps its id when the model changes its mind about the class;
-- a track that finds no box for `LOST_TRACK_S` seconds of tracked frames ends: the object, seen again,
-  gets a new id. The frame rate turns those seconds into frames: a video's effective rate (its own, or
-  `fps=` when that samples it slower), a stream's rate of tracked frames as measured from their times;
+- a track that finds no box for more than `LOST_TRACK_S` seconds of tracked frames ends (the library
+  counts int(rate × LOST_TRACK_S) frames, from the frame after the last that found it): the object, seen
+  again, gets a new id. The frame rate turns those seconds into frames: a video's effective rate (its own,
+  or `fps=` when that samples it slower; measured from frame times when the header has none), a stream's
+  rate of tracked frames as measured from their times;
 - ids are given when a track is confirmed: on the first frame at once, later on an object's second
   frame. An instance without one (its first frame, or a box the tracker does not follow) is kept, with
   None (null on the wire): detections are never dropped.
@@ -70,6 +72,11 @@ def load() -> Any:
             )
             _loaded = supervision
         return _loaded
+
+
+def loaded() -> bool:
+    """Whether supervision is imported already (then `load` does not block)."""
+    return _loaded is not None
 
 
 def load_or_refuse() -> None:

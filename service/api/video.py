@@ -46,7 +46,7 @@ async def segment_video(
     line whose `index` is the frame concerned.
     """
     options = resolve_options(settings, runtime.predictor, parameters)
-    if parameters.track:
+    if parameters.track and not tracking.loaded():
         await runtime.in_cpu_pool(tracking.load_or_refuse)
     # The request stays admitted (and the drain waits for it) until its last line is written.
     admission = contextlib.AsyncExitStack()

@@ -28,6 +28,7 @@ from model.wire.records import (
     stream_frame_message,
     timing_ms,
     video_frame_line,
+    with_track_ids,
 )
 from model.wire.selectors import select_classes
 from service import openapi
@@ -130,6 +131,11 @@ def test_every_envelope_is_its_schema_exactly() -> None:
     assert_body_of(BatchResponse, batch)
     assert_body_of(VideoFrameResult, video_frame_line(3, 0.1, record))
     assert_body_of(StreamFrameResult, stream_frame_message(5, 2, record, timing, total_ms=70.1))
+    # Tracked (track=true): each instance has its track_id, an int or null.
+    track_ids = [7, None, *range(len(record["instances"]) - 2)]
+    tracked = {**record, "instances": with_track_ids(record["instances"], track_ids)}
+    assert_body_of(VideoFrameResult, video_frame_line(3, 0.1, tracked))
+    assert_body_of(StreamFrameResult, stream_frame_message(5, 2, tracked, timing, total_ms=70.1))
     assert_body_of(ErrorBody, error_body("invalid_image", "cannot identify the image"))
     assert_body_of(ErrorBody, error_body("invalid_image", "cannot identify the image", index=2))
 

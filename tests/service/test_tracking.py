@@ -9,7 +9,9 @@ each other can swap ids: `python -m bench.tracking` counts those switches on lon
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,3 +291,13 @@ def test_a_streams_tracker_measures_its_rate() -> None:
     for step in range(10):
         tracker.update(instances((10.0, 10.0, 50.0, 50.0)), 100 + step / 8)
     assert tracker.frame_rate == 8.0
+
+
+def test_the_track_extra_brings_no_opencv_gui_build() -> None:
+    """opencv-python would share the cv2 module with this project's opencv-python-headless (and need libGL,
+    which the image lacks): supervision from 0.30 on requires no OpenCV, `trackers` (ByteTrack's home
+    after 0.31) requires that build."""
+    pytest.importorskip("supervision")
+    requirements = importlib.metadata.requires("supervision") or []
+    assert not [r for r in requirements if re.match(r"opencv-python(?!-headless)", r, re.IGNORECASE)]
+    assert hasattr(tracking.load(), "ByteTrack")

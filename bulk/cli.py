@@ -8,7 +8,8 @@ where the output stands; `--retry-failed` segments the images that failed again.
 Without --address a local Ray starts (or the cluster in RAY_ADDRESS is joined); with `--address auto` or
 `ray://head:10001` the same command runs on a cluster. Every model flag (--weights, --precision, --backend ...)
 comes from `PredictorOptions`. Exit status: 0 when every image was segmented, 1 when some failed (each is a
-row with its error), 2 when the command cannot run.
+row with its error), 2 when the command cannot run or the cluster stopped it (what was written stays: the same
+command resumes).
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ import pydantic
 from bulk.coco import DERIVED, write_coco, write_manifest
 from bulk.inputs import InputError, find_images, normalise
 from bulk.manifest import (
+    SHARDS,
     JobMismatch,
     State,
     check_job,
+    job_differs,
     pending,
     read_images,
     read_job,
     start_job,
 )
-from bulk.pipeline import ClusterError, Resources, RunStats
+from bulk.pipeline import ClusterError, Resources, RunStats, check_device
 from bulk.shards import ROW_FORMATS, shard_format
 from bulk.stages import SegmentSettings
 from bulk.storage import Output, OutputLocked
@@ -209,6 +212,7 @@ def _absolute(options: PredictorOptions) -> PredictorOptions:
 def execute(args: argparse.Namespace) -> int:
     _check_numbers(args)
     options = _absolute(from_arguments(args))
+    check_device(options)
     facts = model_facts(options)
     settings = SegmentSettings(
         mask_format=args.mask_format,
@@ -236,6 +240,14 @@ def execute(args: argparse.Namespace) -> int:
         return _dry_run(args, output, job, shards)
     with output.lock():
         existing = read_job(output)
+        if existing is not None and not output.sizes(SHARDS) and job_differs(existing, job):
+            # Nothing written yet (a run that stopped before its first shard: a typo in a flag, actors that
+            # could not start): the new command is the job now.
+            print(
+                f"centermask-bulk: {output.url} holds a job with no results yet; replacing it",
+                file=sys.stderr,
+            )
+            existing = None
         if existing is None:
             images = find_images(args.inputs, args.image_root, exclude=args.output)
             _clear_derived(output)
@@ -243,8 +255,8 @@ def execute(args: argparse.Namespace) -> int:
             print(f"centermask-bulk: a new job of {len(images)} images in {output.url}", file=sys.stderr)
         else:
             check_job(existing, job, output.url)
-        table = read_images(output)
         state = State.load(output, shards)
+        table = read_images(output)
         if args.retry_failed:
             retried = state.forget_failed()
             print(f"centermask-bulk: {retried} failed images to segment again", file=sys.stderr)

@@ -80,13 +80,18 @@ def read_job(output: Output) -> dict[str, Any] | None:
     return dict(json.loads(output.read(JOB)))
 
 
-def check_job(existing: dict[str, Any], wanted: dict[str, Any], location: str) -> None:
-    """Refuse to resume an output with a different job, naming what differs."""
-    differences = [
+def job_differs(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """What differs between the job an output holds and the one asked for, one phrase each."""
+    return [
         f"{key}: {existing.get(key)!r} there, {wanted.get(key)!r} now"
         for key in sorted(wanted)
         if existing.get(key) != wanted.get(key)
     ]
+
+
+def check_job(existing: dict[str, Any], wanted: dict[str, Any], location: str) -> None:
+    """Refuse to resume an output with a different job, naming what differs."""
+    differences = job_differs(existing, wanted)
     if differences:
         raise JobMismatch(
             f"{location} holds the results of another job ({'; '.join(differences)}). Run the same command "
@@ -95,7 +100,10 @@ def check_job(existing: dict[str, Any], wanted: dict[str, Any], location: str) -
 
 
 def start_job(output: Output, job: dict[str, Any], images: Sequence[Image]) -> None:
-    """Fix a new job's images and definition (images first: see the module's docstring)."""
+    """Fix a new job's images and definition (images first: see the module's docstring). Index entries of a
+    job replaced before it wrote a shard go, so that none can be taken for a new shard's."""
+    for name in output.sizes(INDEX):
+        output.remove(posixpath.join(INDEX, name))
     table = pa.table(
         {
             "image_id": pa.array([image.image_id for image in images], pa.int64()),

@@ -40,7 +40,8 @@ MAX_BLOCKS = 20_000
 
 
 class ClusterError(RuntimeError):
-    """The Ray cluster cannot run the job as asked (no GPUs for --device cuda, say)."""
+    """The Ray cluster cannot run the job as asked (no GPUs for --device cuda, actors that cannot load the
+    model, say)."""
 
 
 @dataclass(frozen=True)
@@ -151,18 +152,23 @@ class ShardWriter:
         self.opened = self.clock()
 
 
+def check_device(options: PredictorOptions) -> None:
+    """Refuse a device no actor can have, before anything runs."""
+    if options.device.startswith("cuda") and options.device not in ("cuda", "cuda:0"):
+        raise ClusterError(
+            f"--device {options.device}: Ray gives each actor its own GPU, visible to it as cuda; use --device cuda"
+        )
+
+
 def gpu_plan(options: PredictorOptions, cluster_gpus: float, gpus_per_actor: float | None) -> float:
     """GPUs per actor for this device option on a cluster with `cluster_gpus` GPUs."""
+    check_device(options)
     if options.device == "cpu" or options.backend.value == "onnxruntime":
         if gpus_per_actor:
             raise ClusterError(
                 f"--gpus-per-actor {gpus_per_actor} with --device cpu: the actors would not use them"
             )
         return 0.0
-    if options.device.startswith("cuda") and options.device not in ("cuda", "cuda:0"):
-        raise ClusterError(
-            f"--device {options.device}: Ray gives each actor its own GPU, visible to it as cuda; use --device cuda"
-        )
     wanted = gpus_per_actor if gpus_per_actor is not None else (1.0 if cluster_gpus > 0 else 0.0)
     if options.device.startswith("cuda") and (cluster_gpus <= 0 or wanted <= 0):
         raise ClusterError(
@@ -224,6 +230,7 @@ def run(
     """Segment the pending images into the output's shards; the statistics of the run."""
     import ray
     import ray.data
+    import ray.exceptions
 
     started = clock()
     owned = connect(address, num_cpus)
@@ -266,11 +273,19 @@ def run(
                 batch_size=resources.read_batch,
                 num_cpus=resources.read_cpus,
             )
-        for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            if stats.first_rows is None:
-                stats.first_rows = clock() - started
-                stats.first_rows_images = table.num_rows
-            writer.add(table)
+        try:
+            for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                if stats.first_rows is None:
+                    stats.first_rows = clock() - started
+                    stats.first_rows_images = table.num_rows
+                writer.add(table)
+        except ray.exceptions.RayError as error:
+            # Ray's message ends with the remote traceback; its last line is what went wrong (an actor that
+            # could not load the model, say). What was written stays: the same command resumes.
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            raise ClusterError(
+                f"the job stopped on the cluster: {lines[-1] if lines else error!r}"
+            ) from error
     finally:
         # Rows that arrived are complete: keep them, whatever ended the run (Ctrl-C, a failed stage).
         writer.flush()

@@ -15,6 +15,7 @@ command resumes).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any, get_args
 
 import pydantic
 
-from bulk.coco import DERIVED, write_coco, write_manifest
+from bulk.coco import DERIVED, MANIFEST, write_coco, write_manifest
 from bulk.inputs import InputError, find_images, normalise
 from bulk.manifest import (
     SHARDS,
@@ -181,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as error:
         print(f"centermask-bulk: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        # The rows that had arrived were written (bulk.pipeline.run); nothing else needs undoing.
+        print("centermask-bulk: interrupted; run the same command to resume", file=sys.stderr)
+        return 130
     except pydantic.ValidationError as error:
         problems = "; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         print(f"centermask-bulk: error: {problems}", file=sys.stderr)
@@ -268,17 +273,25 @@ def execute(args: argparse.Namespace) -> int:
             stats = _segment(args, todo, state, options, settings, facts)
         else:
             print(f"centermask-bulk: all {table.num_rows} images are done already", file=sys.stderr)
-        complete = len(state.done_ids()) == table.num_rows
+        complete = pending(table, state.done_ids()).num_rows == 0
         if complete and (stats is not None or not all(output.exists(name) for name in _expected(args))):
             write_coco(state, facts.class_names, facts.category_ids, masks=args.mask_format == "rle")
-        last_run = _run_summary(stats) if stats is not None else None
+        # A run with nothing to do keeps the report of the last one that did something.
+        last_run = _run_summary(stats) if stats is not None else _previous_run(output)
         manifest = write_manifest(state, job, table.num_rows, complete, last_run)
         _report(stats, manifest, output.url)
         return 0 if complete and not manifest["failed"] else EXIT_FAILED
 
 
+def _previous_run(output: Output) -> dict[str, Any] | None:
+    if not output.exists(MANIFEST):
+        return None
+    previous = json.loads(output.read(MANIFEST)).get("last_run")
+    return dict(previous) if isinstance(previous, dict) else None
+
+
 def _expected(args: argparse.Namespace) -> list[str]:
-    names = [name for name in DERIVED if name != "manifest.json"]
+    names = [name for name in DERIVED if name != MANIFEST]
     return [name for name in names if args.mask_format == "rle" or "segm" not in name]
 
 
@@ -334,8 +347,10 @@ def _run_summary(stats: RunStats) -> dict[str, Any]:
         "images": stats.images,
         "failed": stats.failed,
         "instances": stats.instances,
+        "started_at": round(stats.started_at, 3),
         "seconds": round(stats.finished, 3),
         "ray_start_seconds": round(stats.ray_ready, 3),
+        "actors_ready_seconds": None if stats.actors_ready is None else round(stats.actors_ready, 3),
         "first_rows_seconds": None if stats.first_rows is None else round(stats.first_rows, 3),
         "images_per_second": round(stats.images_per_second, 3),
         "steady_images_per_second": None if steady is None else round(steady, 3),
@@ -345,7 +360,9 @@ def _run_summary(stats: RunStats) -> dict[str, Any]:
 def _report(stats: RunStats | None, manifest: dict[str, Any], location: str) -> None:
     if stats is not None:
         steady = stats.steady_images_per_second
-        after = "" if steady is None else f"; {steady:.2f}/s after the first rows at {stats.first_rows:.1f} s"
+        after = (
+            "" if steady is None else f"; {steady:.2f}/s from the model ready at {stats.actors_ready:.1f} s"
+        )
         print(
             f"centermask-bulk: this run: {stats.images} images, {stats.instances} instances, "
             f"{stats.failed} failed, {stats.finished:.1f} s ({stats.images_per_second:.2f} images/s{after})",
@@ -367,6 +384,8 @@ def _report(stats: RunStats | None, manifest: dict[str, Any], location: str) -> 
 
 def _dry_run(args: argparse.Namespace, output: Output, job: dict[str, Any], shards: Any) -> int:
     existing = read_job(output)
+    if existing is not None and not output.sizes(SHARDS) and job_differs(existing, job):
+        existing = None  # replaced, as a run would
     if existing is None:
         images = find_images(args.inputs, args.image_root, exclude=args.output)
         for image in images:

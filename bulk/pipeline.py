@@ -24,10 +24,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bulk.manifest import OVERLAYS, State, merge_indexes
 from bulk.shards import Index
-from bulk.stages import Segmenter, SegmentSettings, draw_overlays, read_images
+from bulk.stages import READY_AT, Segmenter, SegmentSettings, draw_overlays, read_images
 from model.inference.options import PredictorOptions
 
 logger = logging.getLogger(__name__)
@@ -76,9 +77,12 @@ class RunStats:
     images: int = 0
     failed: int = 0
     instances: int = 0
+    # The run's start, wall clock (seconds since the epoch): what the times below count from.
+    started_at: float = 0.0
     ray_ready: float = 0.0
+    # When the first actor had its model loaded, and when the first rows reached the driver.
+    actors_ready: float | None = None
     first_rows: float | None = None
-    first_rows_images: int = 0
     finished: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -88,10 +92,11 @@ class RunStats:
 
     @property
     def steady_images_per_second(self) -> float | None:
-        """Throughput once the first rows arrived: Ray's start-up and the actors' model loading left out."""
-        if self.first_rows is None or self.finished <= self.first_rows:
+        """Throughput from the moment the first actor was ready: Ray's start-up and the loading of the model
+        left out (the reading of the first images, which overlaps them, not)."""
+        if self.actors_ready is None or self.finished <= self.actors_ready:
             return None
-        return (self.images - self.first_rows_images) / (self.finished - self.first_rows)
+        return self.images / (self.finished - self.actors_ready)
 
 
 class ShardWriter:
@@ -110,8 +115,15 @@ class ShardWriter:
         self.rows = 0
         self.opened = clock()
         self.stats = RunStats()
+        # The earliest actor's ready time (wall clock, as the actors report it).
+        self.ready_at: float | None = None
 
     def add(self, table: pa.Table) -> None:
+        if READY_AT in table.column_names:
+            ready = pc.min(table.column(READY_AT)).as_py()
+            if ready is not None and (self.ready_at is None or ready < self.ready_at):
+                self.ready_at = ready
+            table = table.drop_columns([READY_AT])
         ids = table.column("image_id").to_pylist()
         fresh = [image_id not in self.written for image_id in ids]
         if not all(fresh):
@@ -232,10 +244,11 @@ def run(
     import ray.data
     import ray.exceptions
 
-    started = clock()
+    started, started_wall = clock(), time.time()
     owned = connect(address, num_cpus)
     writer = ShardWriter(state, resources.shard_size, resources.shard_seconds, clock)
     stats = writer.stats
+    stats.started_at = started_wall
     try:
         stats.ray_ready = clock() - started
         actors, gpus, threads, batch_size = plan(options, resources, ray.cluster_resources())
@@ -277,7 +290,6 @@ def run(
             for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
                 if stats.first_rows is None:
                     stats.first_rows = clock() - started
-                    stats.first_rows_images = table.num_rows
                 writer.add(table)
         except ray.exceptions.RayError as error:
             # Ray's message ends with the remote traceback; its last line is what went wrong (an actor that
@@ -290,6 +302,8 @@ def run(
         # Rows that arrived are complete: keep them, whatever ended the run (Ctrl-C, a failed stage).
         writer.flush()
         stats.finished = clock() - started
+        if writer.ready_at is not None:
+            stats.actors_ready = max(0.0, writer.ready_at - started_wall)
         if owned:
             ray.shutdown()
     return stats

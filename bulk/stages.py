@@ -11,6 +11,7 @@ An image that fails anywhere becomes a row with its error, and the batch goes on
 from __future__ import annotations
 
 import posixpath
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,14 +20,22 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
+import torch
 from PIL import Image as PILImage
 
 from bulk.inputs import is_url
 from bulk.shards import RowFormat, ShardFormat, failed_row, shard_format
+from centermask_client.overlay import draw_overlay, encode_image
 from centermask_client.schemas import ImageResult, MaskFormat
+from model.inference.detections import Selection
 from model.inference.images import DecodedImage, ImageError, load_image
+from model.inference.load import load_predictor
+from model.inference.options import PredictorOptions
 from model.inference.preprocess import PreparedImage
+from model.wire.records import image_record
 
+# A Segmenter's rows carry when its model was ready (wall clock): the run's statistics leave start-up out by it.
+READY_AT = "_ready_at"
 PIXEL_COLUMNS = ("pixels", "decoded_height", "decoded_width", "height", "width")
 DECODED = pa.schema(
     [
@@ -132,13 +141,6 @@ class Segmenter:
     """One Predictor, loaded once per actor; each call segments a batch of `DECODED` rows into rows."""
 
     def __init__(self, options: dict[str, Any], settings: SegmentSettings) -> None:
-        # Imported here: only actors load torch's model code, not the driver or the reading tasks.
-        import torch
-
-        from model.inference.detections import Selection
-        from model.inference.load import load_predictor
-        from model.inference.options import PredictorOptions
-
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
         self.settings = settings
@@ -149,10 +151,9 @@ class Segmenter:
                 self.predictor.warm_up(shape, batch_size=settings.batch_size)
         self.selection = Selection(score_threshold=settings.score_threshold)
         self.shards: ShardFormat = shard_format(settings.row_format, settings.mask_format)
+        self.ready_at = time.time()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from model.wire.records import image_record
-
         paths = batch.column("path").to_pylist()
         ids = batch.column("image_id").to_pylist()
         errors = batch.column("error").to_pylist()
@@ -184,6 +185,7 @@ class Segmenter:
                     )
                     rows[row] = {"path": paths[row], "image_id": ids[row], **record, "error": None}
         table = self.shards.table([row for row in rows if row is not None])
+        table = table.append_column(READY_AT, pa.array([self.ready_at] * table.num_rows, pa.float64()))
         if self.settings.keep_pixels:
             for name in PIXEL_COLUMNS:
                 table = table.append_column(f"_{name}", batch.column(name))
@@ -212,8 +214,6 @@ def _failure(error: Exception) -> str:
 def draw_overlays(batch: pa.Table, *, row_format: RowFormat, mask_format: MaskFormat) -> pa.Table:
     """Rows from a `Segmenter` that kept its pixels → the same rows with `overlay`, the PNG of the image with
     its instances drawn (null for a failed image), and `overlay_name`, its file name; without the pixels."""
-    from centermask_client.overlay import draw_overlay, encode_image
-
     shards = shard_format(row_format, mask_format)
     records = shards.records(batch)
     overlays: list[bytes | None] = []

@@ -27,7 +27,7 @@ message (the previous ones stay in force).
 With `track=true`, the connection has its own tracker (`service.tracking`), fed the answered frames in
 order (a dropped or failed frame is not seen by it) at their measured rate: each answer's instances get
 their `track_id`. Parameters without `track` stop the tracking; tracking started again begins new tracks,
-whose ids go on from the last one given, so no id of a connection names two objects.
+whose ids go on from the last one given, so the new tracker never reuses an id of the old one.
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def test_tracking_stopped_and_started_again_gives_new_ids(
         after = {i["track_id"] for i in receive(stream)["instances"]} - {None}
         stream.send(frames[3])
         kept = {i["track_id"] for i in receive(stream)["instances"]}
-    # The new tracker's ids go on from the last one given: no id of the connection names two objects.
+    # The new tracker's ids go on from the last one given: it never reuses an id of the old one.
     assert len(before) >= 4 and len(after) >= 4
     assert min(after) > max(before)
     assert after <= kept

@@ -91,8 +91,8 @@ class SequenceParameters(SegmentParameters):
         False,
         description="Give each instance a `track_id`: the same number on every frame where the tracker "
         "(ByteTrack: boxes associated by IoU and a Kalman motion model) follows the same object, within "
-        "this video or stream connection. Needs the service's `track` extra (501 `not_implemented` "
-        "without it).",
+        "this video or stream connection. Needs the service's `track` extra (without it: "
+        "`not_implemented`, a video's 501, a stream's error before close code 1007).",
     )
 
     def query(self) -> dict[str, str]:

@@ -99,9 +99,16 @@
 
   // ---------------------------------------------------------------- drawing
 
-  const colour = (classId) => style.palette[classId % style.palette.length];
+  // A tracked instance keeps its track's colour from frame to frame; others take their class's.
+  const colour = (instance) => {
+    const key = instance.track_id == null ? instance.class_id : instance.track_id;
+    return style.palette[key % style.palette.length];
+  };
   const css = (rgb) => `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})`;
-  const labelText = (instance) => `${instance.class_name} ${instance.score.toFixed(2)}`;
+  const labelText = (instance) =>
+    `${instance.track_id == null ? "" : `#${instance.track_id} `}${instance.class_name} ${instance.score.toFixed(2)}`;
+  // Videos and the camera ask for track ids while the box is ticked (read when each starts).
+  const trackQuery = () => ($("track").checked ? "&track=true" : "");
   const fontSize = (height, width) => Math.min(32, Math.max(11, Math.round(Math.max(height, width) / 50)));
 
   function visibleIndices() {
@@ -125,7 +132,7 @@
       if (!mask) continue;
       let alpha = style.mask_alpha;
       if (state.hover !== -1) alpha = index === state.hover ? HOVER_ALPHA : DIMMED_ALPHA;
-      const [r, g, b] = colour(instances[index].class_id);
+      const [r, g, b] = colour(instances[index]);
       for (let run = 0; run < mask.runs.length; run += 2) {
         for (let p = mask.runs[run]; p < mask.runs[run + 1]; p += 1) {
           const q = 4 * ((p % height) * width + Math.floor(p / height));
@@ -141,7 +148,7 @@
     context.textBaseline = "top";
     for (const index of order) {
       const instance = instances[index];
-      const rgb = colour(instance.class_id);
+      const rgb = colour(instance);
       const [x1, y1, x2, y2] = instance.box;
       const lineWidth = index === state.hover ? 2 * style.box_width : style.box_width;
       context.strokeStyle = css(rgb);
@@ -177,7 +184,7 @@
         if (index === state.hover) item.classList.add("hover");
         const swatch = document.createElement("span");
         swatch.className = "swatch";
-        swatch.style.background = css(colour(instance.class_id));
+        swatch.style.background = css(colour(instance));
         const label = document.createElement("span");
         label.className = "label";
         label.textContent = labelText(instance);
@@ -225,7 +232,7 @@
         });
         const swatch = document.createElement("span");
         swatch.className = "swatch";
-        swatch.style.background = css(colour(classId));
+        swatch.style.background = css(colour({ class_id: classId }));
         const shown = document.createElement("span");
         shown.className = "class-count";
         shown.dataset.classId = String(classId);
@@ -444,7 +451,7 @@
   }
 
   function streamUrl() {
-    const url = new URL("segment/stream?score_threshold=0&mask_format=rle", document.baseURI);
+    const url = new URL(`segment/stream?score_threshold=0&mask_format=rle${trackQuery()}`, document.baseURI);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     return url;
   }
@@ -551,7 +558,7 @@
     const type = VIDEO_TYPES.includes(file.type) ? file.type : "video/mp4";
     let response;
     try {
-      response = await fetch("segment/video?score_threshold=0&mask_format=rle", {
+      response = await fetch(`segment/video?score_threshold=0&mask_format=rle${trackQuery()}`, {
         method: "POST",
         body: file,
         headers: { ...authHeaders(), "Content-Type": type },

@@ -396,4 +396,20 @@ def test_a_video_is_drawn_frame_by_frame_as_its_lines_arrive(
     ).text.splitlines()
     assert shown == json.loads(lines[-1])
     assert drawn_list(page) and canvas_pixels(page).shape == (240, 320, 3)
+    assert all("track_id" not in instance for instance in shown["instances"])
     page.screenshot(path=str(screenshots / "demo-page-video.png"), full_page=True)
+
+    # Ticked, the box asks for track ids: the page labels each tracked instance with its id.
+    page.check("#track")
+    page.set_input_files("#video-file", [])
+    page.set_input_files("#video-file", str(clip))
+    page.wait_for_function(
+        "() => document.getElementById('json').textContent.includes('track_id')"
+        " && document.body.dataset.state === 'done'"
+    )
+    assert page.evaluate("() => document.body.dataset.answered") == "5"
+    tracked = json.loads(page.text_content("#json"))
+    ids = [instance["track_id"] for instance in tracked["instances"] if instance.get("track_id") is not None]
+    assert ids, "no instance of the last frame was tracked"
+    labels = [item["text"] for item in drawn_list(page)]
+    assert {f"#{track_id}" for track_id in ids} <= {label.split()[0] for label in labels}

@@ -5,10 +5,12 @@ handlers, middleware, pages and the OpenAPI document. The process around it is s
 """
 
 import functools
+import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
@@ -29,7 +31,13 @@ from service.runtime import PredictorLoader, Runtime
 from service.settings import Settings
 from service.uploads import Uploads
 from service.v2 import endpoints as v2
+from service.v2.dataplane import ModelCatalog
 from service.v2.models import openapi_schemas
+
+if TYPE_CHECKING:  # imported when started: grpcio is the `grpc` extra's
+    from service.grpc.server import GrpcServer
+
+logger = logging.getLogger(__name__)
 
 DESCRIPTION = """POST an image to `/segment`: get boxes, classes, scores and COCO RLE masks back, or the
 image with them drawn (`format=png`). POST a video to `/segment/video` for a line per frame; send a camera's
@@ -45,14 +53,21 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     metrics = Metrics()
     # A model that cannot be loaded leaves nothing to serve: stop the server the way Kubernetes would.
     runtime = Runtime(settings, metrics, load, on_fatal_error=lambda: signal.raise_signal(signal.SIGTERM))
+    models = ModelCatalog(runtime)
+    uploads = Uploads(settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
         configure_pillow(settings.max_image_pixels)
         runtime.start()
+        # gRPC beside HTTP, in this event loop; stopped after the runtime's drain has answered its calls.
+        grpc_server = await _start_grpc(settings, models, uploads, metrics, app.version)
+        app.state.grpc_server = grpc_server
         yield
         await runtime.stop()
+        if grpc_server is not None:
+            await grpc_server.stop()
 
     # The Swagger UI and ReDoc assets come with fastapi-offline: /docs and /redoc load nothing from
     # the internet (nor does Swagger UI's validator badge, turned off).
@@ -68,7 +83,8 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = runtime
-    app.state.uploads = Uploads(settings)
+    app.state.uploads = uploads
+    app.state.models = models
     # Open /segment/stream connections (service/api/stream.py counts them).
     app.state.open_streams = 0
     metrics.streams_open.set_function(lambda: app.state.open_streams)
@@ -116,6 +132,31 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     # Added last, so outermost: every answer, CORS preflights included, gets a request id and a log line.
     app.add_middleware(RequestContextMiddleware, metrics=metrics, endpoints=endpoints, mounts=mounts)
     return app
+
+
+async def _start_grpc(
+    settings: Settings, models: ModelCatalog, uploads: Uploads, metrics: Metrics, version: str
+) -> "GrpcServer | None":
+    """The gRPC server on CENTERMASK_GRPC_PORT, started; None when the port is 0, or when grpcio (the
+    `grpc` extra) is missing and the port was left at its default (one warning says so)."""
+    if not settings.grpc_port:
+        return None
+    try:
+        from service.grpc.server import GrpcServer
+    except ImportError as error:
+        if "grpc_port" in settings.model_fields_set:
+            raise RuntimeError(
+                f"CENTERMASK_GRPC_PORT is set but gRPC cannot be served: {error}; "
+                "pip install 'centermask-serve[grpc]', or set CENTERMASK_GRPC_PORT=0"
+            ) from None
+        logger.warning(
+            "gRPC is not served: grpcio is not installed (pip install 'centermask-serve[grpc]'); "
+            "set CENTERMASK_GRPC_PORT=0 to say that is intended"
+        )
+        return None
+    server = GrpcServer(settings, models, uploads, metrics, version)
+    await server.start()
+    return server
 
 
 def app_version() -> str:

@@ -216,15 +216,21 @@ class Runtime:
             if self._in_flight == 0:
                 self._idle.set()
 
-    async def segment(self, uploads: Sequence[Upload], options: SegmentOptions) -> list[Segmented]:
+    async def segment(
+        self, uploads: Sequence[Upload], options: SegmentOptions, *, client_deadline_s: float | None = None
+    ) -> list[Segmented]:
         """Segment the images of one request; all its images are queued together, so they batch.
 
-        The request's deadline (`Settings.request_deadline_s`) starts now. Raises ImageFailed for the
-        first failing image.
+        The request's deadline (`Settings.request_deadline_s`) starts now; `client_deadline_s`, the time the
+        client itself still waits (a gRPC deadline), shortens it. Raises ImageFailed for the first failing
+        image.
         """
         assert self._batcher is not None
         settings = self._settings
         deadline_s = settings.request_deadline_s(len(uploads), self._max_batch_size)
+        clients_binds = False
+        if client_deadline_s is not None and client_deadline_s < deadline_s:
+            deadline_s, clients_binds = max(0.0, client_deadline_s), True
         deadline = asyncio.get_running_loop().time() + deadline_s
         try:
             async with asyncio.timeout_at(deadline):
@@ -237,6 +243,10 @@ class Runtime:
                     for upload, inference in zip(uploads, inferences, strict=True)
                 )
         except TimeoutError:
+            if clients_binds:
+                raise DeadlineExceeded(
+                    f"the request took longer than the client's deadline ({deadline_s:.3g} s left on arrival)"
+                ) from None
             raise DeadlineExceeded(
                 f"the request took longer than its deadline of {deadline_s:g} s "
                 f"(CENTERMASK_REQUEST_TIMEOUT_S = {settings.request_timeout_s:g} s per "

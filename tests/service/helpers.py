@@ -136,8 +136,15 @@ class ControlledPredictor:
 
 
 def tiny_settings(weights: Path, **overrides: Any) -> Settings:
-    """Settings for in-process apps: small batches keep warm-up short on a 2-core machine."""
-    defaults: dict[str, Any] = {"weights": weights, "device": "cpu", "max_batch_size": 2, "cpu_workers": 2}
+    """Settings for in-process apps: small batches keep warm-up short on a 2-core machine; no gRPC server
+    unless a test asks for one (`grpc_port=free_port()`)."""
+    defaults: dict[str, Any] = {
+        "weights": weights,
+        "device": "cpu",
+        "max_batch_size": 2,
+        "cpu_workers": 2,
+        "grpc_port": 0,
+    }
     return Settings(**(defaults | overrides))
 
 

@@ -262,7 +262,9 @@ def test_malformed_messages_are_invalid_arguments(channel: grpc.Channel) -> None
     unknown_output = raw_request(IMAGES[:1])
     unknown_output.outputs.add(name="logits")
     assert "unknown output" in details(unknown_output)
-    assert details(raw_request(IMAGES[:1], score_threshold="high")).startswith("invalid_request: score_threshold")
+    assert details(raw_request(IMAGES[:1], score_threshold="high")).startswith(
+        "invalid_request: score_threshold"
+    )
 
 
 def test_the_health_service_reflects_readiness(channel: grpc.Channel) -> None:

@@ -24,6 +24,7 @@ from service.grpc.grpc_predict_v2_pb2_grpc import add_GRPCInferenceServiceServic
 from service.grpc.servicer import HealthServicer, InferenceServicer
 from service.metrics import Metrics
 from service.settings import Settings
+from service.tracing import Tracing
 from service.uploads import Uploads
 from service.v2.dataplane import ModelCatalog
 
@@ -48,7 +49,13 @@ def max_call_count(settings: Settings) -> int:
 
 class GrpcServer:
     def __init__(
-        self, settings: Settings, models: ModelCatalog, uploads: Uploads, metrics: Metrics, version: str
+        self,
+        settings: Settings,
+        models: ModelCatalog,
+        uploads: Uploads,
+        metrics: Metrics,
+        version: str,
+        tracing: Tracing,
     ) -> None:
         self._settings = settings
         self._server = grpc.aio.server(
@@ -59,7 +66,7 @@ class GrpcServer:
             maximum_concurrent_rpcs=max_call_count(settings),
         )
         add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(settings, models, uploads, metrics, version), self._server
+            InferenceServicer(settings, models, uploads, metrics, version, tracing), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(models, metrics), self._server)
         self.port: int | None = None

@@ -21,6 +21,7 @@ from typing import NoReturn, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service import tracing
 from service.deps import api_key_is_valid, offered_api_key
 from service.errors import NotImplementedHere, ServiceError, Unauthorized
 from service.grpc import codec
@@ -31,6 +32,7 @@ from service.logging import error_code, request_id
 from service.metrics import Metrics
 from service.runtime import Phase
 from service.settings import Settings
+from service.tracing import Tracing
 from service.uploads import Uploads
 from service.v2 import dataplane
 from service.v2.dataplane import ModelCatalog
@@ -48,13 +50,20 @@ _QUIET = frozenset({"ServerLive", "ServerReady", "ModelReady", "Check"})
 
 class InferenceServicer(GRPCInferenceServiceServicer):
     def __init__(
-        self, settings: Settings, models: ModelCatalog, uploads: Uploads, metrics: Metrics, version: str
+        self,
+        settings: Settings,
+        models: ModelCatalog,
+        uploads: Uploads,
+        metrics: Metrics,
+        version: str,
+        tracing: Tracing,
     ) -> None:
         self._settings = settings
         self._models = models
         self._uploads = uploads
         self._metrics = metrics
         self._version = version
+        self._tracing = tracing
 
     # ----------------------------------------------------------------------------------------------
     # Health and metadata
@@ -159,7 +168,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         async def infer() -> pb.ModelInferResponse:
             async with self._models.server.admitted():
                 runtime = self._models.resolve(request.model_name, request.model_version)
-                parsed = codec.parse_infer_request(request)
+                with tracing.stage("receive"):
+                    parsed = codec.parse_infer_request(request)
                 answer = await dataplane.infer(
                     runtime,
                     self._settings,
@@ -168,7 +178,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                     parsed,
                     client_deadline_s=context.time_remaining(),
                 )
-            return codec.infer_response(answer)
+            with tracing.stage("encode"):
+                return codec.infer_response(answer)
 
         return await self._call("ModelInfer", context, infer, keyed=True)
 
@@ -182,7 +193,30 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         *,
         keyed: bool,
     ) -> T:
-        """Run one RPC's `work` (a function, or a coroutine function) as every RPC is run (module doc)."""
+        if not self._tracing.enabled:
+            return await self._serve(method, context, work, keyed=keyed)
+        metadata = {
+            key.lower(): value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+        }
+        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method}
+        with self._tracing.request(f"{SERVICE_NAME}/{method}", metadata, **attributes) as span:
+            try:
+                return await self._serve(method, context, work, keyed=keyed)
+            finally:
+                code = context.code() if hasattr(context, "code") else None
+                if code is not None:
+                    span.set_attribute("rpc.grpc.status_code", code.value[0])
+
+    async def _serve(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        work: Callable[[], T | Awaitable[T]],
+        *,
+        keyed: bool,
+    ) -> T:
+        """Run one RPC's `work` (a function, or a coroutine function) as every RPC is run (module doc), in a
+        server span when tracing (a child of the metadata's `traceparent`)."""
         started = time.perf_counter()
         metadata = {
             key.lower(): value for key, value in context.invocation_metadata() or () if isinstance(value, str)

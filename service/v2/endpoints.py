@@ -25,6 +25,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
+from service import tracing
 from service.deps import (
     ModelsDep,
     RuntimeDep,
@@ -248,7 +249,9 @@ async def _infer(
         )
     async with models.server.admitted():
         runtime = models.resolve(model_name, model_version)
-        parsed = parse_request(await uploads.read_tensor_body(request), request.headers.get(HEADER_LENGTH))
+        with tracing.stage("receive"):
+            body = await uploads.read_tensor_body(request)
+            parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
         answer = await dataplane.infer(
             runtime,
             settings,
@@ -257,4 +260,5 @@ async def _infer(
             parsed,
             until=lambda work: unless_disconnected(request, work),
         )
-    return encode_response(answer.header, answer.tensors, answer.binary)
+    with tracing.stage("encode"):
+        return encode_response(answer.header, answer.tensors, answer.binary)

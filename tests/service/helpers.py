@@ -81,10 +81,11 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serve(
-    settings: Settings, load: PredictorLoader = load_predictor, *, ready: bool = True
+    settings: Settings, load: PredictorLoader = load_predictor, *, ready: bool = True, **app_options: Any
 ) -> AsyncIterator[Served]:
-    """Run the app's lifespan around an in-process client; wait for readiness unless told not to."""
-    app = create_app(settings, load=load)
+    """Run the app's lifespan around an in-process client; wait for readiness unless told not to.
+    `app_options` go to create_app (a tracer_provider)."""
+    app = create_app(settings, load=load, **app_options)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
@@ -242,3 +243,19 @@ def serve_http(
     finally:
         server.should_exit = True
         thread.join(TIMEOUT_S)
+
+
+def infer_request(images: list[bytes], model: str = "centermask", **parameters: object) -> Any:
+    """A gRPC ModelInferRequest as tritonclient builds it: the images length-prefixed in raw_input_contents,
+    the parameters typed by their Python type."""
+    from service.grpc import grpc_predict_v2_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="image", datatype="BYTES", shape=[len(images)])
+    request.raw_input_contents.append(b"".join(struct.pack("<I", len(image)) + image for image in images))
+    for name, value in parameters.items():
+        field = {bool: "bool_param", int: "int64_param", float: "double_param", str: "string_param"}[
+            type(value)
+        ]
+        setattr(request.parameters[name], field, value)
+    return request

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tests.service.helpers import (
     ControlledPredictor,
     Served,
     encode,
+    infer_request,
     metric_value,
     random_image,
     serve,
@@ -113,19 +113,6 @@ def comparable(instances: list[dict]) -> list[dict]:
         )
         out.append(record)
     return out
-
-
-def raw_request(images: list[bytes], model: str = "centermask", **parameters: object) -> pb.ModelInferRequest:
-    """A ModelInferRequest as tritonclient builds it: the images length-prefixed in raw_input_contents."""
-    request = pb.ModelInferRequest(model_name=model)
-    request.inputs.add(name="image", datatype="BYTES", shape=[len(images)])
-    request.raw_input_contents.append(b"".join(struct.pack("<I", len(image)) + image for image in images))
-    for name, value in parameters.items():
-        field = {bool: "bool_param", int: "int64_param", float: "double_param", str: "string_param"}[
-            type(value)
-        ]
-        setattr(request.parameters[name], field, value)
-    return request
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,7 +211,7 @@ async def test_the_asyncio_client_gets_the_same_instances(tiny_server: LiveServe
 def test_raw_stubs_bytes_contents_and_raw_contents_agree(channel: grpc.Channel) -> None:
     stub = GRPCInferenceServiceStub(channel)
     metadata = tuple(KEY.items())
-    raw = stub.ModelInfer(raw_request(IMAGES[:1]), metadata=metadata, timeout=TIMEOUT_S)
+    raw = stub.ModelInfer(infer_request(IMAGES[:1]), metadata=metadata, timeout=TIMEOUT_S)
     inline = pb.ModelInferRequest(model_name="centermask")
     inline.inputs.add(name="image", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(IMAGES[0])
     answer, call = stub.ModelInfer.with_call(
@@ -250,19 +237,19 @@ def test_malformed_messages_are_invalid_arguments(channel: grpc.Channel) -> None
 
     no_input = pb.ModelInferRequest(model_name="centermask")
     assert "one input" in details(no_input)
-    short = raw_request(IMAGES[:1])
+    short = infer_request(IMAGES[:1])
     short.raw_input_contents[0] = short.raw_input_contents[0][:-5]
     assert "ends inside an element" in details(short)
-    miscounted = raw_request(IMAGES[:1])
+    miscounted = infer_request(IMAGES[:1])
     miscounted.inputs[0].shape[0] = 2
     assert "elements" in details(miscounted)
-    both = raw_request(IMAGES[:1])
+    both = infer_request(IMAGES[:1])
     both.inputs[0].contents.bytes_contents.append(IMAGES[0])
     assert "both" in details(both)
-    unknown_output = raw_request(IMAGES[:1])
+    unknown_output = infer_request(IMAGES[:1])
     unknown_output.outputs.add(name="logits")
     assert "unknown output" in details(unknown_output)
-    assert details(raw_request(IMAGES[:1], score_threshold="high")).startswith(
+    assert details(infer_request(IMAGES[:1], score_threshold="high")).startswith(
         "invalid_request: score_threshold"
     )
 
@@ -327,14 +314,14 @@ async def test_a_full_queue_is_resource_exhausted_with_retry_after(gated) -> Non
         predictor.gate.clear()
         predictor.entered.clear()
         try:
-            running = stub.ModelInfer(raw_request(IMAGES[:1]), timeout=TIMEOUT_S)
+            running = stub.ModelInfer(infer_request(IMAGES[:1]), timeout=TIMEOUT_S)
             await wait_until(predictor.entered.is_set)
-            queued = stub.ModelInfer(raw_request(IMAGES[1:]), timeout=TIMEOUT_S)
+            queued = stub.ModelInfer(infer_request(IMAGES[1:]), timeout=TIMEOUT_S)
             await wait_until(
                 lambda: served.runtime._batcher is not None and served.runtime._batcher.depth == 1
             )
             with pytest.raises(grpc.aio.AioRpcError) as full:
-                await stub.ModelInfer(raw_request(IMAGES[:1]), timeout=TIMEOUT_S)
+                await stub.ModelInfer(infer_request(IMAGES[:1]), timeout=TIMEOUT_S)
         finally:
             predictor.gate.set()
         assert full.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -354,10 +341,10 @@ async def test_the_clients_deadline_bounds_the_request(gated) -> None:
         predictor.entered.clear()
         batches = len(predictor.batches)
         try:
-            running = stub.ModelInfer(raw_request(IMAGES[:1]), timeout=TIMEOUT_S)
+            running = stub.ModelInfer(infer_request(IMAGES[:1]), timeout=TIMEOUT_S)
             await wait_until(predictor.entered.is_set)
             with pytest.raises(grpc.aio.AioRpcError) as late:
-                await stub.ModelInfer(raw_request(IMAGES[1:]), timeout=0.3)
+                await stub.ModelInfer(infer_request(IMAGES[1:]), timeout=0.3)
         finally:
             predictor.gate.set()
         assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -376,10 +363,10 @@ async def test_message_and_image_limits_match_http(gated) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as too_large:
-            await stub.ModelInfer(raw_request([big]), timeout=TIMEOUT_S)
+            await stub.ModelInfer(infer_request([big]), timeout=TIMEOUT_S)
         assert too_large.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert too_large.value.details().startswith("image_too_large: image 0: ")
-        too_many = raw_request(IMAGES[:1] * (settings.max_images_per_request + 1))
+        too_many = infer_request(IMAGES[:1] * (settings.max_images_per_request + 1))
         with pytest.raises(grpc.aio.AioRpcError) as many:
             await stub.ModelInfer(too_many, timeout=TIMEOUT_S)
         assert (
@@ -411,7 +398,7 @@ async def test_draining_turns_health_and_inference_away(small_weights: Path) -> 
                 await stub.ModelReady(pb.ModelReadyRequest(name="centermask"), timeout=TIMEOUT_S)
             ).ready
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.ModelInfer(raw_request(IMAGES[:1]), timeout=TIMEOUT_S)
+                await stub.ModelInfer(infer_request(IMAGES[:1]), timeout=TIMEOUT_S)
             assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
             assert refused.value.details().startswith("not_ready: ")
 

@@ -62,6 +62,9 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes(settings)),
                 ("grpc.max_send_message_length", -1),
+                # gRPC shares a port with any other process that asks (SO_REUSEPORT) by default: a second
+                # server on 8001 would silently take half the calls. A port in use must stop startup.
+                ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=max_call_count(settings),
         )

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from service.grpc.server import max_message_bytes
-from tests.helpers import TINY_SERVER_KEY, LiveServer, free_port
+from tests.helpers import TINY_SERVER_KEY, LiveServer, free_port, live_server
 from tests.service.helpers import (
     TIMEOUT_S,
     ControlledPredictor,
@@ -406,3 +408,39 @@ async def test_draining_turns_health_and_inference_away(small_weights: Path) -> 
 @pytest.mark.anyio
 async def test_grpc_port_0_runs_no_grpc_server(served: Served) -> None:
     assert served.app.state.settings.grpc_port == 0 and served.app.state.grpc_server is None
+
+
+@pytest.mark.anyio
+async def test_a_grpc_port_in_use_stops_startup(small_weights: Path) -> None:
+    with socket.socket() as taken:
+        # Even a socket that would share its port (as gRPC's own do by default) keeps it.
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        settings = tiny_settings(small_weights, grpc_port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match="CENTERMASK_GRPC_PORT"):
+            async with serve(settings, ready=False):
+                pass
+
+
+def test_sigterm_drains_admitted_calls_and_turns_new_ones_away(tiny_weights: Path, tmp_path: Path) -> None:
+    flags = ("--weights", str(tiny_weights), "--max-batch-size", "1", "--cpu-workers", "1")
+    with live_server(tmp_path / "server.log", *flags) as server:
+        address = f"127.0.0.1:{server.grpc_port}"
+        with grpc.insecure_channel(address) as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            images = [encode(random_image(seed, 320, 480)) for seed in range(6)]
+            call = stub.ModelInfer.future(infer_request(images), timeout=TIMEOUT_S)
+            server.wait_for(lambda: server.metric("centermask_requests_in_flight") == 1, "the call admitted")
+            server.process.send_signal(signal.SIGTERM)
+            server.wait_for(lambda: not server.is_ready(), "draining")
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S
+            )
+            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelInfer(infer_request(images[:1]), timeout=TIMEOUT_S)
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+            answer = call.result()
+        assert list(answer.outputs[-1].shape) == [answer.outputs[0].shape[0]]
+        assert server.process.wait(TIMEOUT_S) == 0

@@ -1,6 +1,8 @@
 """Service errors as gRPC statuses: the code by what the error means, the details `<our code>: <message>`
 (as the HTTP answer's `error.code` and `error.message`), and trailing metadata for what HTTP says in
-headers (`retry-after`, in seconds, where HTTP sends Retry-After).
+headers: `retry-after` (seconds) where HTTP sends Retry-After, and there also gRPC's rich error model,
+`grpc-status-details-bin` (a google.rpc.Status holding a google.rpc.RetryInfo), which Google's client
+libraries and grpc-status readers understand.
 
 Not every HTTP status has a gRPC twin: a request too large (HTTP 413) is an INVALID_ARGUMENT here,
 since gRPC's RESOURCE_EXHAUSTED tells clients to retry later, which the same request never should.
@@ -13,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from service.errors import ServiceError
 from service.logging import request_id
@@ -45,13 +49,14 @@ _BY_STATUS = {
 RETRY_AFTER = "retry-after"
 ERROR_CODE = "centermask-error-code"
 REQUEST_ID = "x-request-id"
+STATUS_DETAILS = "grpc-status-details-bin"
 
 
 @dataclass(frozen=True)
 class Status:
     code: grpc.StatusCode
     details: str
-    trailing_metadata: tuple[tuple[str, str], ...]
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
 def status_of(error: ServiceError) -> Status:
@@ -62,10 +67,21 @@ def status_of(error: ServiceError) -> Status:
         message = f"{message}; request id {request_id.get()}"
     if error.index is not None:
         message = f"image {error.index}: {message}"
-    metadata = [(ERROR_CODE, error.code)]
+    details = f"{error.code}: {message}"
+    metadata: list[tuple[str, str | bytes]] = [(ERROR_CODE, error.code)]
     if "Retry-After" in error.headers:
-        metadata.append((RETRY_AFTER, error.headers["Retry-After"]))
-    return Status(code, f"{error.code}: {message}", tuple(metadata))
+        seconds = int(error.headers["Retry-After"])
+        metadata.append((RETRY_AFTER, str(seconds)))
+        metadata.append((STATUS_DETAILS, _retry_details(code, details, seconds)))
+    return Status(code, details, tuple(metadata))
+
+
+def _retry_details(code: grpc.StatusCode, details: str, seconds: int) -> bytes:
+    """The rich status (google.rpc.Status) saying when to retry; its code and message are the call's own."""
+    retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds))
+    status = status_pb2.Status(code=code.value[0], message=details)
+    status.details.add().Pack(retry)
+    return status.SerializeToString()
 
 
 def internal_error() -> Status:

@@ -14,6 +14,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.grpc import grpc_predict_v2_pb2 as pb
@@ -330,6 +331,10 @@ async def test_a_full_queue_is_resource_exhausted_with_retry_after(gated) -> Non
         assert full.value.details().startswith("overloaded: ")
         trailing = dict(full.value.trailing_metadata() or ())
         assert trailing["retry-after"] == "1" and trailing["centermask-error-code"] == "overloaded"
+        rich = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
+        retry = error_details_pb2.RetryInfo()
+        assert rich.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and rich.details[0].Unpack(retry)
+        assert retry.retry_delay.seconds == 1
         assert len((await running).outputs) == 7 and len((await queued).outputs) == 7
     assert metric_value(served.app, "centermask_rejected_total", {"reason": "queue_full"}) >= 1
 

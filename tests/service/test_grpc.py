@@ -449,3 +449,20 @@ def test_sigterm_drains_admitted_calls_and_turns_new_ones_away(tiny_weights: Pat
             answer = call.result()
         assert list(answer.outputs[-1].shape) == [answer.outputs[0].shape[0]]
         assert server.process.wait(TIMEOUT_S) == 0
+
+
+@pytest.mark.anyio
+async def test_protected_probes_need_the_key_but_the_health_service_never(small_weights: Path) -> None:
+    settings = tiny_settings(small_weights, grpc_port=free_port(), api_key="probe-key", protect_probes=True)
+    async with serve(settings) as served:
+        address = f"127.0.0.1:{served.app.state.grpc_server.port}"
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ServerReady(pb.ServerReadyRequest(), timeout=TIMEOUT_S)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            keyed = (("authorization", "Bearer probe-key"),)
+            assert (await stub.ServerReady(pb.ServerReadyRequest(), metadata=keyed, timeout=TIMEOUT_S)).ready
+            health = health_pb2_grpc.HealthStub(channel)
+            answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING

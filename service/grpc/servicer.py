@@ -193,34 +193,31 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         *,
         keyed: bool,
     ) -> T:
-        if not self._tracing.enabled:
-            return await self._serve(method, context, work, keyed=keyed)
+        """Run one RPC's `work` (a function, or a coroutine function) as every RPC is run (module doc); when
+        tracing, in a server span that is a child of the metadata's `traceparent`."""
         metadata = {
             key.lower(): value for key, value in context.invocation_metadata() or () if isinstance(value, str)
         }
+        if not self._tracing.enabled:
+            return await self._serve(method, context, metadata, work, keyed=keyed)
         attributes = {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method}
         with self._tracing.request(f"{SERVICE_NAME}/{method}", metadata, **attributes) as span:
             try:
-                return await self._serve(method, context, work, keyed=keyed)
+                return await self._serve(method, context, metadata, work, keyed=keyed)
             finally:
-                code = context.code() if hasattr(context, "code") else None
-                if code is not None:
-                    span.set_attribute("rpc.grpc.status_code", code.value[0])
+                code = context.code() or grpc.StatusCode.OK
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
 
     async def _serve(
         self,
         method: str,
         context: grpc.aio.ServicerContext,
+        metadata: dict[str, str],
         work: Callable[[], T | Awaitable[T]],
         *,
         keyed: bool,
     ) -> T:
-        """Run one RPC's `work` (a function, or a coroutine function) as every RPC is run (module doc), in a
-        server span when tracing (a child of the metadata's `traceparent`)."""
         started = time.perf_counter()
-        metadata = {
-            key.lower(): value for key, value in context.invocation_metadata() or () if isinstance(value, str)
-        }
         offered_id = metadata.get(REQUEST_ID, "")
         current_id = (
             offered_id

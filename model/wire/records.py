@@ -10,7 +10,8 @@ in one place and not the other fails them.
 * `video_frame_line`, `stream_frame_message`: a video's NDJSON line and a stream's answer for one frame;
 * `timing_ms`: where a request's time went (`Timing`);
 * `error_body`: the `{"error": {...}}` body of every error (`ErrorBody`);
-* `instance_columns`: the records' fields as columns, the Open Inference Protocol's output tensors.
+* `instance_columns`: the records' fields as columns, the Open Inference Protocol's output tensors;
+* `coco_results`: an image's records as COCO results (what `pycocotools`' `loadRes` reads).
 """
 
 from __future__ import annotations
@@ -175,3 +176,37 @@ def instance_columns(records: Sequence[dict[str, Any]], names: Sequence[str]) ->
         name: [value for index, instance in rows for value in INSTANCE_COLUMNS[name](index, instance)]
         for name in names
     }
+
+
+def coco_results(
+    image_id: int, instances: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One image's `Instance` records as COCO results: (box results, mask results).
+
+    As COCO evaluation and centermask2's evaluator want them: boxes as [x, y, width, height] ranked by `score`,
+    masks as the RLE itself ranked by `mask_score`, each with the dataset's `category_id`. Mask results only
+    for RLE masks (COCO's polygons cannot hold holes).
+    """
+    boxes, masks = [], []
+    for instance in instances:
+        x1, y1, x2, y2 = instance["box"]
+        category = instance["category_id"]
+        boxes.append(
+            {
+                "image_id": image_id,
+                "category_id": category,
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": instance["score"],
+            }
+        )
+        mask = instance.get("mask")
+        if mask is not None and "counts" in mask:
+            masks.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category,
+                    "segmentation": mask,
+                    "score": instance["mask_score"],
+                }
+            )
+    return boxes, masks

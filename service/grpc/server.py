@@ -20,8 +20,7 @@ import logging
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from service.grpc.grpc_predict_v2_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
-from service.grpc.servicer import HealthServicer, InferenceServicer
+from service.grpc.servicer import HealthServicer, InferenceServicer, inference_handler
 from service.metrics import Metrics
 from service.settings import Settings
 from service.tracing import Tracing
@@ -68,9 +67,8 @@ class GrpcServer:
             ],
             maximum_concurrent_rpcs=max_call_count(settings),
         )
-        add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(settings, models, uploads, metrics, version, tracing), self._server
-        )
+        servicer = InferenceServicer(settings, models, uploads, metrics, version, tracing)
+        self._server.add_generic_rpc_handlers((inference_handler(servicer, metrics),))
         health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(models, metrics), self._server)
         self.port: int | None = None
 

@@ -16,9 +16,10 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service import tracing
@@ -271,6 +272,57 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             logger.log(logging.DEBUG if method in _QUIET else logging.INFO, "request", extra=fields)
             error_code.reset(code_token)
             request_id.reset(id_token)
+
+
+class _Malformed:
+    """What arrived instead of a request message: bytes protobuf cannot parse as one."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def inference_handler(servicer: InferenceServicer, metrics: Metrics) -> grpc.GenericRpcHandler:
+    """The servicer's RPCs as gRPC handlers, with requests parsed leniently: bytes that are no message of
+    the RPC's type get INVALID_ARGUMENT `invalid_request` (gRPC's own parsing would answer UNKNOWN, naming a
+    Python exception), and are counted like other calls."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _checked(method.name, getattr(servicer, method.name), request_type.DESCRIPTOR.full_name, metrics),
+            request_deserializer=_lenient(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _lenient(request_type: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return request_type.FromString(data)
+        except DecodeError as error:
+            return _Malformed(error)
+
+    return parse
+
+
+def _checked(
+    method: str,
+    behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    type_name: str,
+    metrics: Metrics,
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not isinstance(request, _Malformed):
+            return await behaviour(request, context)
+        code = grpc.StatusCode.INVALID_ARGUMENT
+        metrics.grpc_requests.labels(method, code.name).inc()
+        metrics.grpc_request_duration.labels(method, code.name).observe(0)
+        await context.abort(code, f"invalid_request: the message is not a valid {type_name}")
+
+    return handle
 
 
 def _no_repository() -> NoReturn:

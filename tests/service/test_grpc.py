@@ -466,3 +466,24 @@ async def test_protected_probes_need_the_key_but_the_health_service_never(small_
             health = health_pb2_grpc.HealthStub(channel)
             answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_bytes_that_are_no_message_never_harm_the_server(channel: grpc.Channel) -> None:
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
+    garbage = [b"\xff" * 7, b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256)), b"\x3a\x05ab"]
+    for payload in garbage:
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(payload, metadata=tuple(KEY.items()), timeout=TIMEOUT_S)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            refused.value.details()
+            == "invalid_request: the message is not a valid inference.ModelInferRequest"
+        )
+    unknown = channel.unary_unary("/inference.GRPCInferenceService/ModelStreamInfer")
+    with pytest.raises(grpc.RpcError) as missing:
+        unknown(b"", timeout=TIMEOUT_S)
+    assert missing.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    answer = GRPCInferenceServiceStub(channel).ModelInfer(
+        infer_request(IMAGES[:1]), metadata=tuple(KEY.items()), timeout=TIMEOUT_S
+    )
+    assert len(answer.outputs) == 7

@@ -88,6 +88,8 @@ def spawned_server(
     port = free_port()
     command = [sys.executable, "-c", "from service.server import main; main()"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--weights", str(weights), *options]
+    if "--grpc-port" not in options:  # no gRPC unless asked for: two benchmarks must not both want 8001
+        command += ["--grpc-port", "0"]
     with log.open("w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
     server = Server(f"http://127.0.0.1:{port}", process, log)

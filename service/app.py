@@ -5,10 +5,12 @@ handlers, middleware, pages and the OpenAPI document. The process around it is s
 """
 
 import functools
+import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
@@ -18,6 +20,7 @@ from starlette.routing import Mount, Route
 
 from model.inference.images import configure_pillow
 from model.inference.load import load_predictor
+from service import tracing
 from service.api import model, pages, probes, segment, stream, video
 from service.errors import install_error_handlers
 from service.logging import configure_logging
@@ -27,9 +30,16 @@ from service.openapi import install_openapi, wire_schemas
 from service.responses import OrjsonResponse
 from service.runtime import PredictorLoader, Runtime
 from service.settings import Settings
+from service.tracing import Tracing, TracingMiddleware
 from service.uploads import Uploads
 from service.v2 import endpoints as v2
+from service.v2.dataplane import ModelCatalog
 from service.v2.models import openapi_schemas
+
+if TYPE_CHECKING:  # imported when started: grpcio is the `grpc` extra's
+    from service.grpc.server import GrpcServer
+
+logger = logging.getLogger(__name__)
 
 DESCRIPTION = """POST an image to `/segment`: get boxes, classes, scores and COCO RLE masks back, or the
 image with them drawn (`format=png`). POST a video to `/segment/video` for a line per frame; send a camera's
@@ -40,19 +50,32 @@ The demo page is at [`/`](/); every error is `{"error": {"code", "message"}}` wi
 """
 
 
-def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) -> FastAPI:
-    """`load` builds the predictor; tests wrap the real one to control timing and failures."""
+def create_app(
+    settings: Settings, *, load: PredictorLoader = load_predictor, tracer_provider: Any | None = None
+) -> FastAPI:
+    """`load` builds the predictor; tests wrap the real one to control timing and failures.
+    `tracer_provider`: an OpenTelemetry TracerProvider to trace requests with; by default the environment
+    decides (service/tracing.py: off without OTEL_EXPORTER_OTLP_ENDPOINT)."""
     metrics = Metrics()
+    traces = Tracing(tracer_provider) if tracer_provider is not None else tracing.from_environment()
     # A model that cannot be loaded leaves nothing to serve: stop the server the way Kubernetes would.
     runtime = Runtime(settings, metrics, load, on_fatal_error=lambda: signal.raise_signal(signal.SIGTERM))
+    models = ModelCatalog(runtime)
+    uploads = Uploads(settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
         configure_pillow(settings.max_image_pixels)
         runtime.start()
+        # gRPC beside HTTP, in this event loop; stopped after the runtime's drain has answered its calls.
+        grpc_server = await _start_grpc(settings, models, uploads, metrics, app.version, traces)
+        app.state.grpc_server = grpc_server
         yield
         await runtime.stop()
+        if grpc_server is not None:
+            await grpc_server.stop()
+        traces.shutdown()
 
     # The Swagger UI and ReDoc assets come with fastapi-offline: /docs and /redoc load nothing from
     # the internet (nor does Swagger UI's validator badge, turned off).
@@ -68,7 +91,9 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = runtime
-    app.state.uploads = Uploads(settings)
+    app.state.uploads = uploads
+    app.state.models = models
+    app.state.tracing = traces
     # Open /segment/stream connections (service/api/stream.py counts them).
     app.state.open_streams = 0
     metrics.streams_open.set_function(lambda: app.state.open_streams)
@@ -115,7 +140,39 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     app.add_middleware(HeadAsGetMiddleware)
     # Added last, so outermost: every answer, CORS preflights included, gets a request id and a log line.
     app.add_middleware(RequestContextMiddleware, metrics=metrics, endpoints=endpoints, mounts=mounts)
+    if traces.enabled:  # outside even that, so that the access log line carries the trace id
+        app.add_middleware(TracingMiddleware, tracing=traces)
     return app
+
+
+async def _start_grpc(
+    settings: Settings,
+    models: ModelCatalog,
+    uploads: Uploads,
+    metrics: Metrics,
+    version: str,
+    traces: Tracing,
+) -> "GrpcServer | None":
+    """The gRPC server on CENTERMASK_GRPC_PORT, started; None when the port is 0, or when grpcio (the
+    `grpc` extra) is missing and the port was left at its default (one warning says so)."""
+    if not settings.grpc_port:
+        return None
+    try:
+        from service.grpc.server import GrpcServer
+    except ImportError as error:
+        if "grpc_port" in settings.model_fields_set:
+            raise RuntimeError(
+                f"CENTERMASK_GRPC_PORT is set but gRPC cannot be served: {error}; "
+                "pip install 'centermask-serve[grpc]', or set CENTERMASK_GRPC_PORT=0"
+            ) from None
+        logger.warning(
+            "gRPC is not served: grpcio is not installed (pip install 'centermask-serve[grpc]'); "
+            "set CENTERMASK_GRPC_PORT=0 to say that is intended"
+        )
+        return None
+    server = GrpcServer(settings, models, uploads, metrics, version, traces)
+    await server.start()
+    return server
 
 
 def app_version() -> str:

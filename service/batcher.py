@@ -66,9 +66,14 @@ ResultT = TypeVar("ResultT")
 
 @dataclass(frozen=True)
 class Inference(Generic[ResultT]):
+    """An item's result, with its time in the queue and in the forward pass; `started` is when that pass
+    began (the event loop's clock) and `batch_size` how many items it held."""
+
     result: ResultT
     queue_s: float
     inference_s: float
+    started: float
+    batch_size: int
 
 
 @dataclass(eq=False)
@@ -318,7 +323,7 @@ class Batcher(Generic[ItemT, ResultT]):
             queue_s = started - entry.enqueued_at
             self._metrics.queue_wait.observe(queue_s)
             if not entry.future.done():
-                entry.future.set_result(Inference(result, queue_s, elapsed))
+                entry.future.set_result(Inference(result, queue_s, elapsed, started, len(runnable)))
 
     async def _attempt(self, items: list[ItemT]) -> Sequence[ResultT] | _Failed:
         """One forward pass, under the watchdog. Never raises; a failure comes back as _Failed."""

@@ -17,6 +17,7 @@ from service.options import SegmentOptions, resolve_options
 from service.runtime import Runtime
 from service.settings import Settings
 from service.uploads import Uploads
+from service.v2.dataplane import ModelCatalog
 
 T = TypeVar("T")
 
@@ -37,10 +38,15 @@ def get_uploads(request: Request) -> Uploads:
     return request.app.state.uploads
 
 
+def get_models(request: Request) -> ModelCatalog:
+    return request.app.state.models
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 UploadsDep = Annotated[Uploads, Depends(get_uploads)]
+ModelsDep = Annotated[ModelCatalog, Depends(get_models)]
 ApiKeyHeader = Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto_error=False))]
 BearerHeader = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
 

@@ -1,6 +1,7 @@
 """Structured logs: one JSON object per line on stderr, with the current request's id.
 
-Extra fields go in `extra=`: `logger.info("request", extra={"status": 200, "latency_ms": 12.5})`.
+Extra fields go in `extra=`: `logger.info("request", extra={"status": 200, "latency_ms": 12.5})`. Lines written
+while serving a traced request carry its `trace_id` (service/tracing.py).
 """
 
 import logging
@@ -14,6 +15,8 @@ import orjson
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 # The error code of the current request's answer, for its access log line (service/errors.py sets it).
 error_code: ContextVar[str | None] = ContextVar("error_code", default=None)
+# The OpenTelemetry trace of the current request, when traced (service/tracing.py sets it).
+trace_id: ContextVar[str | None] = ContextVar("trace_id", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -30,6 +33,9 @@ class JsonFormatter(logging.Formatter):
         current_request = request_id.get()
         if current_request is not None:
             entry["request_id"] = current_request
+        current_trace = trace_id.get()
+        if current_trace is not None:
+            entry["trace_id"] = current_trace
         for key, value in vars(record).items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_") and key != "color_message":
                 entry[key] = value

@@ -56,6 +56,15 @@ class Metrics:
             ("endpoint", "status_code"),
             registry=registry,
         )
+        self.grpc_request_duration = seconds(
+            "centermask_grpc_request_duration_seconds", "gRPC call latency.", ("method", "code")
+        )
+        self.grpc_requests = Counter(
+            "centermask_grpc_requests_total",
+            "gRPC calls answered, by method and status code.",
+            ("method", "code"),
+            registry=registry,
+        )
         self.images = Counter("centermask_images_total", "Images segmented.", registry=registry)
         self.rejected = Counter(
             "centermask_rejected_total",

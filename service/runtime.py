@@ -26,7 +26,7 @@ from model.inference.options import PredictorOptions
 from model.inference.predictor import Predictor
 from model.inference.preprocess import PreparedImage
 from model.wire.records import image_record, timing_ms
-from service import faults
+from service import faults, tracing
 from service.batcher import Batcher, Inference
 from service.errors import DeadlineExceeded, NotReady, Overloaded, ServiceError, WorkerFailed
 from service.images import decode_image
@@ -216,20 +216,26 @@ class Runtime:
             if self._in_flight == 0:
                 self._idle.set()
 
-    async def segment(self, uploads: Sequence[Upload], options: SegmentOptions) -> list[Segmented]:
+    async def segment(
+        self, uploads: Sequence[Upload], options: SegmentOptions, *, client_deadline_s: float | None = None
+    ) -> list[Segmented]:
         """Segment the images of one request; all its images are queued together, so they batch.
 
-        The request's deadline (`Settings.request_deadline_s`) starts now. Raises ImageFailed for the
-        first failing image.
+        The request's deadline (`Settings.request_deadline_s`) starts now; `client_deadline_s`, the time the
+        client itself still waits (a gRPC deadline), shortens it. Raises ImageFailed for the first failing
+        image.
         """
         assert self._batcher is not None
         settings = self._settings
         deadline_s = settings.request_deadline_s(len(uploads), self._max_batch_size)
+        clients_binds = False
+        if client_deadline_s is not None and client_deadline_s < deadline_s:
+            deadline_s, clients_binds = max(0.0, client_deadline_s), True
         deadline = asyncio.get_running_loop().time() + deadline_s
         try:
             async with asyncio.timeout_at(deadline):
                 prepared = await _each(self._in_cpu_pool(self._preprocess, upload.data) for upload in uploads)
-                jobs = [Job(image, options.before_masks) for image, _ in prepared]
+                jobs = [Job(image, options.before_masks) for image, _, _ in prepared]
                 futures = self._batcher.submit(jobs, deadline=deadline)
                 inferences = await _each(futures)
                 records = await _each(
@@ -237,15 +243,25 @@ class Runtime:
                     for upload, inference in zip(uploads, inferences, strict=True)
                 )
         except TimeoutError:
+            if clients_binds:
+                raise DeadlineExceeded(
+                    f"the request took longer than the client's deadline ({deadline_s:.3g} s left on arrival)"
+                ) from None
             raise DeadlineExceeded(
                 f"the request took longer than its deadline of {deadline_s:g} s "
                 f"(CENTERMASK_REQUEST_TIMEOUT_S = {settings.request_timeout_s:g} s per "
                 f"{self._max_batch_size} images); raise CENTERMASK_REQUEST_TIMEOUT_S for slower devices"
             ) from None
         self._metrics.images.inc(len(uploads))
+        trace = tracing.current()
+        if trace is not None:
+            for index, ((_, decoded, decode_s), inference, (_, postprocessed, postprocess_s)) in enumerate(
+                zip(prepared, inferences, records, strict=True)
+            ):
+                _record_stages(trace, index, decoded, decode_s, inference, postprocessed, postprocess_s)
         return [
             Segmented(record, decode_s, inference.queue_s, inference.inference_s, postprocess_s)
-            for (_, decode_s), inference, (record, postprocess_s) in zip(
+            for (_, _, decode_s), inference, (record, _, postprocess_s) in zip(
                 prepared, inferences, records, strict=True
             )
         ]
@@ -265,7 +281,9 @@ class Runtime:
                 prepared, prepare_s = await self._in_cpu_pool(self._prepare, image)
                 future = await self._batcher.put(Job(prepared, options.before_masks), deadline=deadline)
                 inference = await future
-                record, postprocess_s = await self._in_cpu_pool(self._postprocess, None, inference, options)
+                record, _, postprocess_s = await self._in_cpu_pool(
+                    self._postprocess, None, inference, options
+                )
         except TimeoutError:
             raise DeadlineExceeded(
                 f"the frame took longer than its deadline of {deadline_s:g} s (CENTERMASK_REQUEST_TIMEOUT_S)"
@@ -381,14 +399,15 @@ class Runtime:
         with self._metrics.cuda_memory_peak(predictor.device):
             return predictor.infer([job.image for job in jobs], [job.selection for job in jobs])
 
-    def _preprocess(self, data: bytes) -> tuple[PreparedImage, float]:
+    def _preprocess(self, data: bytes) -> tuple[PreparedImage, float, float]:
+        """Decode and prepare an image: it, when that began (perf_counter) and how long it took."""
         started = time.perf_counter()
         predictor = self.predictor
         image = decode_image(data, max_pixels=self._settings.max_image_pixels, draft_to=predictor.draft_to)
         prepared = predictor.prepare(image)
         elapsed = time.perf_counter() - started
         self._metrics.preprocess.observe(elapsed)
-        return prepared, elapsed
+        return prepared, started, elapsed
 
     def _prepare(self, image: DecodedImage) -> tuple[PreparedImage, float]:
         started = time.perf_counter()
@@ -399,7 +418,8 @@ class Runtime:
 
     def _postprocess(
         self, filename: str | None, inference: Inference[Detections], options: SegmentOptions
-    ) -> tuple[dict[str, Any], float]:
+    ) -> tuple[dict[str, Any], float, float]:
+        """The image's record, when making it began (perf_counter) and how long it took."""
         started = time.perf_counter()
         detections = options.after_masks(inference.result)
         predictor = self.predictor
@@ -408,10 +428,35 @@ class Runtime:
         )
         elapsed = time.perf_counter() - started
         self._metrics.postprocess.observe(elapsed)
-        return record, elapsed
+        return record, started, elapsed
 
     async def _in_cpu_pool(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._cpu_pool, function, *args)
+
+
+def _record_stages(
+    trace: tracing.RequestTrace,
+    index: int,
+    decoded: float,
+    decode_s: float,
+    inference: Inference[Detections],
+    postprocessed: float,
+    postprocess_s: float,
+) -> None:
+    """One image's stages as spans of its request, from the clock readings taken along the way."""
+    image = {"centermask.image_index": index}
+    trace.record("decode", decoded, decoded + decode_s, attributes=image)
+    loop_clock = asyncio.get_running_loop().time
+    forward_ends = inference.started + inference.inference_s
+    trace.record("queue wait", inference.started - inference.queue_s, inference.started, clock=loop_clock)
+    trace.record(
+        "batch forward",
+        inference.started,
+        forward_ends,
+        clock=loop_clock,
+        attributes={tracing.BATCH_SIZE: inference.batch_size},
+    )
+    trace.record("postprocess", postprocessed, postprocessed + postprocess_s, attributes=image)
 
 
 async def _each(awaitables: Any) -> list[Any]:

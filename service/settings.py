@@ -164,6 +164,13 @@ class Settings(PredictorOptions, BaseSettings):
     )
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Port of the gRPC Open Inference Protocol (inference.GRPCInferenceService, and "
+        "grpc.health.v1 for probes), on the same host; 0: no gRPC server.",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Least severe level logged (JSON lines on stderr)."
     )

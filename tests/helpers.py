@@ -51,6 +51,8 @@ class LiveServer:
     process: subprocess.Popen
     port: int
     log: Path
+    # The gRPC port (0: the server runs none).
+    grpc_port: int = 0
 
     @property
     def url(self) -> str:
@@ -96,17 +98,25 @@ def live_server(
     log: Path, *flags: str, command: Sequence[str] = CENTERMASK_SERVE, **settings: str
 ) -> Iterator[LiveServer]:
     """`command` (by default `centermask-serve`) on a free 127.0.0.1 port with these flags and environment
-    `settings`, once /readyz answers 200; killed afterwards if still running. Output goes to `log`."""
+    `settings`, once /readyz answers 200; killed afterwards if still running. Output goes to `log`. Its gRPC
+    server gets a free port too, unless `--grpc-port` or CENTERMASK_GRPC_PORT says otherwise."""
     port = free_port()
+    grpc: list[str] = []
+    grpc_port = int(settings.get("CENTERMASK_GRPC_PORT", 0))
+    if "--grpc-port" in flags:
+        grpc_port = int(flags[list(flags).index("--grpc-port") + 1])
+    elif "CENTERMASK_GRPC_PORT" not in settings:
+        grpc_port = free_port()
+        grpc = ["--grpc-port", str(grpc_port)]
     with log.open("w") as log_file:
         process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *flags],
+            [*command, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *grpc, *flags],
             cwd=REPO,
             env=clean_environment(**settings),
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    server = LiveServer(process, port, log)
+    server = LiveServer(process, port, log, grpc_port)
     try:
         server.wait_for(server.is_ready, "readiness", STARTUP_TIMEOUT_S)
         yield server

@@ -173,3 +173,26 @@ def test_the_client_needs_no_torch() -> None:
                 elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                     third_party.add(node.module.split(".")[0])
     assert not third_party & {"torch", "torchvision", "fastapi", "starlette", "cv2", "pycocotools"}
+
+
+def test_the_protocols_share_the_dataplane_and_not_each_other() -> None:
+    """HTTP's /v2 (service.v2.endpoints) and gRPC (service.grpc) both sit on service.v2.dataplane: gRPC
+    imports no HTTP endpoint, nothing below the protocols imports gRPC, and only the app assembly starts it."""
+    edges = graph()
+    assert "service.v2.dataplane" in edges["service.grpc.servicer"]
+    assert "service.v2.dataplane" in edges["service.v2.endpoints"]
+    into_grpc = [
+        f"{name} imports {target}"
+        for name, targets in edges.items()
+        for target in targets
+        if target.startswith("service.grpc") and not name.startswith("service.grpc") and name != "service.app"
+    ]
+    assert into_grpc == []
+    grpc_onto_http = [
+        f"{name} imports {target}"
+        for name, targets in edges.items()
+        if name.startswith("service.grpc")
+        for target in targets
+        if target.startswith(("service.api", "service.v2.endpoints", "service.middleware", "service.app"))
+    ]
+    assert grpc_onto_http == []

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from centermask_client.overlay import draw_overlay, encode_image
 from centermask_client.schemas import BatchResponse, ImageFormat, ImageResult, SegmentResponse
 from model.wire.records import batch_response, segment_response
-from service import openapi
+from service import openapi, tracing
 from service.deps import OptionsDep, RuntimeDep, SettingsDep, UploadsDep, require_api_key, unless_disconnected
 from service.images import decode_image
 from service.logging import request_id
@@ -59,27 +59,30 @@ async def segment(
     if drawing and options.mask_format == "polygon":
         options = dataclasses.replace(options, mask_format="rle")
     async with runtime.admitted():
-        upload = await uploads.read_image(request)
+        with tracing.stage("receive"):
+            upload = await uploads.read_image(request)
         try:
             [result] = await unless_disconnected(request, runtime.segment([upload], options))
         except ImageFailed as failed:
             raise failed.error from None
         if image_format is not None:
-            image = await asyncio.to_thread(
-                _draw, upload.data, result.record, image_format, settings.max_image_pixels
-            )
+            with tracing.stage("encode"):
+                image = await asyncio.to_thread(
+                    _draw, upload.data, result.record, image_format, settings.max_image_pixels
+                )
             media_type = f"image/{image_format}"
             count = str(len(result.record["instances"]))
             return Response(image, media_type=media_type, headers={"X-Instance-Count": count})
-    return OrjsonResponse(
-        segment_response(
-            result.record,
-            model=runtime.predictor.config_name,
-            request_id=request_id.get() or "",
-            timing=result.timing_ms(),
-            total_ms=(time.perf_counter() - started) * 1000,
+    with tracing.stage("encode"):
+        return OrjsonResponse(
+            segment_response(
+                result.record,
+                model=runtime.predictor.config_name,
+                request_id=request_id.get() or "",
+                timing=result.timing_ms(),
+                total_ms=(time.perf_counter() - started) * 1000,
+            )
         )
-    )
 
 
 @router.post(
@@ -99,19 +102,21 @@ async def segment_batch(
     """
     started = time.perf_counter()
     async with runtime.admitted():
-        images = await uploads.read_images(request)
+        with tracing.stage("receive"):
+            images = await uploads.read_images(request)
         try:
             results = await unless_disconnected(request, runtime.segment(images, options))
         except ImageFailed as failed:
             raise failed.error.for_image(failed.index, images[failed.index].filename) from None
-    return OrjsonResponse(
-        batch_response(
-            [(result.record, result.timing_ms()) for result in results],
-            model=runtime.predictor.config_name,
-            request_id=request_id.get() or "",
-            total_ms=(time.perf_counter() - started) * 1000,
+    with tracing.stage("encode"):
+        return OrjsonResponse(
+            batch_response(
+                [(result.record, result.timing_ms()) for result in results],
+                model=runtime.predictor.config_name,
+                request_id=request_id.get() or "",
+                total_ms=(time.perf_counter() - started) * 1000,
+            )
         )
-    )
 
 
 def _draw(data: bytes, record: dict[str, Any], image_format: ImageFormat, max_pixels: int) -> bytes:

@@ -69,7 +69,11 @@ def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequest("the request's id must be a string")
     return ParsedRequest(
-        request_id, images, parameters, _outputs(message.get("outputs"), binary_output), binary_output
+        request_id,
+        images,
+        parameters,
+        requested_outputs(message.get("outputs"), binary_output),
+        binary_output,
     )
 
 
@@ -83,30 +87,14 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 def _images(tensor: dict[str, Any], binary: bytes) -> tuple[list[bytes], int]:
     """The encoded images of the input tensor, and how many bytes of `binary` they took."""
-    if tensor.get("name") != INPUT or tensor.get("datatype") != "BYTES":
-        raise InvalidRequest(
-            f"the input must be {INPUT!r} of datatype BYTES (encoded images), not "
-            f"{str(tensor.get('name'))[:50]!r} of {str(tensor.get('datatype'))[:20]}"
-        )
-    shape = tensor.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not 1 <= len(shape) <= 2
-        or not all(isinstance(side, int) and not isinstance(side, bool) for side in shape)
-        or shape[0] < 1
-        or shape[1:] not in ([], [1])
-    ):
-        raise InvalidRequest(
-            f"the shape of {INPUT!r} must be [n] or [n, 1] for n images, not {str(shape)[:50]}"
-        )
-    count = shape[0]
+    count = image_count(tensor.get("name"), tensor.get("datatype"), tensor.get("shape"))
     size = _object(tensor.get("parameters"), "the input's parameters").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
             raise InvalidRequest(
                 f"binary_data_size {str(size)[:20]} exceeds the {len(binary)} binary bytes sent"
             )
-        return _bytes_elements(binary[:size], count), size
+        return bytes_elements(binary[:size], count), size
     data = tensor.get("data")
     if not isinstance(data, list) or len(data) != count or not all(isinstance(item, str) for item in data):
         raise InvalidRequest(
@@ -118,8 +106,30 @@ def _images(tensor: dict[str, Any], binary: bytes) -> tuple[list[bytes], int]:
         raise InvalidRequest(f"an image is not valid base64: {error}") from None
 
 
-def _bytes_elements(raw: bytes, count: int) -> list[bytes]:
-    """A BYTES tensor's binary form: each element as a 4-byte little-endian length, then its bytes."""
+def image_count(name: Any, datatype: Any, shape: Any) -> int:
+    """The number of images an input tensor of this name, datatype and shape holds; InvalidRequest unless
+    it is the one input, `image`, a BYTES tensor of shape [n] or [n, 1] (both protocols)."""
+    if name != INPUT or datatype != "BYTES":
+        raise InvalidRequest(
+            f"the input must be {INPUT!r} of datatype BYTES (encoded images), not "
+            f"{str(name)[:50]!r} of {str(datatype)[:20]}"
+        )
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= 2
+        or not all(isinstance(side, int) and not isinstance(side, bool) for side in shape)
+        or shape[0] < 1
+        or shape[1:] not in ([], [1])
+    ):
+        raise InvalidRequest(
+            f"the shape of {INPUT!r} must be [n] or [n, 1] for n images, not {str(shape)[:50]}"
+        )
+    return shape[0]
+
+
+def bytes_elements(raw: bytes, count: int) -> list[bytes]:
+    """A BYTES tensor's binary form (`tensor_bytes` writes it; both protocols): each element as a 4-byte
+    little-endian length, then its bytes."""
     elements, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
@@ -134,7 +144,9 @@ def _bytes_elements(raw: bytes, count: int) -> list[bytes]:
     return elements
 
 
-def _outputs(requested: Any, binary_default: bool) -> dict[str, bool] | None:
+def requested_outputs(requested: Any, binary_default: bool) -> dict[str, bool] | None:
+    """The outputs asked for (a list of `{"name": ..., "parameters": {"binary_data": ...}}`) → name → binary;
+    None when none is named (every output)."""
     if requested is None:
         return None
     if not isinstance(requested, list) or not requested:
@@ -186,7 +198,7 @@ def encode_response(header: dict[str, Any], tensors: dict[str, Tensor], binary: 
     for name, tensor in tensors.items():
         output: dict[str, Any] = {"name": name, "datatype": tensor.datatype, "shape": tensor.shape}
         if binary[name]:
-            blob = _binary(tensor)
+            blob = tensor_bytes(tensor)
             output["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -202,7 +214,9 @@ def encode_response(header: dict[str, Any], tensors: dict[str, Tensor], binary: 
     )
 
 
-def _binary(tensor: Tensor) -> bytes:
+def tensor_bytes(tensor: Tensor) -> bytes:
+    """A tensor's elements in the binary layout both protocols share: numbers little-endian and row-major;
+    BYTES elements each as a 4-byte little-endian length and its bytes (UTF-8 for text)."""
     if tensor.datatype == "BYTES":
         encoded = [item.encode() for item in tensor.data]
         return b"".join(struct.pack("<I", len(item)) + item for item in encoded)

@@ -25,7 +25,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
+from service import tracing
 from service.deps import (
+    ModelsDep,
     RuntimeDep,
     SettingsDep,
     UploadsDep,
@@ -33,20 +35,16 @@ from service.deps import (
     require_api_key_for_probes,
     unless_disconnected,
 )
-from service.errors import InvalidRequest, NotReady, UnsupportedMediaType, WorkerFailed
-from service.options import resolve_options
+from service.errors import UnsupportedMediaType
 from service.responses import OrjsonResponse
-from service.runtime import ImageFailed, Phase, Runtime
 from service.settings import Settings
 from service.uploads import Uploads
-from service.v2.codec import HEADER_LENGTH, encode_response, parse_request, segment_parameters, tensors
+from service.v2 import dataplane
+from service.v2.codec import HEADER_LENGTH, encode_response, parse_request
+from service.v2.dataplane import ModelCatalog
 from service.v2.models import (
-    EXTENSIONS,
-    INPUT,
     MODEL_ALIAS,
     MODEL_VERSION,
-    OUTPUTS,
-    PLATFORMS,
     InferenceErrorBody,
     InferenceResponse,
     ModelMetadata,
@@ -55,12 +53,6 @@ from service.v2.models import (
     ServerMetadata,
     ServerReady,
 )
-
-
-class UnknownModel(InvalidRequest):
-    status_code = 404
-    code = "not_found"
-
 
 _ERRORS = {
     400: "A malformed request: not the protocol's JSON, a wrong input, an undecodable image.",
@@ -113,7 +105,7 @@ model_router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Open In
 )
 async def server_metadata(request: Request) -> dict[str, Any]:
     """The server's name, version and protocol extensions (`binary_tensor_data`)."""
-    return {"name": "centermask-serve", "version": request.app.version, "extensions": EXTENSIONS}
+    return dataplane.server_metadata(request.app.version)
 
 
 @probe_router.get(
@@ -124,8 +116,7 @@ async def server_metadata(request: Request) -> dict[str, Any]:
 )
 async def server_live(runtime: RuntimeDep) -> Response:
     """200 while the process and its inference worker are alive (as `/healthz`)."""
-    if not runtime.is_alive:
-        raise WorkerFailed(f"the service is {runtime.phase}")
+    dataplane.require_live(runtime)
     return OrjsonResponse({"live": True})
 
 
@@ -137,7 +128,7 @@ async def server_live(runtime: RuntimeDep) -> Response:
 )
 async def server_ready(runtime: RuntimeDep) -> Response:
     """200 once the model is loaded and warm, 503 while loading and draining (as `/readyz`)."""
-    _require_ready(runtime)
+    dataplane.require_ready(runtime)
     return OrjsonResponse({"ready": True})
 
 
@@ -147,9 +138,9 @@ async def server_ready(runtime: RuntimeDep) -> Response:
     responses=_errors(401, 404, 503),
     summary="Open Inference Protocol: model readiness",
 )
-async def model_ready(runtime: RuntimeDep, model_name: ModelName) -> Response:
+async def model_ready(models: ModelsDep, model_name: ModelName) -> Response:
     """200 once the model is ready to infer; 404 for another model; 503 while not ready."""
-    return _model_ready(runtime, model_name, None)
+    return _model_ready(models, model_name, None)
 
 
 @probe_router.get(
@@ -159,15 +150,15 @@ async def model_ready(runtime: RuntimeDep, model_name: ModelName) -> Response:
     summary="Open Inference Protocol: model version readiness",
 )
 async def model_version_ready(
-    runtime: RuntimeDep, model_name: ModelName, model_version: ModelVersion
+    models: ModelsDep, model_name: ModelName, model_version: ModelVersion
 ) -> Response:
     """200 once the model is ready to infer; 404 for another model or version; 503 while not ready."""
-    return _model_ready(runtime, model_name, model_version)
+    return _model_ready(models, model_name, model_version)
 
 
-def _model_ready(runtime: Runtime, model_name: str, model_version: str | None) -> Response:
-    _require_ready(runtime)
-    _check_model(runtime, model_name, model_version)
+def _model_ready(models: ModelCatalog, model_name: str, model_version: str | None) -> Response:
+    dataplane.require_ready(models.server)
+    dataplane.require_ready(models.resolve(model_name, model_version))
     return OrjsonResponse({"name": model_name, "ready": True})
 
 
@@ -177,10 +168,10 @@ def _model_ready(runtime: Runtime, model_name: str, model_version: str | None) -
     responses=_errors(401, 404, 503),
     summary="Open Inference Protocol: model metadata",
 )
-async def model_metadata(runtime: RuntimeDep, model_name: ModelName) -> Response:
+async def model_metadata(models: ModelsDep, model_name: ModelName) -> Response:
     """The model's versions, platform, input and outputs. `-1` in an output's shape is the number of
     instances in all the request's images."""
-    return _model_metadata(runtime, model_name, None)
+    return _model_metadata(models, model_name, None)
 
 
 @model_router.get(
@@ -190,27 +181,14 @@ async def model_metadata(runtime: RuntimeDep, model_name: ModelName) -> Response
     summary="Open Inference Protocol: model version metadata",
 )
 async def model_version_metadata(
-    runtime: RuntimeDep, model_name: ModelName, model_version: ModelVersion
+    models: ModelsDep, model_name: ModelName, model_version: ModelVersion
 ) -> Response:
     """As the model's metadata, for version 1, the only one."""
-    return _model_metadata(runtime, model_name, model_version)
+    return _model_metadata(models, model_name, model_version)
 
 
-def _model_metadata(runtime: Runtime, model_name: str, model_version: str | None) -> Response:
-    _check_model(runtime, model_name, model_version)
-    predictor = runtime.predictor
-    return OrjsonResponse(
-        {
-            "name": predictor.config_name,
-            "versions": [MODEL_VERSION],
-            "platform": PLATFORMS[predictor.backend],
-            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [
-                {"name": name, "datatype": datatype, "shape": shape}
-                for name, (datatype, shape) in OUTPUTS.items()
-            ],
-        }
-    )
+def _model_metadata(models: ModelCatalog, model_name: str, model_version: str | None) -> Response:
+    return OrjsonResponse(dataplane.model_metadata(models.resolve(model_name, model_version)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,14 +206,14 @@ _INFER_RESPONSES = {200: _INFER_ANSWER, **_errors(400, 401, 404, 413, 415, 422, 
     summary="Open Inference Protocol: segment images",
 )
 async def infer(
-    request: Request, runtime: RuntimeDep, settings: SettingsDep, uploads: UploadsDep, model_name: ModelName
+    request: Request, models: ModelsDep, settings: SettingsDep, uploads: UploadsDep, model_name: ModelName
 ) -> Response:
     """Segment the images of the `image` input (one batch) and answer the instances as named tensors.
 
     The same images sent to `/segment` get the same instances; the parameters (`score_threshold`,
     `max_detections`, `mask_format`, `classes`) default to the service's settings, as there.
     """
-    return await _infer(request, runtime, settings, uploads, model_name, None)
+    return await _infer(request, models, settings, uploads, model_name, None)
 
 
 @model_router.post(
@@ -247,19 +225,19 @@ async def infer(
 )
 async def infer_version(
     request: Request,
-    runtime: RuntimeDep,
+    models: ModelsDep,
     settings: SettingsDep,
     uploads: UploadsDep,
     model_name: ModelName,
     model_version: ModelVersion,
 ) -> Response:
     """As infer, with version 1, the only one."""
-    return await _infer(request, runtime, settings, uploads, model_name, model_version)
+    return await _infer(request, models, settings, uploads, model_name, model_version)
 
 
 async def _infer(
     request: Request,
-    runtime: Runtime,
+    models: ModelCatalog,
     settings: Settings,
     uploads: Uploads,
     model_name: str,
@@ -269,41 +247,18 @@ async def _infer(
         raise UnsupportedMediaType(
             "compressed request bodies are not supported: send it without Content-Encoding"
         )
-    async with runtime.admitted():
-        _check_model(runtime, model_name, model_version)
-        parsed = parse_request(await uploads.read_tensor_body(request), request.headers.get(HEADER_LENGTH))
-        options = resolve_options(settings, runtime.predictor, segment_parameters(parsed.parameters))
-        outputs = parsed.outputs
-        if outputs is None:
-            wanted = [name for name in OUTPUTS if name != "masks" or options.mask_format != "none"]
-            outputs = dict.fromkeys(wanted, parsed.binary_output)
-        elif "masks" in outputs and options.mask_format == "none":
-            raise InvalidRequest("the output 'masks' was asked for with mask_format none")
-        images = uploads.images(parsed.images)
-        try:
-            results = await unless_disconnected(request, runtime.segment(images, options))
-        except ImageFailed as failed:
-            raise failed.error.for_image(failed.index) from None
-    header: dict[str, Any] = {"model_name": model_name, "model_version": MODEL_VERSION}
-    if parsed.id is not None:
-        header["id"] = parsed.id
-    return encode_response(header, tensors([result.record for result in results], list(outputs)), outputs)
-
-
-def _require_ready(runtime: Runtime) -> None:
-    if runtime.phase is Phase.FAILED:
-        raise WorkerFailed("the service has failed and awaits a restart")
-    if runtime.phase is not Phase.READY:
-        raise NotReady(f"the service is {runtime.phase}")
-
-
-def _check_model(runtime: Runtime, model_name: str, model_version: str | None) -> None:
-    served = runtime.predictor.config_name
-    if model_name not in (served, MODEL_ALIAS):
-        raise UnknownModel(
-            f"unknown model {model_name[:100]!r}: this server serves {served!r} (or {MODEL_ALIAS!r})"
+    async with models.server.admitted():
+        runtime = models.resolve(model_name, model_version)
+        with tracing.stage("receive"):
+            body = await uploads.read_tensor_body(request)
+            parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
+        answer = await dataplane.infer(
+            runtime,
+            settings,
+            uploads,
+            model_name,
+            parsed,
+            until=lambda work: unless_disconnected(request, work),
         )
-    if model_version is not None and model_version != MODEL_VERSION:
-        raise UnknownModel(
-            f"unknown version {model_version[:20]!r} of {model_name}: the only one is {MODEL_VERSION!r}"
-        )
+    with tracing.stage("encode"):
+        return encode_response(answer.header, answer.tensors, answer.binary)

@@ -340,6 +340,7 @@ def expression_params() -> list[Any]:
     return [pytest.param(where, expr, id=where) for where, expr in all_monitoring_expressions()]
 
 
-def kserve_predictor() -> dict[str, Any]:
-    """The rendered InferenceService's predictor (KServe's fields and the pod spec it embeds)."""
-    return find(rendered("kserve"), "InferenceService")["spec"]["predictor"]
+def kserve_predictor(directory: str = "kserve") -> dict[str, Any]:
+    """The rendered InferenceService's predictor (KServe's fields and the pod spec it embeds): k8s/kserve's
+    (HTTP) or k8s/kserve-grpc's."""
+    return find(rendered(directory), "InferenceService")["spec"]["predictor"]

@@ -68,7 +68,7 @@ def test_service_healthcheck_waits_for_readiness(name: str) -> None:
     assert re.search(r"/readyz\b", check["test"][-1])
     # Same model-load budget as the Kubernetes startupProbe.
     assert parse_duration(check["start_period"]) >= 600
-    assert [p["target"] for p in service["ports"]] == [8000]
+    assert [p["target"] for p in service["ports"]] == [8000, 8001]  # HTTP, gRPC
 
 
 @pytest.mark.parametrize("name", [SERVICE_GPU, SERVICE_CPU])

@@ -104,6 +104,7 @@ def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         CENTERMASK_DEVICE="cpu",
         CENTERMASK_HOST="127.0.0.1",
         CENTERMASK_PORT=str(port),
+        CENTERMASK_GRPC_PORT=str(free_port()),
         CENTERMASK_API_KEY=API_KEY,
         CENTERMASK_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S),
         CENTERMASK_LOG_LEVEL="warning",
@@ -220,22 +221,35 @@ def test_api_key_is_enforced_so_the_probe_check_means_something(server: Server) 
 
 
 def test_ports_agree() -> None:
-    """Settings' default port = Dockerfile EXPOSE = compose target = ConfigMap = containerPort."""
-    default_port = settings_module().Settings.model_fields["port"].default
+    """Settings' default ports (HTTP, gRPC) = Dockerfile EXPOSE = compose targets = ConfigMap =
+    containerPorts = Service target ports; KServe's gRPC variant declares the gRPC one."""
+    fields = settings_module().Settings.model_fields
+    http, grpc = fields["port"].default, fields["grpc_port"].default
     expose = [a for i, a in dockerfile_stages(DOCKER / "Dockerfile")[-1] if i == "EXPOSE"]
-    assert expose == [str(default_port)]
+    assert expose == [f"{http} {grpc}"]
     for name, service in compose_config("cpu")["services"].items():
         if name.startswith("centermask"):
-            assert [p["target"] for p in service["ports"]] == [default_port]
-            assert service["environment"]["CENTERMASK_PORT"] == str(default_port)
+            assert [p["target"] for p in service["ports"]] == [http, grpc]
+            assert service["environment"]["CENTERMASK_PORT"] == str(http)
+            assert service["environment"]["CENTERMASK_GRPC_PORT"] == str(grpc)
     for overlay in OVERLAYS:
         docs = rendered(f"overlays/{overlay}")
-        assert configmap_data(docs)["CENTERMASK_PORT"] == str(default_port)
+        assert configmap_data(docs)["CENTERMASK_PORT"] == str(http)
+        assert configmap_data(docs)["CENTERMASK_GRPC_PORT"] == str(grpc)
         container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-        assert [p["containerPort"] for p in container["ports"]] == [default_port]
+        assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+            ("http", http),
+            ("grpc", grpc),
+        ]
+        service = find(docs, "Service", "centermask-serve")
+        assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", "grpc"]
     (kserve,) = kserve_predictor()["containers"]
-    assert [p["containerPort"] for p in kserve["ports"]] == [default_port]
-    assert {e["name"]: e.get("value") for e in kserve["env"]}["CENTERMASK_PORT"] == str(default_port)
+    assert [p["containerPort"] for p in kserve["ports"]] == [http]
+    for container in (kserve, kserve_predictor("kserve-grpc")["containers"][0]):
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert (env["CENTERMASK_PORT"], env["CENTERMASK_GRPC_PORT"]) == (str(http), str(grpc))
+    (h2c,) = kserve_predictor("kserve-grpc")["containers"][0]["ports"]
+    assert h2c["containerPort"] == grpc
 
 
 # --------------------------------------------------------------------------------------------------

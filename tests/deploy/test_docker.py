@@ -88,7 +88,7 @@ def test_exec_form_entrypoint_runs_the_console_script() -> None:
 def test_stopsignal_expose_and_labels() -> None:
     stage = final_stage()
     assert args_of(stage, "STOPSIGNAL") == ["SIGTERM"]
-    assert args_of(stage, "EXPOSE") == ["8000"]
+    assert args_of(stage, "EXPOSE") == ["8000 8001"]
     labels = " ".join(args_of(stage, "LABEL"))
     found = set(re.findall(r"(org\.opencontainers\.image\.[a-z.]+)=", labels))
     assert found >= OCI_LABELS, OCI_LABELS - found

@@ -254,13 +254,16 @@ def test_cpu_overlay_has_no_gpu_and_sized_cpu() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_service_routes_to_the_http_port(overlay: str) -> None:
+def test_service_routes_to_the_http_and_grpc_ports(overlay: str) -> None:
     docs = rendered(f"overlays/{overlay}")
     service = find(docs, "Service", "centermask-serve")
     assert service["spec"]["selector"] == SELECTOR
-    (port,) = service["spec"]["ports"]
+    http, grpc = service["spec"]["ports"]
     names = {p["name"] for p in container(overlay)["ports"]}
-    assert port["targetPort"] in names and port["name"] == "http"
+    assert http["targetPort"] in names and http["name"] == "http"
+    # gRPC is plaintext HTTP/2: appProtocol tells meshes and Gateways to route it so.
+    assert grpc["targetPort"] in names and grpc["name"] == "grpc"
+    assert grpc["appProtocol"] == "kubernetes.io/h2c"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -100,3 +100,45 @@ def test_the_pod_it_describes_validates_strictly(version: str | None) -> None:
         Path(f.name).unlink()
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "passed for resource pod/" in output.lower(), output
+
+
+# --------------------------------------------------------------------------------------------------
+# k8s/kserve-grpc: the same InferenceService, reached over gRPC
+
+
+def test_the_grpc_variant_declares_the_grpc_port_as_h2c() -> None:
+    (service,) = rendered("kserve-grpc")
+    assert service["kind"] == "InferenceService" and service["metadata"]["name"] == "centermask-grpc"
+    assert service["metadata"]["namespace"] == "centermask"
+    predictor = kserve_predictor("kserve-grpc")
+    (c,) = predictor["containers"]
+    # KServe routes a predictor port named h2c as gRPC (plaintext HTTP/2); it takes one port per predictor.
+    assert c["ports"] == [{"name": "h2c", "containerPort": 8001, "protocol": "TCP"}]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["PROTOCOL"] == "v2" and env["CENTERMASK_GRPC_PORT"] == "8001"
+    # The probes stay HTTP, by port number: the container serves 8000 without declaring it here.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["port"] == int(env["CENTERMASK_PORT"])
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Everything else is k8s/kserve's.
+    http = kserve_predictor()
+    assert {k: v for k, v in predictor.items() if k != "containers"} == {
+        k: v for k, v in http.items() if k != "containers"
+    }
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS, ids=lambda v: v or "latest")
+def test_the_grpc_variants_pod_validates_strictly(version: str | None) -> None:
+    validator = tool("kubernetes-validate")
+    render("kserve-grpc")  # skips without kustomize
+    spec = kserve_predictor("kserve-grpc")
+    pod_spec = {key: value for key, value in spec.items() if key not in KSERVE_PREDICTOR_FIELDS}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "centermask-grpc"}, "spec": pod_spec}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(pod, f)
+    try:
+        proc = run([validator, "--strict", *(["-k", version] if version else []), f.name])
+    finally:
+        Path(f.name).unlink()
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "passed for resource pod/" in output.lower(), output

@@ -81,10 +81,11 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serve(
-    settings: Settings, load: PredictorLoader = load_predictor, *, ready: bool = True
+    settings: Settings, load: PredictorLoader = load_predictor, *, ready: bool = True, **app_options: Any
 ) -> AsyncIterator[Served]:
-    """Run the app's lifespan around an in-process client; wait for readiness unless told not to."""
-    app = create_app(settings, load=load)
+    """Run the app's lifespan around an in-process client; wait for readiness unless told not to.
+    `app_options` go to create_app (a tracer_provider)."""
+    app = create_app(settings, load=load, **app_options)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
@@ -136,8 +137,15 @@ class ControlledPredictor:
 
 
 def tiny_settings(weights: Path, **overrides: Any) -> Settings:
-    """Settings for in-process apps: small batches keep warm-up short on a 2-core machine."""
-    defaults: dict[str, Any] = {"weights": weights, "device": "cpu", "max_batch_size": 2, "cpu_workers": 2}
+    """Settings for in-process apps: small batches keep warm-up short on a 2-core machine; no gRPC server
+    unless a test asks for one (`grpc_port=free_port()`)."""
+    defaults: dict[str, Any] = {
+        "weights": weights,
+        "device": "cpu",
+        "max_batch_size": 2,
+        "cpu_workers": 2,
+        "grpc_port": 0,
+    }
     return Settings(**(defaults | overrides))
 
 
@@ -235,3 +243,19 @@ def serve_http(
     finally:
         server.should_exit = True
         thread.join(TIMEOUT_S)
+
+
+def infer_request(images: list[bytes], model: str = "centermask", **parameters: object) -> Any:
+    """A gRPC ModelInferRequest as tritonclient builds it: the images length-prefixed in raw_input_contents,
+    the parameters typed by their Python type."""
+    from service.grpc import grpc_predict_v2_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="image", datatype="BYTES", shape=[len(images)])
+    request.raw_input_contents.append(b"".join(struct.pack("<I", len(image)) + image for image in images))
+    for name, value in parameters.items():
+        field = {bool: "bool_param", int: "int64_param", float: "double_param", str: "string_param"}[
+            type(value)
+        ]
+        setattr(request.parameters[name], field, value)
+    return request

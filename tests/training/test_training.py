@@ -51,6 +51,10 @@ def test_fcos_targets_pick_the_smallest_box_near_its_centre() -> None:
     assert labels[0, 7] == 2  # (60, 4): outside the big box's centre region → background
     foreground = targets.labels[0] != 2
     assert (targets.centerness[0][foreground] > 0).all() and (targets.centerness[0][foreground] <= 1).all()
+    outside = targets.outside[0].reshape(8, 8)
+    assert not outside[3, 3] and not outside[0, 7]  # inside the big box, object or not
+    nowhere = fcos_targets(locations, (8,), [torch.zeros((0, 4))], [torch.zeros(0, dtype=torch.int64)], 2)
+    assert nowhere.outside.all()
 
 
 def test_class_exclusion_penalises_only_other_classes_on_objects() -> None:
@@ -71,6 +75,26 @@ def test_class_exclusion_penalises_only_other_classes_on_objects() -> None:
     assert weighted["loss_fcos_cls"].item() == pytest.approx(official["loss_fcos_cls"].item())
 
 
+def test_background_loss_pushes_only_background_candidates_outside_objects() -> None:
+    """Location 0 is a class-0 object; location 1 background scoring 0.5 (class 0) and 0.01 (class 1);
+    location 2 background inside the object's box (its rim), scoring 0.5."""
+    logits = torch.tensor([[2.2, 0.0], [0.0, -4.6], [0.0, -4.6]])  # (locations, classes)
+    head = FCOSHeadOutputs(
+        cls_logits=[logits.T.reshape(1, 2, 1, 3)],
+        box_regression=[torch.ones(1, 4, 1, 3)],
+        centerness=[torch.zeros(1, 1, 1, 3)],
+    )
+    outside = torch.tensor([[False, True, False]])
+    targets = FCOSTargets(torch.tensor([[0, 2, 2]]), torch.ones(1, 3, 4), torch.ones(1, 3), outside)
+    official = fcos_losses(head, targets, num_classes=2)
+    assert "loss_fcos_background" not in official
+    weighted = fcos_losses(head, targets, num_classes=2, background_weight=3.0)
+    # Only location 1's 0.5 counts, at full strength: 3 · −log(1 − σ(0)); its 0.01 is below the floor, the
+    # rim and the object's own location are the focal and exclusion losses' business.
+    assert weighted["loss_fcos_background"].item() == pytest.approx(3 * torch.log(torch.tensor(2.0)).item())
+    assert weighted["loss_fcos_cls"].item() == pytest.approx(official["loss_fcos_cls"].item())
+
+
 def test_a_few_steps_lower_the_loss(shapes: Path) -> None:
     torch.manual_seed(0)
     dataset = CocoInstances(shapes / "annotations.json", shapes / "images", min_sizes=(192,), max_size=320)
@@ -87,6 +111,29 @@ def test_a_few_steps_lower_the_loss(shapes: Path) -> None:
         totals.append(total.item())
     assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask", "loss_maskiou"}
     assert totals[-1] < 0.8 * totals[0], totals
+
+
+def test_negatives_train_the_background_only(shapes: Path, tmp_path: Path) -> None:
+    """An image without annotations (a negative) in a batch, or a batch of nothing else: finite losses, no
+    box, centerness or mask loss from it, and gradients that reach the classifier."""
+    negative = {
+        "image": torch.randint(0, 256, (3, 160, 200), dtype=torch.uint8),
+        "boxes": torch.zeros((0, 4)),
+        "classes": torch.zeros((0,), dtype=torch.int64),
+        "masks": torch.zeros((0, 160, 200), dtype=torch.bool),
+    }
+    dataset = CocoInstances(shapes / "annotations.json", shapes / "images", min_sizes=(160,), max_size=256)
+    model = CenterMask(get_config(CONFIG).with_overrides(num_classes=5), norm=nn.BatchNorm2d).train()
+    for batch in ([negative, negative], [dataset[0], negative]):
+        model.zero_grad()
+        losses = training_losses(model, batch, class_exclusion_weight=1.0, background_weight=1.0)
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+        assert model.proposal_generator.fcos_head.cls_logits.weight.grad.abs().sum() > 0
+    empty = training_losses(model, [negative, negative], class_exclusion_weight=1.0, background_weight=1.0)
+    assert empty["loss_fcos_cls"] > 0 and empty["loss_fcos_background"] >= 0
+    for name in ("loss_fcos_loc", "loss_fcos_ctr", "loss_fcos_exclusion", "loss_mask", "loss_maskiou"):
+        assert empty[name] == 0, name
 
 
 def test_initialising_from_an_80_class_checkpoint_resets_only_class_layers(tmp_path: Path) -> None:
@@ -115,7 +162,8 @@ def test_cli_trains_saves_resumes_and_evaluates(shapes: Path, tmp_path: Path) ->
         "--min-sizes", "160", "--max-size", "256", "--test-min-size", "160", "--test-max-size", "256",
         "--checkpoint-every", "1", "--augmentation", "strong", "--jpeg-prob", "1.0",
     ]  # fmt: skip
-    assert main([*common, "--iters", "2"]) == 0
+    assert main([*common, "--iters", "2", "--keep-every", "2", "--keep-empty-images"]) == 0
+    assert read_checkpoint(out / "model-000002.pth").metadata["iteration"] == 2
     assert main([*common, "--iters", "3", "--resume", "--val-json", str(shapes / "annotations.json"),
                  "--val-max-images", "2"]) == 0  # fmt: skip
     model, class_names, checkpoint = load_model(out / "model.pth")

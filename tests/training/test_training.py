@@ -21,7 +21,15 @@ from training.data.coco import CocoInstances
 from training.data.shapes import CLASSIC, SHAPE_CLASSES, generate
 from training.losses import FCOSTargets, fcos_losses, fcos_targets, giou_loss
 from training.step import training_losses
-from training.train import CLASS_SPECIFIC, augmentation_from, initialise_from, main, parse_args
+from training.train import (
+    CLASS_SPECIFIC,
+    augmentation_from,
+    build_parser,
+    initialise_from,
+    learning_rate,
+    main,
+    parse_args,
+)
 
 CONFIG = "centermask_lite_V_19_slim_eSE_FPN_ms_4x"
 
@@ -154,7 +162,9 @@ def test_initialising_from_an_80_class_checkpoint_resets_only_class_layers(tmp_p
     assert torch.equal(model.state_dict()[key], coco_model.state_dict()[key])
 
 
-def test_cli_trains_saves_resumes_and_evaluates(shapes: Path, tmp_path: Path) -> None:
+def test_cli_trains_saves_resumes_and_evaluates(
+    shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "run"
     common = [
         "--config", CONFIG, "--train-json", str(shapes / "annotations.json"), "--train-images",
@@ -164,8 +174,12 @@ def test_cli_trains_saves_resumes_and_evaluates(shapes: Path, tmp_path: Path) ->
     ]  # fmt: skip
     assert main([*common, "--iters", "2", "--keep-every", "2", "--keep-empty-images"]) == 0
     assert read_checkpoint(out / "model-000002.pth").metadata["iteration"] == 2
+    capsys.readouterr()
+    # --eval-every falling on the last iteration: that evaluation and the final one are the same, shown once.
     assert main([*common, "--iters", "3", "--resume", "--val-json", str(shapes / "annotations.json"),
-                 "--val-max-images", "2"]) == 0  # fmt: skip
+                 "--val-max-images", "2", "--eval-every", "3"]) == 0  # fmt: skip
+    tables = [line for line in capsys.readouterr().err.splitlines() if line.split()[:2] == ["task", "AP"]]
+    assert len(tables) == 1
     model, class_names, checkpoint = load_model(out / "model.pth")
     assert class_names == list(SHAPE_CLASSES)
     assert checkpoint.category_ids == [1, 2, 3, 4, 5]  # the annotation file's ids
@@ -234,3 +248,53 @@ def test_augmentation_flags_override_the_preset() -> None:
     assert augmentation_from(args) == dataclasses.replace(STRONG, rot90_prob=0.0, noise_prob=0.9)
     basic = parse_args(["--config", CONFIG, "--train-json", "a.json", "--train-images", "i", "--out", "o"])
     assert augmentation_from(basic) == BASIC
+
+
+REQUIRED = ["--config", CONFIG, "--train-json", "a.json", "--train-images", "i", "--out", "o"]
+
+
+def test_a_short_run_reaches_the_peak_learning_rate(capsys: pytest.CaptureFixture) -> None:
+    """Without --warmup-iters, 40 iterations warm up for 4 and then decay from --lr; a long run keeps 300."""
+    args = parse_args([*REQUIRED, "--iters", "40", "--lr", "2e-3"])
+    assert args.warmup_iters == 4
+    rates = [learning_rate(iteration, args) for iteration in range(args.iters)]
+    assert max(rates) == pytest.approx(2e-3) and rates.index(max(rates)) == 4
+    assert rates[-1] < rates[4]
+    assert parse_args(REQUIRED).warmup_iters == 300
+    assert capsys.readouterr().err == ""
+
+
+def test_a_warmup_as_long_as_the_run_is_kept_but_said_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    args = parse_args([*REQUIRED, "--iters", "40", "--warmup-iters", "300", "--lr", "1e-3"])
+    assert args.warmup_iters == 300  # a deliberate choice stays possible
+    (line,) = capsys.readouterr().err.splitlines()
+    top = learning_rate(39, args)
+    assert top < 0.2e-3
+    assert line == (
+        f"warning: --warmup-iters 300 ≥ --iters 40: the learning rate never reaches --lr 0.001 (at most {top:.2g})"
+    )
+    parse_args([*REQUIRED, "--iters", "40", "--warmup-iters", "39"])
+    assert capsys.readouterr().err == ""
+
+
+def test_help_explains_every_flag_and_gives_its_default() -> None:
+    """Each entry of `--help` has text; each optional flag that takes a value says its default."""
+    parser = build_parser()
+    text = parser.format_help()
+    options = text.split("\noptions:\n", 1)[1].splitlines()
+    entries: dict[str, str] = {}
+    for line in options:
+        if line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line
+        else:
+            entries[flag] += " " + line.strip()
+    flags = {action.option_strings[0]: action for action in parser._actions}
+    assert set(entries) == set(flags)
+    for flag, action in flags.items():
+        words = " ".join(entries[flag].split())
+        assert action.help and action.help.split()[0] in words, flag
+        if not action.required and action.nargs != 0:
+            assert "(default: " in words, flag
+        if action.default is not None and action.nargs != 0:
+            assert f"(default: {action.default})" in words, flag

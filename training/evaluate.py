@@ -233,14 +233,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(metrics, indent=2))
     if args.record is not None:
-        evaluated_on = {"gt": str(args.gt), "max_images": args.max_images}
-        if args.record:
-            evaluations = read_checkpoint(predictor.weights_path).metadata.get("evaluations", {})
-            entry = {"metrics": metrics, "evaluated_on": evaluated_on}
-            update_metadata(predictor.weights_path, {"evaluations": {**evaluations, args.record: entry}})
-        else:
-            update_metadata(predictor.weights_path, {"metrics": metrics, "evaluated_on": evaluated_on})
+        print(record(predictor.weights_path, metrics, args.gt, args.max_images, args.record), file=sys.stderr)
     return 0
+
+
+def record(weights: Path, metrics: dict[str, Any], gt: Path, max_images: int | None, name: str) -> str:
+    """Store the metrics in the checkpoint's metadata (as its ``metrics``, or under ``evaluations[name]``
+    when a name is given) with the dataset they were measured on; return the line saying what went where.
+    The checkpoint file is rewritten, so the line names it: it may be the bundled one."""
+    evaluated_on = {"gt": str(gt), "max_images": max_images}
+    if name:
+        evaluations = read_checkpoint(weights).metadata.get("evaluations", {})
+        entry = {"metrics": metrics, "evaluated_on": evaluated_on}
+        update_metadata(weights, {"evaluations": {**evaluations, name: entry}})
+        key = f'metadata["evaluations"]["{name}"]'
+    else:
+        update_metadata(weights, {"metrics": metrics, "evaluated_on": evaluated_on})
+        key = 'metadata["metrics"]'
+    images = "every image" if max_images is None else f"its first {max_images} images"
+    return (
+        f"recorded box AP {100 * metrics['bbox']['AP']:.2f}, mask AP {100 * metrics['segm']['AP']:.2f} "
+        f"(and the rest of the table) in {weights} as {key}, measured on {gt}, {images}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,18 +18,22 @@ from model.network.fcos import FCOSHeadOutputs
 INF = float("inf")
 SIZES_OF_INTEREST = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, INF))
 CENTER_SAMPLING_RADIUS = 1.5
+# Background scores the optional background loss leaves to the focal loss alone.
+BACKGROUND_FLOOR = 0.05
 
 
 class FCOSTargets(NamedTuple):
     """Targets for every location of every image, levels concatenated in P3..P7 order.
 
     labels: (N, L) int64, num_classes for background. regression: (N, L, 4) l, t, r, b in stride units.
-    centerness: (N, L) float32 (meaningful at foreground locations only).
+    centerness: (N, L) float32 (meaningful at foreground locations only). outside: (N, L) bool, whether a
+    location lies outside every ground-truth box (None: not computed).
     """
 
     labels: torch.Tensor
     regression: torch.Tensor
     centerness: torch.Tensor
+    outside: torch.Tensor | None = None
 
 
 def fcos_targets(
@@ -54,12 +58,13 @@ def fcos_targets(
             for n, r in zip(level_sizes, SIZES_OF_INTEREST[: len(level_sizes)], strict=True)
         ]
     )
-    labels, regression, centerness = [], [], []
+    labels, regression, centerness, outside = [], [], [], []
     for gt_boxes, gt_classes in zip(boxes, classes, strict=True):
         if gt_boxes.numel() == 0:
             labels.append(torch.full((len(points),), num_classes, dtype=torch.int64, device=points.device))
             regression.append(points.new_zeros((len(points), 4)))
             centerness.append(points.new_zeros((len(points),)))
+            outside.append(torch.ones((len(points),), dtype=torch.bool, device=points.device))
             continue
         xs, ys = points[:, 0, None], points[:, 1, None]
         ltrb = torch.stack(
@@ -94,7 +99,10 @@ def fcos_targets(
         labels.append(image_labels)
         regression.append(chosen)
         centerness.append(torch.sqrt(ctr.clamp(min=0)))
-    return FCOSTargets(torch.stack(labels), torch.stack(regression), torch.stack(centerness))
+        outside.append(~(ltrb.min(dim=2).values > 0).any(dim=1))
+    return FCOSTargets(
+        torch.stack(labels), torch.stack(regression), torch.stack(centerness), torch.stack(outside)
+    )
 
 
 def giou_loss(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -119,15 +127,30 @@ def _flatten(per_level: list[torch.Tensor]) -> torch.Tensor:
 
 
 def fcos_losses(
-    outputs: FCOSHeadOutputs, targets: FCOSTargets, num_classes: int, class_exclusion_weight: float = 0.0
+    outputs: FCOSHeadOutputs,
+    targets: FCOSTargets,
+    num_classes: int,
+    class_exclusion_weight: float = 0.0,
+    background_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The FCOS losses; with ``class_exclusion_weight`` > 0, also an unmodulated BCE pushing every other
-    class's score towards 0 at foreground locations.
+    class's score towards 0 at foreground locations; with ``background_weight`` > 0, an unmodulated BCE
+    pushing every class score above ``BACKGROUND_FLOOR`` towards 0 at background locations outside every
+    object's box.
 
     The focal loss down-weights a wrong class that already scores low (0.2 → weight 0.04), yet such a score
     still passes a 0.3 detection threshold after the centerness geometric mean, and the per-class NMS keeps
     it beside the right class on the same box. The extra term, off by default (the official recipe), trains
     those cross-class duplicates away without touching the architecture or the inference.
+
+    The background term is the same idea for false positives: a background location scoring 0.4 gets a
+    focal weight of about 0.1, so a model that never saw photographs stays at 0.3-0.6 on them even after
+    seeing photo-like negatives. Unmodulated, such a score costs its full BCE; scores below the floor (nearly
+    all background locations) are left alone, so only candidate detections are pushed down. Locations inside
+    an object's box but not assigned to it (its rim, or a large object seen from a finer level) score its
+    class legitimately and stay the focal loss's business: pushed at full strength, they drag the object's
+    own scores down. Both extra terms
+    are normalised like the focal loss, by the number of foreground locations.
     """
     logits = _flatten(outputs.cls_logits).float()
     regression = _flatten(outputs.box_regression).float()
@@ -150,6 +173,14 @@ def fcos_losses(
             logits[foreground], one_hot[foreground], reduction="none"
         ) * (1 - one_hot[foreground])
         losses["loss_fcos_exclusion"] = class_exclusion_weight * wrong.sum() / num_foreground
+    if background_weight > 0:
+        clear = ~foreground if targets.outside is None else targets.outside & ~foreground
+        background = logits[clear]
+        candidates = background[background.sigmoid() > BACKGROUND_FLOOR]
+        false_positives = F.binary_cross_entropy_with_logits(
+            candidates, torch.zeros_like(candidates), reduction="sum"
+        )
+        losses["loss_fcos_background"] = background_weight * false_positives / num_foreground
     return losses
 
 

@@ -16,11 +16,14 @@ MAX_MASK_ROIS_PER_IMAGE = 64
 
 
 def training_losses(
-    model: CenterMask, samples: list[dict[str, Any]], class_exclusion_weight: float = 0.0
+    model: CenterMask,
+    samples: list[dict[str, Any]],
+    class_exclusion_weight: float = 0.0,
+    background_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Samples as `training.data.coco.CocoInstances` yields them (RGB uint8 images), on the model's device.
 
-    class_exclusion_weight: see `training.losses.fcos_losses`.
+    class_exclusion_weight, background_weight: see `training.losses.fcos_losses`.
     """
     device = model.pixel_mean.device
     images = [sample["image"].to(device).flip(0).float() for sample in samples]  # RGB → BGR, as at inference
@@ -34,7 +37,7 @@ def training_losses(
     decoder = FcosDecoder.from_config(config)
     locations = decoder.locations([pyramid[level] for level in FPN_LEVELS])
     targets = fcos_targets(locations, decoder.strides, gt_boxes, gt_classes, config.num_classes)
-    losses = fcos_losses(head, targets, config.num_classes, class_exclusion_weight)
+    losses = fcos_losses(head, targets, config.num_classes, class_exclusion_weight, background_weight)
 
     with torch.no_grad():
         detached = type(head)(*([t.detach().float() for t in level] for level in head))

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import math
 import operator
+import shutil
 import signal
 import sys
 import time
@@ -39,28 +40,86 @@ CLASS_SPECIFIC = (
     "roi_heads.mask_head.predictor.",
     "roi_heads.maskiou_head.maskiou.",
 )
+# The warm-up of a long run; a short one warms up for a tenth of its iterations (`default_warmup`).
+MAX_DEFAULT_WARMUP = 300
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__)
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's default after its help, except where there is none to show: an unset value (its help
+    says what unset means) or a switch (it takes no value; its help says what it turns on or off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def default_warmup(iters: int) -> int:
+    """Warm-up iterations when --warmup-iters is not given: 300, or a tenth of a shorter run, so that even a
+    run of a few dozen iterations reaches the peak learning rate and spends most of its steps after it."""
+    return min(MAX_DEFAULT_WARMUP, iters // 10)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train", description=__doc__, formatter_class=HelpFormatter
+    )
     parser.add_argument(
         "--config", required=True, help="architecture, e.g. centermask_lite_V_19_slim_eSE_FPN_ms_4x"
     )
-    parser.add_argument("--train-json", type=Path, required=True)
-    parser.add_argument("--train-images", type=Path, required=True)
-    parser.add_argument("--val-json", type=Path)
-    parser.add_argument("--val-images", type=Path)
-    parser.add_argument("--val-max-images", type=int, default=100, help="images evaluated at checkpoints")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--init", type=Path, help="initial weights (official or ours); class layers reset")
+    parser.add_argument(
+        "--train-json",
+        type=Path,
+        required=True,
+        help="COCO JSON of the training set (its categories are the classes)",
+    )
+    parser.add_argument("--train-images", type=Path, required=True, help="directory of the training images")
+    parser.add_argument(
+        "--keep-empty-images",
+        action="store_true",
+        help="train on images without annotations too (negatives: only the background loss applies); "
+        "by default they are skipped",
+    )
+    parser.add_argument(
+        "--val-json",
+        type=Path,
+        help="COCO JSON to evaluate on at the end (and every --eval-every iterations) (default: none, no "
+        "evaluation)",
+    )
+    parser.add_argument(
+        "--val-images", type=Path, help="directory of the validation images (default: --train-images)"
+    )
+    parser.add_argument("--val-max-images", type=int, default=100, help="images of --val-json evaluated")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="run directory: model.pth (to serve), last.pth (to resume)"
+    )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="initial weights (official or ours, the bundled model's too); class layers reset where the "
+        "classes differ (default: none, random initialisation)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pth (or OUT/model.pth)")
-    parser.add_argument("--iters", type=int, default=10000)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=10000, help="iteration to stop at (a resumed run too)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per iteration")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--warmup-iters", type=int, default=300)
-    parser.add_argument("--min-sizes", type=int, nargs="+", default=[256, 288, 320, 352, 384, 416])
-    parser.add_argument("--max-size", type=int, default=704)
+    parser.add_argument(
+        "--weight-decay", type=float, default=1e-4, help="AdamW weight decay (not on norms, biases)"
+    )
+    parser.add_argument(
+        "--warmup-iters",
+        type=int,
+        help=f"linear warm-up to --lr, then cosine decay to 5%% of it (default: min({MAX_DEFAULT_WARMUP}, "
+        "iters // 10))",
+    )
+    parser.add_argument(
+        "--min-sizes",
+        type=int,
+        nargs="+",
+        default=[256, 288, 320, 352, 384, 416],
+        help="training short sides, one drawn per image",
+    )
+    parser.add_argument("--max-size", type=int, default=704, help="cap on the training long side")
     parser.add_argument(
         "--augmentation",
         choices=sorted(AUGMENTATIONS),
@@ -70,7 +129,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     for name in AUGMENTATION_PROBABILITIES:
         parser.add_argument(
-            f"--{name.replace('_', '-')}", type=float, dest=name, metavar="P", help="overrides the preset's"
+            f"--{name.replace('_', '-')}",
+            type=float,
+            dest=name,
+            metavar="P",
+            help="probability per sample (default: the --augmentation preset's)",
         )
     parser.add_argument(
         "--class-exclusion-weight",
@@ -79,11 +142,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="weight of an extra loss pushing other classes' scores to 0 on objects, against one object "
         "detected under two labels (0: the official losses)",
     )
-    parser.add_argument("--test-min-size", type=int, help="test-time short side stored in the checkpoint")
-    parser.add_argument("--test-max-size", type=int, help="test-time long-side cap stored in the checkpoint")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument(
+        "--background-weight",
+        type=float,
+        default=0.0,
+        help="weight of an extra loss pushing background scores above 0.05 to 0 at full strength (the focal "
+        "loss barely moves a false positive at 0.3-0.6), against detections on photographs (0: off)",
+    )
+    parser.add_argument(
+        "--test-min-size",
+        type=int,
+        help="test-time short side stored in the checkpoint (default: the config's)",
+    )
+    parser.add_argument(
+        "--test-max-size",
+        type=int,
+        help="test-time long-side cap stored in the checkpoint (default: the config's)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, cuda:1 ...)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="mixed precision: auto is bf16 on CPU, bf16 or fp16 on CUDA",
+    )
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument(
         "--no-channels-last",
         dest="channels_last",
@@ -91,11 +174,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="keep NCHW weights (channels-last trains ~1.5x faster on CPU with bf16)",
     )
     parser.add_argument("--workers", type=int, default=1, help="data loading processes")
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--eval-every", type=int, default=0, help="0: evaluate only at the end")
-    parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        help="save OUT/last.pth and OUT/model.pth every N iterations",
+    )
+    parser.add_argument(
+        "--keep-every",
+        type=int,
+        default=0,
+        help="also keep the exported weights of every Kth iteration as OUT/model-ITER.pth, to choose one "
+        "later (0: only OUT/model.pth, the latest)",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="evaluate on --val-json every N iterations (0: at the end only)",
+    )
+    parser.add_argument("--log-every", type=int, default=10, help="a loss line every N iterations")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="torch seed: initialisation, sampling, augmentation"
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments, with the warm-up resolved (`default_warmup`), and a warning when the schedule never
+    reaches the peak learning rate."""
+    args = build_parser().parse_args(argv)
+    if args.warmup_iters is None:
+        args.warmup_iters = default_warmup(args.iters)
+    elif args.warmup_iters >= args.iters:
+        # Still allowed (a deliberately gentle run), but it used to happen silently with the old default.
+        peak = learning_rate(args.iters - 1, args) if args.iters > 0 else 0.0
+        print(
+            f"warning: --warmup-iters {args.warmup_iters} ≥ --iters {args.iters}: the learning rate never "
+            f"reaches --lr {args.lr:g} (at most {peak:.2g})",
+            file=sys.stderr,
+        )
+    return args
 
 
 def learning_rate(iteration: int, args: argparse.Namespace) -> float:
@@ -254,6 +373,7 @@ def build_run(args: argparse.Namespace) -> Run:
         min_sizes=args.min_sizes,
         max_size=args.max_size,
         augmentation=augmentation,
+        keep_empty=args.keep_empty_images,
     )
     config = get_config(args.config).with_overrides(num_classes=len(dataset.class_names))
     model = CenterMask(config, norm=nn.BatchNorm2d).to(device)
@@ -323,7 +443,9 @@ def train_step(run: Run, samples: list[dict[str, Any]], iteration: int) -> tuple
     with torch.autocast(
         run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None
     ):
-        losses = training_losses(run.model, samples, run.args.class_exclusion_weight)
+        losses = training_losses(
+            run.model, samples, run.args.class_exclusion_weight, run.args.background_weight
+        )
     total = functools.reduce(operator.add, losses.values())
     if not torch.isfinite(total):
         raise FloatingPointError(f"non-finite loss at iteration {iteration}: {losses}")
@@ -362,7 +484,12 @@ def train(run: Run, start: int, stop: StopRequest) -> int:
         progress.update(iteration, time.perf_counter() - started, values, lr)
         if iteration % args.checkpoint_every == 0:
             run.save(iteration)
-        if args.val_json and args.eval_every and iteration % args.eval_every == 0:
+        if args.keep_every and iteration % args.keep_every == 0:
+            if iteration % args.checkpoint_every:
+                run.save(iteration)
+            shutil.copyfile(run.export_path, args.out / f"model-{iteration:06d}.pth")
+        # The last iteration's evaluation is main's (it runs after the final save), not a second one here.
+        if args.val_json and args.eval_every and iteration % args.eval_every == 0 and iteration < args.iters:
             run.save(iteration)
             run.save(iteration, run_validation(run.export_path, args))
             run.model.train()

@@ -58,19 +58,27 @@ def test_evaluate_prints_and_writes_ap_per_class_ap_and_duplicates(
     assert duplicates["rate"] == pytest.approx(duplicates["duplicates"] / duplicates["detections"])
     assert (duplicates["score_threshold"], duplicates["iou_threshold"]) == (0.3, 0.9)
     assert metrics["class_agnostic_nms"] is None
-    table = capsys.readouterr().out
+    printed = capsys.readouterr()
+    table = printed.out
     assert table.splitlines()[0].split() == ["task", *METRIC_NAMES]
     assert "cross-class duplicates" in table and "ring" in table
+    # --record says what it stored and where (it rewrites a checkpoint file).
+    (said,) = [line for line in printed.err.splitlines() if line.startswith("recorded")]
+    assert f"box AP {100 * metrics['bbox']['AP']:.2f}, mask AP {100 * metrics['segm']['AP']:.2f}" in said
+    assert f'in {weights} as metadata["metrics"]' in said
+    assert f"measured on {data / 'annotations.json'}, every image" in said
 
 
 def test_class_agnostic_nms_removes_the_duplicates_and_records_by_name(
-    setup: tuple[Path, Path], tmp_path: Path
+    setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     weights, data = setup
     plain, filtered = tmp_path / "plain.json", tmp_path / "filtered.json"
     assert main([*cli_args(weights, data), "--json", str(plain)]) == 0
+    assert "recorded" not in capsys.readouterr().err  # nothing stored without --record
     assert main([*cli_args(weights, data), "--json", str(filtered), "--class-agnostic-nms",
                  "--record", "agnostic"]) == 0  # fmt: skip
+    assert f'in {weights} as metadata["evaluations"]["agnostic"]' in capsys.readouterr().err
     before, after = json.loads(plain.read_text()), json.loads(filtered.read_text())
     assert after["class_agnostic_nms"] == 0.7
     # Every duplicate overlaps its better label by IoU > 0.9 > 0.7: none survive; distinct objects remain.

@@ -21,7 +21,15 @@ from training.data.coco import CocoInstances
 from training.data.shapes import CLASSIC, SHAPE_CLASSES, generate
 from training.losses import FCOSTargets, fcos_losses, fcos_targets, giou_loss
 from training.step import training_losses
-from training.train import CLASS_SPECIFIC, augmentation_from, initialise_from, main, parse_args
+from training.train import (
+    CLASS_SPECIFIC,
+    augmentation_from,
+    build_parser,
+    initialise_from,
+    learning_rate,
+    main,
+    parse_args,
+)
 
 CONFIG = "centermask_lite_V_19_slim_eSE_FPN_ms_4x"
 
@@ -51,6 +59,10 @@ def test_fcos_targets_pick_the_smallest_box_near_its_centre() -> None:
     assert labels[0, 7] == 2  # (60, 4): outside the big box's centre region → background
     foreground = targets.labels[0] != 2
     assert (targets.centerness[0][foreground] > 0).all() and (targets.centerness[0][foreground] <= 1).all()
+    outside = targets.outside[0].reshape(8, 8)
+    assert not outside[3, 3] and not outside[0, 7]  # inside the big box, object or not
+    nowhere = fcos_targets(locations, (8,), [torch.zeros((0, 4))], [torch.zeros(0, dtype=torch.int64)], 2)
+    assert nowhere.outside.all()
 
 
 def test_class_exclusion_penalises_only_other_classes_on_objects() -> None:
@@ -68,6 +80,26 @@ def test_class_exclusion_penalises_only_other_classes_on_objects() -> None:
     # Only class 1 at the object counts: 2 · −log(1 − σ(0)); the background's high scores are the focal
     # loss's business, not this term's.
     assert weighted["loss_fcos_exclusion"].item() == pytest.approx(2 * torch.log(torch.tensor(2.0)).item())
+    assert weighted["loss_fcos_cls"].item() == pytest.approx(official["loss_fcos_cls"].item())
+
+
+def test_background_loss_pushes_only_background_candidates_outside_objects() -> None:
+    """Location 0 is a class-0 object; location 1 background scoring 0.5 (class 0) and 0.01 (class 1);
+    location 2 background inside the object's box (its rim), scoring 0.5."""
+    logits = torch.tensor([[2.2, 0.0], [0.0, -4.6], [0.0, -4.6]])  # (locations, classes)
+    head = FCOSHeadOutputs(
+        cls_logits=[logits.T.reshape(1, 2, 1, 3)],
+        box_regression=[torch.ones(1, 4, 1, 3)],
+        centerness=[torch.zeros(1, 1, 1, 3)],
+    )
+    outside = torch.tensor([[False, True, False]])
+    targets = FCOSTargets(torch.tensor([[0, 2, 2]]), torch.ones(1, 3, 4), torch.ones(1, 3), outside)
+    official = fcos_losses(head, targets, num_classes=2)
+    assert "loss_fcos_background" not in official
+    weighted = fcos_losses(head, targets, num_classes=2, background_weight=3.0)
+    # Only location 1's 0.5 counts, at full strength: 3 · −log(1 − σ(0)); its 0.01 is below the floor, the
+    # rim and the object's own location are the focal and exclusion losses' business.
+    assert weighted["loss_fcos_background"].item() == pytest.approx(3 * torch.log(torch.tensor(2.0)).item())
     assert weighted["loss_fcos_cls"].item() == pytest.approx(official["loss_fcos_cls"].item())
 
 
@@ -89,6 +121,29 @@ def test_a_few_steps_lower_the_loss(shapes: Path) -> None:
     assert totals[-1] < 0.8 * totals[0], totals
 
 
+def test_negatives_train_the_background_only(shapes: Path, tmp_path: Path) -> None:
+    """An image without annotations (a negative) in a batch, or a batch of nothing else: finite losses, no
+    box, centerness or mask loss from it, and gradients that reach the classifier."""
+    negative = {
+        "image": torch.randint(0, 256, (3, 160, 200), dtype=torch.uint8),
+        "boxes": torch.zeros((0, 4)),
+        "classes": torch.zeros((0,), dtype=torch.int64),
+        "masks": torch.zeros((0, 160, 200), dtype=torch.bool),
+    }
+    dataset = CocoInstances(shapes / "annotations.json", shapes / "images", min_sizes=(160,), max_size=256)
+    model = CenterMask(get_config(CONFIG).with_overrides(num_classes=5), norm=nn.BatchNorm2d).train()
+    for batch in ([negative, negative], [dataset[0], negative]):
+        model.zero_grad()
+        losses = training_losses(model, batch, class_exclusion_weight=1.0, background_weight=1.0)
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+        assert model.proposal_generator.fcos_head.cls_logits.weight.grad.abs().sum() > 0
+    empty = training_losses(model, [negative, negative], class_exclusion_weight=1.0, background_weight=1.0)
+    assert empty["loss_fcos_cls"] > 0 and empty["loss_fcos_background"] >= 0
+    for name in ("loss_fcos_loc", "loss_fcos_ctr", "loss_fcos_exclusion", "loss_mask", "loss_maskiou"):
+        assert empty[name] == 0, name
+
+
 def test_initialising_from_an_80_class_checkpoint_resets_only_class_layers(tmp_path: Path) -> None:
     source = write_rule_checkpoint(tmp_path / "coco.pth", CONFIG)
     model = CenterMask(get_config(CONFIG).with_overrides(num_classes=5), norm=nn.BatchNorm2d)
@@ -107,7 +162,9 @@ def test_initialising_from_an_80_class_checkpoint_resets_only_class_layers(tmp_p
     assert torch.equal(model.state_dict()[key], coco_model.state_dict()[key])
 
 
-def test_cli_trains_saves_resumes_and_evaluates(shapes: Path, tmp_path: Path) -> None:
+def test_cli_trains_saves_resumes_and_evaluates(
+    shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "run"
     common = [
         "--config", CONFIG, "--train-json", str(shapes / "annotations.json"), "--train-images",
@@ -115,9 +172,14 @@ def test_cli_trains_saves_resumes_and_evaluates(shapes: Path, tmp_path: Path) ->
         "--min-sizes", "160", "--max-size", "256", "--test-min-size", "160", "--test-max-size", "256",
         "--checkpoint-every", "1", "--augmentation", "strong", "--jpeg-prob", "1.0",
     ]  # fmt: skip
-    assert main([*common, "--iters", "2"]) == 0
+    assert main([*common, "--iters", "2", "--keep-every", "2", "--keep-empty-images"]) == 0
+    assert read_checkpoint(out / "model-000002.pth").metadata["iteration"] == 2
+    capsys.readouterr()
+    # --eval-every falling on the last iteration: that evaluation and the final one are the same, shown once.
     assert main([*common, "--iters", "3", "--resume", "--val-json", str(shapes / "annotations.json"),
-                 "--val-max-images", "2"]) == 0  # fmt: skip
+                 "--val-max-images", "2", "--eval-every", "3"]) == 0  # fmt: skip
+    tables = [line for line in capsys.readouterr().err.splitlines() if line.split()[:2] == ["task", "AP"]]
+    assert len(tables) == 1
     model, class_names, checkpoint = load_model(out / "model.pth")
     assert class_names == list(SHAPE_CLASSES)
     assert checkpoint.category_ids == [1, 2, 3, 4, 5]  # the annotation file's ids
@@ -186,3 +248,53 @@ def test_augmentation_flags_override_the_preset() -> None:
     assert augmentation_from(args) == dataclasses.replace(STRONG, rot90_prob=0.0, noise_prob=0.9)
     basic = parse_args(["--config", CONFIG, "--train-json", "a.json", "--train-images", "i", "--out", "o"])
     assert augmentation_from(basic) == BASIC
+
+
+REQUIRED = ["--config", CONFIG, "--train-json", "a.json", "--train-images", "i", "--out", "o"]
+
+
+def test_a_short_run_reaches_the_peak_learning_rate(capsys: pytest.CaptureFixture) -> None:
+    """Without --warmup-iters, 40 iterations warm up for 4 and then decay from --lr; a long run keeps 300."""
+    args = parse_args([*REQUIRED, "--iters", "40", "--lr", "2e-3"])
+    assert args.warmup_iters == 4
+    rates = [learning_rate(iteration, args) for iteration in range(args.iters)]
+    assert max(rates) == pytest.approx(2e-3) and rates.index(max(rates)) == 4
+    assert rates[-1] < rates[4]
+    assert parse_args(REQUIRED).warmup_iters == 300
+    assert capsys.readouterr().err == ""
+
+
+def test_a_warmup_as_long_as_the_run_is_kept_but_said_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    args = parse_args([*REQUIRED, "--iters", "40", "--warmup-iters", "300", "--lr", "1e-3"])
+    assert args.warmup_iters == 300  # a deliberate choice stays possible
+    (line,) = capsys.readouterr().err.splitlines()
+    top = learning_rate(39, args)
+    assert top < 0.2e-3
+    assert line == (
+        f"warning: --warmup-iters 300 ≥ --iters 40: the learning rate never reaches --lr 0.001 (at most {top:.2g})"
+    )
+    parse_args([*REQUIRED, "--iters", "40", "--warmup-iters", "39"])
+    assert capsys.readouterr().err == ""
+
+
+def test_help_explains_every_flag_and_gives_its_default() -> None:
+    """Each entry of `--help` has text; each optional flag that takes a value says its default."""
+    parser = build_parser()
+    text = parser.format_help()
+    options = text.split("\noptions:\n", 1)[1].splitlines()
+    entries: dict[str, str] = {}
+    for line in options:
+        if line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line
+        else:
+            entries[flag] += " " + line.strip()
+    flags = {action.option_strings[0]: action for action in parser._actions}
+    assert set(entries) == set(flags)
+    for flag, action in flags.items():
+        words = " ".join(entries[flag].split())
+        assert action.help and action.help.split()[0] in words, flag
+        if not action.required and action.nargs != 0:
+            assert "(default: " in words, flag
+        if action.default is not None and action.nargs != 0:
+            assert f"(default: {action.default})" in words, flag

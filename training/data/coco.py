@@ -92,7 +92,8 @@ class CocoInstances(Dataset[dict[str, Any]]):
     Category ids map to contiguous class ids 0..K-1 in ascending category id order (as detectron2 does).
     In training mode the short side is drawn uniformly from ``min_sizes``, then the resized sample goes
     through ``augmentation`` (geometric steps on image, masks and boxes together, then photometric ones on
-    the image); images without usable annotations are skipped. In eval mode the short side is
+    the image); images without usable annotations are skipped unless ``keep_empty`` (negatives: images that
+    should yield no detection, which teach the detector what is background). In eval mode the short side is
     ``max(min_sizes)`` and nothing is augmented; ``min_sizes=(0,)`` keeps the original size. Randomness comes
     from torch's global generator, which DataLoader seeds per worker.
     """
@@ -105,6 +106,7 @@ class CocoInstances(Dataset[dict[str, Any]]):
         max_size: int = DEFAULT_MAX_SIZE,
         augmentation: Augmentation = BASIC,
         training: bool = True,
+        keep_empty: bool = False,
     ) -> None:
         if not min_sizes:
             raise ValueError("min_sizes must name at least one short-side length")
@@ -123,7 +125,9 @@ class CocoInstances(Dataset[dict[str, Any]]):
             for image_id in sorted(self._coco.imgs)
         }
         self.image_ids: list[int] = [
-            image_id for image_id, annotations in self._annotations.items() if annotations or not training
+            image_id
+            for image_id, annotations in self._annotations.items()
+            if annotations or keep_empty or not training
         ]
 
     def __len__(self) -> int:

@@ -39,11 +39,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFilter
 
+from training.data.backgrounds import photo_like
 from training.data.coco_writer import instance_annotation, write_dataset
 
 SHAPE_CLASSES = ("circle", "rectangle", "triangle", "star", "ring")
 CIRCLE, RECTANGLE, TRIANGLE, STAR, RING = range(len(SHAPE_CLASSES))
-BACKGROUND_KINDS = ("uniform", "gradient", "noise", "stripes", "checkers", "multiscale", "radial")
+BACKGROUND_KINDS = ("uniform", "gradient", "noise", "stripes", "checkers", "multiscale", "radial", "photo")
 FILL_KINDS = ("flat", "gradient", "texture")
 
 # The guard against degenerate geometry (a sliver of a triangle at the smallest sizes): such draws are redone.
@@ -517,6 +518,8 @@ def sample_background(rng: np.random.Generator, height: int, width: int, kind: s
         ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
         distance = np.hypot(xs - cx, ys - cy)
         return np.rint(_blend(inner, outer, distance / distance.max())).astype(np.uint8)
+    if kind == "photo":  # textures, clutter, lighting made by code (`training.data.backgrounds`); no camera
+        return photo_like(rng, height, width, camera=False)
     raise ValueError(f"unknown background kind {kind!r}")
 
 

@@ -29,12 +29,14 @@ from service.runtime import PredictorLoader, Runtime
 from service.settings import Settings
 from service.uploads import Uploads
 from service.v2 import endpoints as v2
+from service.v2 import repository as v2_repository
 from service.v2.models import openapi_schemas
 
 DESCRIPTION = """POST an image to `/segment`: get boxes, classes, scores and COCO RLE masks back, or the
 image with them drawn (`format=png`). POST a video to `/segment/video` for a line per frame; send a camera's
 frames over the WebSocket `/segment/stream`. Triton and KServe clients speak the Open Inference Protocol
-under `/v2`.
+under `/v2`. A server may serve several models (`GET /v1/models`; `?model=NAME`), reloaded without downtime
+through `/v2/repository/...` with the admin key.
 
 The demo page is at [`/`](/); every error is `{"error": {"code", "message"}}` with its status.
 """
@@ -82,6 +84,7 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
         probes.router,
         v2.probe_router,
         v2.model_router,
+        v2_repository.router,
     )
     for router in routers:
         app.include_router(router)
@@ -90,11 +93,16 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     keyed: list[APIRouter] = [segment.router, model.router, v2.model_router]
     if settings.protect_probes:
         keyed += [pages.router, probes.router, v2.probe_router]
+    if settings.api_key is None:
+        keyed = []
+    # The repository's routes need the admin key (the same headers, another secret); none set: 403.
+    if settings.admin_key is not None:
+        keyed.append(v2_repository.router)
     secured = frozenset(
         (route.path, method)
         for router in keyed
         for route in router.routes
-        if isinstance(route, APIRoute) and settings.api_key is not None
+        if isinstance(route, APIRoute)
         for method in route.methods or ()
     )
     install_openapi(app, {**openapi_schemas(), **wire_schemas()}, secured=secured)

@@ -135,6 +135,8 @@ class StreamSession:
         # by each control message's.
         self.options: SegmentOptions | None = None
         self.first_parameters: SegmentParameters | None = None
+        # The `model=` of the connection's URL: None is the default model.
+        self.model_name: str | None = None
         self._waiting: _Waiting | None = None
         self._frame_arrived = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -257,7 +259,8 @@ class StreamSession:
             )
         if control.parameters is not None:
             try:
-                self.options = resolve_options(self._settings, self._runtime.predictor, control.parameters)
+                predictor = self._runtime.models.get(self.model_name).predictor
+                self.options = resolve_options(self._settings, predictor, control.parameters)
             except InvalidParameter as error:
                 await self.send(error_body(error.code, error.message))
         return None
@@ -275,7 +278,9 @@ class StreamSession:
     async def _answer(self, waiting: _Waiting) -> Closing | None:
         error: ServiceError | None = None
         try:
-            [result] = await self._runtime.segment([Upload(None, waiting.data)], waiting.options)
+            # The model is looked up per frame: a reload switches an open stream to the new version.
+            with self._runtime.models.lease(self.model_name) as model:
+                [result] = await model.segment([Upload(None, waiting.data)], waiting.options)
         except ImageFailed as failed:
             error = failed.error
         except ServiceError as raised:  # refused before its image was queued, or past its deadline

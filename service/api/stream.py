@@ -5,7 +5,7 @@ import logging
 
 from fastapi import APIRouter, WebSocket
 
-from service.errors import InternalError, InvalidParameter, ServiceError
+from service.errors import InternalError, InvalidParameter, ServiceError, UnknownModel
 from service.metrics import Metrics
 from service.options import resolve_options
 from service.runtime import Runtime
@@ -32,15 +32,19 @@ async def segment_stream(websocket: WebSocket) -> None:
     try:
         closing = refusal(websocket, settings, state.open_streams) or await session.authenticate()
         if closing is None:
-            async with runtime.admitted():
+            session.model_name = websocket.query_params.get("model")
+            model = runtime.models.get(session.model_name)
+            async with runtime.admitted(model):
                 parameters = session.first_parameters or query_parameters(websocket)
-                session.options = resolve_options(settings, runtime.predictor, parameters)
+                session.options = resolve_options(settings, model.predictor, parameters)
                 state.open_streams += 1
                 try:
                     closing = await session.run()
                 finally:
                     state.open_streams -= 1
     except InvalidParameter as error:
+        closing = Closing(CloseCode.INVALID_DATA, error)
+    except UnknownModel as error:
         closing = Closing(CloseCode.INVALID_DATA, error)
     except ServiceError as error:  # not ready, draining, failed worker: refused at the door
         closing = Closing(CloseCode.TRY_AGAIN_LATER, error)

@@ -5,15 +5,19 @@ request is segmented by `Runtime.segment`, exactly as `/segment/batch` would, an
 same instances.
 
 * `GET /v2`, `/v2/health/live`, `/v2/health/ready`: server metadata and health (open like the probes).
-* `GET /v2/models/{name}[/versions/1]/ready`: model readiness (open like the probes).
-* `GET /v2/models/{name}[/versions/1]`: model metadata; `POST .../infer`: inference (the API key, if set).
+* `GET /v2/models/{name}[/versions/{version}]/ready`: model readiness (open like the probes).
+* `GET /v2/models/{name}[/versions/{version}]`: model metadata; `POST .../infer`: inference (the API key).
+* `/v2/repository/...`: the model repository extension (service/v2/repository.py; the admin key).
 
-The model is named by its config (e.g. `centermask_lite_V_19_slim_eSE_FPN_ms_4x`) or `centermask`; its only
-version is `1`. Request parameters `score_threshold`, `max_detections`, `mask_format` (`rle`, `polygon`,
-`none`), `classes` and `class_agnostic_nms` mean what the query parameters of `/segment` mean. The outputs
-hold the instances of all images, concatenated in input order, each image's best first: `image_index` says
-which image an instance belongs to (docs/api.md). The encoding is `service.v2.codec`, the messages
-`service.v2.models`.
+Models are found by name through the registry (`ModelRegistry.lease`, service/registry.py), as `/segment`
+finds them: a repository's folder names, or without one the served config's name (e.g.
+`centermask_lite_V_19_slim_eSE_FPN_ms_4x`) or `centermask`. A model's version is its weights' SHA-256
+prefix (`model_version` of every answer); `1`, the only version before there were several, is still
+accepted in paths and means the current one. Request parameters `score_threshold`, `max_detections`,
+`mask_format` (`rle`, `polygon`, `none`), `classes` and `class_agnostic_nms` mean what the query parameters
+of `/segment` mean. The outputs hold the instances of all images, concatenated in input order, each image's
+best first: `image_index` says which image an instance belongs to (docs/api.md). The encoding is
+`service.v2.codec`, the messages `service.v2.models`.
 
 Errors are `{"error": "<message>"}` with the service's statuses (service/errors.py).
 """
@@ -26,6 +30,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
 from service.deps import (
+    ModelsDep,
     RuntimeDep,
     SettingsDep,
     UploadsDep,
@@ -33,17 +38,17 @@ from service.deps import (
     require_api_key_for_probes,
     unless_disconnected,
 )
-from service.errors import InvalidRequest, NotReady, UnsupportedMediaType, WorkerFailed
+from service.errors import InvalidRequest, NotReady, UnknownModel, UnsupportedMediaType, WorkerFailed
 from service.options import resolve_options
+from service.registry import MODEL_ALIAS, ModelRegistry
 from service.responses import OrjsonResponse
-from service.runtime import ImageFailed, Phase, Runtime
+from service.runtime import ImageFailed, Phase, Runtime, ServedModel
 from service.settings import Settings
 from service.uploads import Uploads
 from service.v2.codec import HEADER_LENGTH, encode_response, parse_request, segment_parameters, tensors
 from service.v2.models import (
     EXTENSIONS,
     INPUT,
-    MODEL_ALIAS,
     MODEL_VERSION,
     OUTPUTS,
     PLATFORMS,
@@ -55,12 +60,6 @@ from service.v2.models import (
     ServerMetadata,
     ServerReady,
 )
-
-
-class UnknownModel(InvalidRequest):
-    status_code = 404
-    code = "not_found"
-
 
 _ERRORS = {
     400: "A malformed request: not the protocol's JSON, a wrong input, an undecodable image.",
@@ -94,8 +93,19 @@ _INFER_ANSWER = {
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
 }
 
-ModelName = Annotated[str, Path(description=f"The served config's name, or `{MODEL_ALIAS}`")]
-ModelVersion = Annotated[str, Path(description=f"`{MODEL_VERSION}`, the only one")]
+ModelName = Annotated[
+    str,
+    Path(
+        description=f"The model's name: a repository folder's; without a repository the served config's, or "
+        f"`{MODEL_ALIAS}`"
+    ),
+]
+ModelVersion = Annotated[
+    str,
+    Path(
+        description=f"The model's version (its weights' SHA-256 prefix), or `{MODEL_VERSION}` for the current one"
+    ),
+]
 
 probe_router = APIRouter(dependencies=[Depends(require_api_key_for_probes)], tags=["Open Inference Protocol"])
 model_router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Open Inference Protocol"])
@@ -148,7 +158,7 @@ async def server_ready(runtime: RuntimeDep) -> Response:
     summary="Open Inference Protocol: model readiness",
 )
 async def model_ready(runtime: RuntimeDep, model_name: ModelName) -> Response:
-    """200 once the model is ready to infer; 404 for another model; 503 while not ready."""
+    """200 once the model is ready to infer; 404 for a model not served; 503 while not ready."""
     return _model_ready(runtime, model_name, None)
 
 
@@ -166,8 +176,8 @@ async def model_version_ready(
 
 
 def _model_ready(runtime: Runtime, model_name: str, model_version: str | None) -> Response:
-    _require_ready(runtime)
-    _check_model(runtime, model_name, model_version)
+    _require_alive(runtime)
+    _model(runtime.models, model_name, model_version)
     return OrjsonResponse({"name": model_name, "ready": True})
 
 
@@ -177,10 +187,10 @@ def _model_ready(runtime: Runtime, model_name: str, model_version: str | None) -
     responses=_errors(401, 404, 503),
     summary="Open Inference Protocol: model metadata",
 )
-async def model_metadata(runtime: RuntimeDep, model_name: ModelName) -> Response:
+async def model_metadata(models: ModelsDep, model_name: ModelName) -> Response:
     """The model's versions, platform, input and outputs. `-1` in an output's shape is the number of
     instances in all the request's images."""
-    return _model_metadata(runtime, model_name, None)
+    return _model_metadata(models, model_name, None)
 
 
 @model_router.get(
@@ -190,19 +200,19 @@ async def model_metadata(runtime: RuntimeDep, model_name: ModelName) -> Response
     summary="Open Inference Protocol: model version metadata",
 )
 async def model_version_metadata(
-    runtime: RuntimeDep, model_name: ModelName, model_version: ModelVersion
+    models: ModelsDep, model_name: ModelName, model_version: ModelVersion
 ) -> Response:
-    """As the model's metadata, for version 1, the only one."""
-    return _model_metadata(runtime, model_name, model_version)
+    """As the model's metadata, for its current version."""
+    return _model_metadata(models, model_name, model_version)
 
 
-def _model_metadata(runtime: Runtime, model_name: str, model_version: str | None) -> Response:
-    _check_model(runtime, model_name, model_version)
-    predictor = runtime.predictor
+def _model_metadata(models: ModelRegistry, model_name: str, model_version: str | None) -> Response:
+    served = _model(models, model_name, model_version)
+    predictor = served.predictor
     return OrjsonResponse(
         {
-            "name": predictor.config_name,
-            "versions": [MODEL_VERSION],
+            "name": served.name,
+            "versions": [served.version],
             "platform": PLATFORMS[predictor.backend],
             "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
             "outputs": [
@@ -253,7 +263,7 @@ async def infer_version(
     model_name: ModelName,
     model_version: ModelVersion,
 ) -> Response:
-    """As infer, with version 1, the only one."""
+    """As infer, with the model's current version."""
     return await _infer(request, runtime, settings, uploads, model_name, model_version)
 
 
@@ -269,41 +279,56 @@ async def _infer(
         raise UnsupportedMediaType(
             "compressed request bodies are not supported: send it without Content-Encoding"
         )
-    async with runtime.admitted():
-        _check_model(runtime, model_name, model_version)
-        parsed = parse_request(await uploads.read_tensor_body(request), request.headers.get(HEADER_LENGTH))
-        options = resolve_options(settings, runtime.predictor, segment_parameters(parsed.parameters))
-        outputs = parsed.outputs
-        if outputs is None:
-            wanted = [name for name in OUTPUTS if name != "masks" or options.mask_format != "none"]
-            outputs = dict.fromkeys(wanted, parsed.binary_output)
-        elif "masks" in outputs and options.mask_format == "none":
-            raise InvalidRequest("the output 'masks' was asked for with mask_format none")
-        images = uploads.images(parsed.images)
-        try:
-            results = await unless_disconnected(request, runtime.segment(images, options))
-        except ImageFailed as failed:
-            raise failed.error.for_image(failed.index) from None
-    header: dict[str, Any] = {"model_name": model_name, "model_version": MODEL_VERSION}
+    with runtime.models.lease(model_name) as served:
+        _check_version(served, model_version)
+        async with runtime.admitted(served):
+            return await _infer_admitted(request, served, settings, uploads, model_name)
+
+
+async def _infer_admitted(
+    request: Request, served: ServedModel, settings: Settings, uploads: Uploads, model_name: str
+) -> Response:
+    parsed = parse_request(await uploads.read_tensor_body(request), request.headers.get(HEADER_LENGTH))
+    options = resolve_options(settings, served.predictor, segment_parameters(parsed.parameters))
+    outputs = parsed.outputs
+    if outputs is None:
+        wanted = [name for name in OUTPUTS if name != "masks" or options.mask_format != "none"]
+        outputs = dict.fromkeys(wanted, parsed.binary_output)
+    elif "masks" in outputs and options.mask_format == "none":
+        raise InvalidRequest("the output 'masks' was asked for with mask_format none")
+    images = uploads.images(parsed.images)
+    try:
+        results = await unless_disconnected(request, served.segment(images, options))
+    except ImageFailed as failed:
+        raise failed.error.for_image(failed.index) from None
+    header: dict[str, Any] = {"model_name": model_name, "model_version": served.version}
     if parsed.id is not None:
         header["id"] = parsed.id
     return encode_response(header, tensors([result.record for result in results], list(outputs)), outputs)
 
 
 def _require_ready(runtime: Runtime) -> None:
+    _require_alive(runtime)
+    if not runtime.is_ready:
+        raise NotReady("a model is still loading" if runtime.models.loaded() else "no model is loaded")
+
+
+def _require_alive(runtime: Runtime) -> None:
     if runtime.phase is Phase.FAILED:
         raise WorkerFailed("the service has failed and awaits a restart")
     if runtime.phase is not Phase.READY:
         raise NotReady(f"the service is {runtime.phase}")
 
 
-def _check_model(runtime: Runtime, model_name: str, model_version: str | None) -> None:
-    served = runtime.predictor.config_name
-    if model_name not in (served, MODEL_ALIAS):
+def _model(models: ModelRegistry, model_name: str, model_version: str | None) -> ServedModel:
+    """The model's current version (404 for an unknown model or another version, 503 while it loads)."""
+    served = models.get(model_name)
+    _check_version(served, model_version)
+    return served
+
+
+def _check_version(served: ServedModel, model_version: str | None) -> None:
+    if model_version is not None and model_version not in (served.version, MODEL_VERSION):
         raise UnknownModel(
-            f"unknown model {model_name[:100]!r}: this server serves {served!r} (or {MODEL_ALIAS!r})"
-        )
-    if model_version is not None and model_version != MODEL_VERSION:
-        raise UnknownModel(
-            f"unknown version {model_version[:20]!r} of {model_name}: the only one is {MODEL_VERSION!r}"
+            f"unknown version {model_version[:20]!r} of {served.name}: the one served is {served.version!r}"
         )

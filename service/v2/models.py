@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field
 
 from model.inference.backends import Backend
 
-MODEL_ALIAS = "centermask"
+# The only version a model had before versions were its weights' SHA-256 prefix: still accepted in paths,
+# as the current version.
 MODEL_VERSION = "1"
 INPUT = "image"
 # Name → (datatype, shape); -1 is the number of instances of all the request's images together. The names
@@ -24,8 +25,9 @@ OUTPUTS: dict[str, tuple[str, list[int]]] = {
     "image_index": ("INT64", [-1]),
 }
 PLATFORMS = {Backend.TORCH: "pytorch", Backend.ONNXRUNTIME: "onnxruntime_onnx"}
-# Triton's name for the binary tensor data extension, which tritonclient uses by default.
-EXTENSIONS = ["binary_tensor_data"]
+# Triton's names for the binary tensor data extension, which tritonclient uses by default, and for the
+# model repository extension (index, load, unload: service/v2/repository.py).
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
 class ServerMetadata(BaseModel):
@@ -102,8 +104,27 @@ class InferenceResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
+class RepositoryIndexRequest(BaseModel):
+    ready: bool = Field(False, description="true: only the models ready for inference")
+
+
+class RepositoryIndexEntry(BaseModel):
+    name: str
+    version: str | None = Field(None, description="The version loaded (its weights' SHA-256 prefix)")
+    state: str = Field(description="READY, LOADING or UNAVAILABLE")
+    reason: str = Field(description="Why it is in that state, if anything says")
+
+
+class RepositoryRequest(BaseModel):
+    """The body of a load or unload (optional): `parameters` is refused but for `unload_dependents`,
+    which changes nothing here (no model depends on another)."""
+
+    parameters: dict[str, Any] | None = None
+
+
 class InferenceErrorBody(BaseModel):
     error: str = Field(description="What went wrong; the HTTP status says which kind of error it is.")
+    code: str | None = Field(None, description="The service's error code (docs/api.md), e.g. unknown_model.")
 
 
 def openapi_schemas() -> dict[str, Any]:

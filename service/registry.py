@@ -302,7 +302,7 @@ class ModelRegistry:
             raise InsufficientMemory(str(error)) from None
         except (RuntimeError, OSError, ValueError) as error:
             self._metrics.model_loads.labels("refused").inc()
-            raise InvalidModel(f"cannot load the model {name!r}: {error}") from None
+            raise InvalidModel(f"{_which(name)}{error}") from None
         if name is not None:
             self._loading.add(name)
         try:
@@ -320,8 +320,8 @@ class ModelRegistry:
             if name is not None:
                 self._reasons[name] = f"failed to load: {error}"
             self._metrics.model_loads.labels("failed").inc()
-            logger.error("cannot load the model %s: %s", name, error)
-            raise ModelLoadFailed(f"cannot load the model {name!r}: {error}") from None
+            logger.warning("model load failed", extra={"model": name, "error": str(error)})
+            raise ModelLoadFailed(f"{_which(name)}{error}") from None
         finally:
             if name is not None:
                 self._loading.discard(name)
@@ -365,3 +365,8 @@ class ModelRegistry:
         """Wait for the versions being retired (tests)."""
         while self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def _which(name: str | None) -> str:
+    """A message's prefix naming the model (none for the one model of a server without a repository)."""
+    return f"model {name!r}: " if name is not None else ""

@@ -400,7 +400,7 @@ def test_sighup_reloads_the_changed_folders_of_a_live_server(
     put_weights(directory / "people", weights["coco"])
     put_weights(directory / "shapes", weights["three"])
     flags = ("--model-repository", str(directory), "--max-batch-size", "1", "--cpu-workers", "1")
-    with live_server(tmp_path / "server.log", *flags) as server:
+    with live_server(tmp_path / "server.log", *flags, CENTERMASK_ADMIN_KEY=ADMIN["X-API-Key"]) as server:
         before = _versions(server)
         assert before == {"people": version_of(weights["coco"]), "shapes": version_of(weights["three"])}
         put_weights(directory / "people", weights["coco-next"])
@@ -409,7 +409,19 @@ def test_sighup_reloads_the_changed_folders_of_a_live_server(
         assert _versions(server) == {"people": version_of(weights["coco-next"]), "shapes": before["shapes"]}
         answer = httpx.post(f"{server.url}/segment?model=people", timeout=TIMEOUT_S, **IMAGE).json()
         assert answer["model_version"] == version_of(weights["coco-next"])
-        assert httpx.post(f"{server.url}/v2/repository/index", timeout=TIMEOUT_S).status_code == 403
+        assert "reloaded what changed" in server.log.read_text()
+        # The repository extension as Triton's own client speaks it.
+        httpclient = pytest.importorskip("tritonclient.http")
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+        index = client.get_model_repository_index(headers=ADMIN)
+        assert [(entry["name"], entry["state"]) for entry in index] == [
+            ("people", "READY"),
+            ("shapes", "READY"),
+        ]
+        client.unload_model("shapes", headers=ADMIN)
+        assert not client.is_model_ready("shapes") and client.is_server_ready()
+        client.load_model("shapes", headers=ADMIN)
+        assert client.is_model_ready("shapes")
         assert server.process.poll() is None
 
 
@@ -428,6 +440,21 @@ def _upload() -> Upload:
 
 def _options(served: Served, model: ServedModel) -> SegmentOptions:
     return resolve_options(served.app.state.settings, model.predictor, SegmentParameters())
+
+
+async def test_without_a_repository_the_one_weights_file_reloads_when_it_changed(
+    tmp_path: Path, weights: dict[str, Path]
+) -> None:
+    served_weights = tmp_path / "served.pth"
+    shutil.copyfile(weights["coco"], served_weights)
+    settings = Settings(weights=served_weights, device="cpu", max_batch_size=1, cpu_workers=1)
+    async with serve(settings) as served:
+        assert await served.runtime.reload_changed() == {}, "nothing changed"
+        put_weights(tmp_path, weights["coco-next"])
+        os.replace(tmp_path / "model.pth", served_weights)
+        assert await served.runtime.reload_changed() == {TINY_CONFIG: version_of(weights["coco-next"])}
+        answer = (await served.client.post("/segment", **IMAGE)).json()
+        assert (answer["model"], answer["model_version"]) == (TINY_CONFIG, version_of(weights["coco-next"]))
 
 
 async def test_without_a_repository_the_one_model_keeps_its_name(

@@ -239,7 +239,8 @@ class ModelRegistry:
                 logger.info("model unloaded", extra={"model": real, "model_version": served.version})
 
     async def reload_changed(self) -> dict[str, str]:
-        """SIGHUP: reload every model whose folder changed, load new folders, unload removed ones. Returns
+        """SIGHUP: reload every model whose folder changed, load new folders (not those unloaded through the
+        API), unload removed ones. Returns
         what became of each model touched (its new version, "unloaded" or the error); a failure leaves
         the served version as it was."""
         outcome: dict[str, str] = {}
@@ -247,6 +248,8 @@ class ModelRegistry:
             on_disk = set(self._on_disk()) if self._directory is not None else set(self._models)
             for name in sorted(on_disk):
                 served = self._models.get(name)
+                if served is None and self._reasons.get(name) == "unloaded":
+                    continue  # unloaded through the API: it stays so until loaded again
                 try:
                     source = self._source(name)
                     if served is not None and served.fingerprint == source.fingerprint:

@@ -294,6 +294,7 @@ async def test_index_unload_and_load(served: Served, repository: Path, weights: 
     gone = await client.post("/segment", params={"model": "shapes"}, **IMAGE)
     assert gone.status_code == 404 and "/v2/repository/models/shapes/load" in gone.json()["error"]["message"]
     assert (await client.get("/readyz")).status_code == 200, "an unloaded model is not waited for"
+    assert "shapes" not in await served.runtime.reload_changed(), "SIGHUP leaves an unloaded model unloaded"
     ready_only = (await client.post("/v2/repository/index", headers=ADMIN, json={"ready": True})).json()
     assert [entry["name"] for entry in ready_only] == ["people"]
     put_weights(repository / "extra", weights["three"])

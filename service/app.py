@@ -117,7 +117,7 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
-            expose_headers=["Retry-After", "X-Request-ID", "X-Video-Frames"],
+            expose_headers=["Retry-After", "X-Model", "X-Model-Version", "X-Request-ID", "X-Video-Frames"],
             max_age=600,
         )
     app.add_middleware(HeadAsGetMiddleware)

@@ -63,7 +63,9 @@ async def segment_video(
             metrics.rejected.labels("client_gone").inc()
         await admission.aclose()
 
-    headers = {} if opened.expected_frames is None else {FRAMES_HEADER: str(opened.expected_frames)}
+    headers = {"X-Model": model.name, "X-Model-Version": model.version}
+    if opened.expected_frames is not None:
+        headers[FRAMES_HEADER] = str(opened.expected_frames)
     return NdjsonResponse(
         frame_lines(runtime, model, opened, options, metrics), headers=headers, on_close=on_close
     )

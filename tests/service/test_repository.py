@@ -19,6 +19,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from centermask_client import AsyncClient, NotFound
 from centermask_client.schemas import SegmentParameters
 from model.inference.options import PredictorOptions
 from service.options import SegmentOptions, resolve_options
@@ -111,6 +112,11 @@ async def test_two_models_answer_by_name_with_their_own_classes_and_versions(
         assert (info["name"], len(info["class_names"])) == (name, classes)
     default = (await client.post("/segment", **IMAGE)).json()
     assert default["model"] == "people"
+    drawn = await client.post("/segment", params={"model": "shapes", "format": "png"}, **IMAGE)
+    assert (drawn.headers["X-Model"], drawn.headers["X-Model-Version"]) == (
+        "shapes",
+        models["shapes"]["model_version"],
+    )
     batch = await client.post(
         "/segment/batch", params={"model": "shapes"}, files=[("images", ("a.png", IMAGE["content"]))]
     )
@@ -470,3 +476,22 @@ async def test_without_a_repository_the_one_model_keeps_its_name(
     assert (await client.get("/v2/models/centermask/ready")).status_code == 200
     assert (await client.get(f"/v2/models/{TINY_CONFIG}/versions/1/ready")).status_code == 200
     assert (await client.post("/v2/repository/index")).status_code == 403
+
+
+async def test_the_python_client_names_the_model(served: Served) -> None:
+    transport = httpx.ASGITransport(app=served.app)
+    async with AsyncClient("http://service", transport=transport) as client:
+        listing = await client.models()
+        assert listing.default == "people" and [model.name for model in listing.models] == [
+            "people",
+            "shapes",
+        ]
+        result = await client.segment(IMAGE["content"], model="shapes", score_threshold=0)
+        assert (result.model, result.model_version) == ("shapes", listing.models[1].model_version)
+        batch = await client.segment_batch([IMAGE["content"]], model="shapes")
+        assert batch.model == "shapes"
+        info = await client.model_info("shapes")
+        assert (info.name, len(info.class_names)) == ("shapes", 3)
+        assert (await client.model_info()).name == "people"
+        with pytest.raises(NotFound, match="unknown model"):
+            await client.segment(IMAGE["content"], model="yolo")

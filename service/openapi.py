@@ -140,7 +140,8 @@ _VIDEO_ERROR_DESCRIPTIONS = {
     "or longer than CENTERMASK_MAX_VIDEO_DURATION_S (as the header says).",
     415: "Not a container or codec the service reads, or another Content-Type.",
     500: "An unexpected error before the first line.",
-    501: "This installation has no video support (PyAV, the `video` extra).",
+    501: "This installation has no video support (PyAV, the `video` extra), or no tracking for "
+    "track=true (supervision, the `track` extra).",
 }
 VIDEO_ERRORS = (400, 401, 404, 413, 415, 422, 500, 501, 503)
 VIDEO_LINE_EXAMPLE = (

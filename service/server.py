@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
 
+import h11
 import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
@@ -50,6 +51,13 @@ class GuardedH11Protocol(H11Protocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        # The connection becomes a WebSocket's (another protocol object, with its own timeouts): no more
+        # request heads to time here.
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().handle_websocket_upgrade(event)
 
     def _restart_head_timer(self) -> None:
         if self._head_timer is not None:

@@ -12,7 +12,8 @@ within about two inferences (the one running when the frame arrives, then its ow
 How a connection ends, with its close code:
 - 1000: the client closed it, or sent nothing for `stream_idle_timeout_s`;
 - 1001: the service is draining (SIGTERM): the frame in flight is answered first;
-- 1007: a text message that is not a JSON `StreamControl`, or invalid parameters in the URL;
+- 1007: a text message that is not a JSON `StreamControl`, or invalid parameters in the URL (track=true
+  on a service without the `track` extra among them, said as `not_implemented`);
 - 1008: no valid API key (in the handshake's headers, or as the first message's `api_key`), or a browser
   page of another origin than the service's and `cors_origins`';
 - 1009: a frame larger than `max_image_bytes`;
@@ -22,6 +23,11 @@ Before closing for a reason other than the client's own, the server sends `{"err
 A frame that fails (undecodable, too many pixels, a failed forward pass, a deadline) is answered with
 `{"error": {..., "index": frame}}` and the connection goes on; so do invalid parameters in a control
 message (the previous ones stay in force).
+
+With `track=true`, the connection has its own tracker (`service.tracking`), fed the answered frames in
+order (a dropped or failed frame is not seen by it) at their measured rate: each answer's instances get
+their `track_id`. Parameters without `track` stop the tracking; tracking started again begins new tracks,
+whose ids go on from the last one given, so the new tracker never reuses an id of the old one.
 """
 
 from __future__ import annotations
@@ -39,14 +45,16 @@ import orjson
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from centermask_client.schemas import SegmentParameters, StreamControl
-from model.wire.records import error_body, stream_frame_message
+from centermask_client.schemas import SequenceParameters, StreamControl
+from model.wire.records import error_body, stream_frame_message, with_track_ids
+from service import tracking
 from service.deps import api_key_is_valid, offered_api_key
 from service.errors import (
     ForbiddenOrigin,
     ImageTooLarge,
     InvalidParameter,
     InvalidRequest,
+    NotImplementedHere,
     NotReady,
     Overloaded,
     ServiceError,
@@ -104,21 +112,22 @@ class _Waiting:
     index: int
     data: bytes
     options: SegmentOptions
+    track: bool
     received_at: float
 
 
-def query_parameters(websocket: WebSocket) -> SegmentParameters:
-    """The handshake URL's query string as `SegmentParameters` (as `/segment` reads its own)."""
+def query_parameters(websocket: WebSocket) -> SequenceParameters:
+    """The handshake URL's query string as `SequenceParameters` (as `/segment` reads its own)."""
     query = websocket.query_params
     values: dict[str, Any] = {}
-    for name in SegmentParameters.model_fields:
+    for name in SequenceParameters.model_fields:
         if name == "classes":
             if query.getlist(name):
                 values[name] = query.getlist(name)
         elif name in query:
             values[name] = query[name]
     try:
-        return SegmentParameters.model_validate(values)
+        return SequenceParameters.model_validate(values)
     except ValidationError as error:
         raise InvalidParameter(describe_problems(error.errors())) from None
 
@@ -134,15 +143,28 @@ class StreamSession:
         # The parameters in force: set before `run` (from the URL, or the first message's), then replaced
         # by each control message's.
         self.options: SegmentOptions | None = None
-        self.first_parameters: SegmentParameters | None = None
+        self.track = False
+        self.first_parameters: SequenceParameters | None = None
         # The `model=` of the connection's URL: None is the default model.
         self.model_name: str | None = None
+        # Tracking: the tracker while frames are tracked, and the last track id given on the connection.
+        self._tracker: tracking.Tracker | None = None
+        self._last_track_id = 0
         self._waiting: _Waiting | None = None
         self._frame_arrived = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self.received = 0
         self.dropped = 0
         self.answered = 0
+
+    async def set_parameters(self, parameters: SequenceParameters) -> None:
+        """Put parameters in force; raises InvalidParameter or NotImplementedHere (track=true without the
+        extra), leaving the previous ones."""
+        predictor = self._runtime.models.get(self.model_name).predictor
+        options = resolve_options(self._settings, predictor, parameters)
+        if parameters.track and not tracking.loaded():
+            await self._runtime.in_cpu_pool(tracking.load_or_refuse)
+        self.options, self.track = options, parameters.track
 
     async def authenticate(self) -> Closing | None:
         """None once the client has shown the API key (or none is needed); else how to close."""
@@ -237,7 +259,7 @@ class StreamSession:
         # Latest frame wins: a frame still waiting is older than this one and was never started.
         self._drop_waiting()
         assert self.options is not None
-        self._waiting = _Waiting(index, data, self.options, time.perf_counter())
+        self._waiting = _Waiting(index, data, self.options, self.track, time.perf_counter())
         self._frame_arrived.set()
         return None
 
@@ -259,9 +281,8 @@ class StreamSession:
             )
         if control.parameters is not None:
             try:
-                predictor = self._runtime.models.get(self.model_name).predictor
-                self.options = resolve_options(self._settings, predictor, control.parameters)
-            except InvalidParameter as error:
+                await self.set_parameters(control.parameters)
+            except (InvalidParameter, NotImplementedHere) as error:
                 await self.send(error_body(error.code, error.message))
         return None
 
@@ -293,16 +314,27 @@ class StreamSession:
                 return Closing(fatal, error)
             await self.send(error_body(error.code, error.message, error.index))
             return None
+        record = self._tracked(result.record, waiting)
         total_s = time.perf_counter() - waiting.received_at
         await self.send(
-            stream_frame_message(
-                waiting.index, self.dropped, result.record, result.timing_ms(), total_s * 1000
-            )
+            stream_frame_message(waiting.index, self.dropped, record, result.timing_ms(), total_s * 1000)
         )
         self.answered += 1
         self._metrics.stream_frames.labels("answered").inc()
         self._metrics.stream_frame_latency.observe(total_s)
         return None
+
+    def _tracked(self, record: dict[str, Any], waiting: _Waiting) -> dict[str, Any]:
+        """The record with its instances' track ids when the frame is tracked; the tracker follows the
+        frame's `track`."""
+        if not waiting.track:
+            self._tracker = None
+            return record
+        if self._tracker is None:
+            self._tracker = tracking.Tracker(None, first_id=self._last_track_id + 1)
+        track_ids = self._tracker.update(record["instances"], waiting.received_at)
+        self._last_track_id = self._tracker.last_id
+        return {**record, "instances": with_track_ids(record["instances"], track_ids)}
 
 
 async def close(websocket: WebSocket, session: StreamSession | None, closing: Closing | None) -> None:

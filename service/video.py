@@ -40,7 +40,7 @@ from model.inference.video import (
     open_video,
 )
 from model.inference.video import VideoTooLong as VideoRunsTooLong
-from model.wire.records import error_body, video_frame_line
+from model.wire.records import error_body, video_frame_line, with_track_ids
 from service.errors import (
     InternalError,
     InvalidVideo,
@@ -54,6 +54,7 @@ from service.metrics import Metrics
 from service.options import SegmentOptions
 from service.runtime import Runtime, Segmented, ServedModel
 from service.settings import Settings
+from service.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class OpenedVideo:
     def __init__(self, video: CheckedVideo, fps: float | None, max_frames: int | None) -> None:
         self.video = video
         self.expected_frames = video.expected_frames(fps, max_frames)
+        # The rate of the frames given: the video's, or fps= when that samples it slower.
+        rate = video.frame_rate
+        self.frame_rate = fps if rate is None or (fps is not None and fps < rate) else rate
         self._frames = video.frames(fps, max_frames)
         # Held while a pool thread decodes, and by `close`: FFmpeg's state must not be freed under a
         # decode that a cancelled request left running in its thread.
@@ -121,10 +125,16 @@ async def open_upload(
 
 
 async def frame_lines(
-    runtime: Runtime, model: ServedModel, opened: OpenedVideo, options: SegmentOptions, metrics: Metrics
+    runtime: Runtime,
+    model: ServedModel,
+    opened: OpenedVideo,
+    options: SegmentOptions,
+    metrics: Metrics,
+    tracker: Tracker | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The NDJSON lines of the video's frames segmented by `model`, in order (see the module's docstring for
-    how they end)."""
+    how they end). With a tracker, each frame's instances get their `track_id` as the frame's turn comes: in
+    frame order, whatever order the frames in flight finish in."""
     window: deque[tuple[Frame, float, asyncio.Task[Segmented]]] = deque()
     upcoming = opened.first
     decoded = -1  # the index of the last frame decoded
@@ -155,7 +165,11 @@ async def frame_lines(
                 last = error.for_image(frame.index)
                 break
             window.popleft()
-            yield _line(video_frame_line(frame.index, frame.time_s, segmented.record))
+            record = segmented.record
+            if tracker is not None:
+                track_ids = tracker.update(record["instances"], frame.time_s)
+                record = {**record, "instances": with_track_ids(record["instances"], track_ids)}
+            yield _line(video_frame_line(frame.index, frame.time_s, record))
             metrics.video_frames.inc()
             metrics.video_frame_latency.observe(time.perf_counter() - decoded_at)
         if last is not None:

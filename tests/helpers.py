@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import subprocess
@@ -137,3 +138,75 @@ def corrupted_mid_file(video: bytes) -> tuple[bytes, int]:
         except ValueError:  # the header was hit
             continue
     raise AssertionError("no corruption of this video fails after its first frame")
+
+
+@dataclass(frozen=True)
+class TrackScore:
+    """How a tracked answer follows a clip's ground truth (`training.data.clips.moving_scenes`).
+
+    Each frame's instances are matched to the ground-truth objects (box IoU ≥ 0.5, greedily by IoU).
+    `ids[k]`: the track ids of object k's matches in frame order (None: matched, not confirmed).
+    """
+
+    frames: int
+    objects: int
+    ids: list[list[int | None]]
+
+    @property
+    def switches(self) -> int:
+        """ID switches: times an object's track id differs from its previous one (nulls skipped)."""
+        total = 0
+        for ids in self.ids:
+            given = [i for i in ids if i is not None]
+            total += sum(1 for before, after in itertools.pairwise(given) if before != after)
+        return total
+
+    @property
+    def shared_ids(self) -> set[int]:
+        """Track ids given to more than one object."""
+        owners: dict[int, set[int]] = {}
+        for number, ids in enumerate(self.ids):
+            for track_id in ids:
+                if track_id is not None:
+                    owners.setdefault(track_id, set()).add(number)
+        return {track_id for track_id, objects in owners.items() if len(objects) > 1}
+
+    @property
+    def tracked(self) -> float:
+        """The fraction of object-frames matched by an instance with a track id."""
+        return sum(1 for ids in self.ids for i in ids if i is not None) / (self.frames * self.objects)
+
+
+def box_iou(a: Any, b: Any) -> Any:
+    """IoU (n, m) of boxes (n, 4) and (m, 4), [x1, y1, x2, y2]."""
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(hi - lo, 0, None).prod(axis=2)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def track_score(truth: Sequence[Any], answers: Sequence[Sequence[dict[str, Any]]]) -> TrackScore:
+    """Score answered frames (each a list of instance records with `box`, `track_id`) against the ground
+    truth boxes (objects, 4) of the same frames."""
+    objects = len(truth[0])
+    ids: list[list[int | None]] = [[] for _ in range(objects)]
+    for boxes, instances in zip(truth, answers, strict=True):
+        if not instances:
+            continue
+        iou = box_iou(boxes, [instance["box"] for instance in instances])
+        matched_objects: set[int] = set()
+        matched_instances: set[int] = set()
+        for flat in iou.flatten().argsort()[::-1]:
+            number, found = divmod(int(flat), len(instances))
+            if iou[number, found] < 0.5:
+                break
+            if number in matched_objects or found in matched_instances:
+                continue
+            matched_objects.add(number)
+            matched_instances.add(found)
+            ids[number].append(instances[found].get("track_id"))
+    return TrackScore(len(truth), objects, ids)

@@ -3,7 +3,7 @@ packages, function-local ones included, as edges between this project's modules.
 
 * no import cycles;
 * the client imports nothing of the server (nor torch), the serving path nothing of training, the model
-  nothing of the service;
+  nothing of the service, bulk inference nothing of the service or training;
 * nothing here uses a module name from before the layout (model/_moved.py keeps those for users only).
 """
 
@@ -24,6 +24,7 @@ ROOTS = {
     "model": REPO / "model",
     "service": REPO / "service",
     "training": REPO / "training",
+    "bulk": REPO / "bulk",
     "centermask_client": REPO / "clients" / "python" / "centermask_client",
 }
 
@@ -113,9 +114,13 @@ def strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_walk_sees_the_packages() -> None:
     edges = graph()
-    assert {"model.inference.predictor", "service.app", "training.train", "centermask_client.client"} <= set(
-        edges
-    )
+    assert {
+        "model.inference.predictor",
+        "service.app",
+        "training.train",
+        "bulk.pipeline",
+        "centermask_client.client",
+    } <= set(edges)
     # Function-local imports count: model.inference.load imports the onnxruntime engine inside a function.
     assert "model.onnx.engine" in edges["model.inference.load"]
 
@@ -131,9 +136,10 @@ def test_a_cycle_would_be_found() -> None:
 @pytest.mark.parametrize(
     ("importer", "forbidden"),
     [
-        ("centermask_client", ("model", "service", "training")),
-        ("model", ("service", "training")),
-        ("service", ("training",)),
+        ("centermask_client", ("model", "service", "training", "bulk")),
+        ("model", ("service", "training", "bulk")),
+        ("service", ("training", "bulk")),
+        ("bulk", ("service", "training")),
     ],
 )
 def test_the_layers_import_downwards_only(importer: str, forbidden: tuple[str, ...]) -> None:

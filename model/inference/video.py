@@ -93,6 +93,11 @@ class CheckedVideo:
     def codec(self) -> str:
         return self._reader.codec
 
+    @property
+    def frame_rate(self) -> float | None:
+        """Frames per second, as the header says (None when it does not)."""
+        return self._reader.frame_rate
+
     def expected_frames(self, fps: float | None, max_frames: int | None) -> int | None:
         return self._reader.expected_frames(fps, max_frames)
 

@@ -8,9 +8,11 @@ in one place and not the other fails them.
 * `instances_to_json`, `image_record`: detections → `Instance`, `ImageResult` records;
 * `segment_response`, `batch_response`: the `/segment` and `/segment/batch` envelopes around records;
 * `video_frame_line`, `stream_frame_message`: a video's NDJSON line and a stream's answer for one frame;
+* `with_track_ids`: a frame's records with their `track_id` (`track=true`);
 * `timing_ms`: where a request's time went (`Timing`);
 * `error_body`: the `{"error": {...}}` body of every error (`ErrorBody`);
-* `instance_columns`: the records' fields as columns, the Open Inference Protocol's output tensors.
+* `instance_columns`: the records' fields as columns, the Open Inference Protocol's output tensors;
+* `coco_results`: an image's records as COCO results (what `pycocotools`' `loadRes` reads).
 """
 
 from __future__ import annotations
@@ -128,6 +130,16 @@ def batch_response(
     }
 
 
+def with_track_ids(
+    instances: Sequence[dict[str, Any]], track_ids: Sequence[int | None]
+) -> list[dict[str, Any]]:
+    """`Instance` records with their `track_id` (None: the tracker has not confirmed the instance), in the
+    records' order. Only a tracked video's or stream's records have the field."""
+    return [
+        {**instance, "track_id": track_id} for instance, track_id in zip(instances, track_ids, strict=True)
+    ]
+
+
 def video_frame_line(frame: int, time_s: float, record: dict[str, Any]) -> dict[str, Any]:
     """The `VideoFrameResult` of a video frame: its position and time, and its image record's instances."""
     return {
@@ -185,3 +197,37 @@ def instance_columns(records: Sequence[dict[str, Any]], names: Sequence[str]) ->
         name: [value for index, instance in rows for value in INSTANCE_COLUMNS[name](index, instance)]
         for name in names
     }
+
+
+def coco_results(
+    image_id: int, instances: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One image's `Instance` records as COCO results: (box results, mask results).
+
+    As COCO evaluation and centermask2's evaluator want them: boxes as [x, y, width, height] ranked by `score`,
+    masks as the RLE itself ranked by `mask_score`, each with the dataset's `category_id`. Mask results only
+    for RLE masks (COCO's polygons cannot hold holes).
+    """
+    boxes, masks = [], []
+    for instance in instances:
+        x1, y1, x2, y2 = instance["box"]
+        category = instance["category_id"]
+        boxes.append(
+            {
+                "image_id": image_id,
+                "category_id": category,
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": instance["score"],
+            }
+        )
+        mask = instance.get("mask")
+        if mask is not None and "counts" in mask:
+            masks.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category,
+                    "segmentation": mask,
+                    "score": instance["mask_score"],
+                }
+            )
+    return boxes, masks

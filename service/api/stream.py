@@ -5,9 +5,8 @@ import logging
 
 from fastapi import APIRouter, WebSocket
 
-from service.errors import InternalError, InvalidParameter, ServiceError, UnknownModel
+from service.errors import InternalError, InvalidParameter, NotImplementedHere, ServiceError, UnknownModel
 from service.metrics import Metrics
-from service.options import resolve_options
 from service.runtime import Runtime
 from service.settings import Settings
 from service.stream import CloseCode, Closing, StreamSession, close, query_parameters, refusal
@@ -36,13 +35,13 @@ async def segment_stream(websocket: WebSocket) -> None:
             model = runtime.models.get(session.model_name)
             async with runtime.admitted(model):
                 parameters = session.first_parameters or query_parameters(websocket)
-                session.options = resolve_options(settings, model.predictor, parameters)
+                await session.set_parameters(parameters)
                 state.open_streams += 1
                 try:
                     closing = await session.run()
                 finally:
                     state.open_streams -= 1
-    except InvalidParameter as error:
+    except (InvalidParameter, NotImplementedHere) as error:  # parameters this service cannot take
         closing = Closing(CloseCode.INVALID_DATA, error)
     except UnknownModel as error:
         closing = Closing(CloseCode.INVALID_DATA, error)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from centermask_client.schemas import VideoParameters
-from service import openapi
+from service import openapi, tracking
 from service.deps import MetricsDep, ModelDep, RuntimeDep, SettingsDep, UploadsDep, require_api_key
 from service.options import resolve_options
 from service.responses import NdjsonResponse
@@ -41,11 +41,14 @@ async def segment_video(
     The answer is newline-delimited JSON (`application/x-ndjson`): one line per segmented frame, in frame
     order, `{"frame", "time_s", "height", "width", "instances"}`, written as each frame is done; frames
     are decoded and queued a few at a time, so they batch. `fps=` samples frames, `max_frames=` bounds them;
-    the other parameters are those of `/segment`. Anything wrong with the file is answered with a status
-    before any line; a failure later ends the answer with one `{"error": {...}}` line whose `index` is the
-    frame concerned.
+    `track=true` gives each instance a `track_id`, stable across the video's frames (501 without the
+    service's `track` extra); the other parameters are those of `/segment`. Anything wrong with the file
+    is answered with a status before any line; a failure later ends the answer with one `{"error": {...}}`
+    line whose `index` is the frame concerned.
     """
     options = resolve_options(settings, model.predictor, parameters)
+    if parameters.track and not tracking.loaded():
+        await runtime.in_cpu_pool(tracking.load_or_refuse)
     # The request stays admitted (and the drain waits for it), and holds its model (a reload waits for
     # it), until its last line is written.
     admission = contextlib.AsyncExitStack()
@@ -66,6 +69,6 @@ async def segment_video(
     headers = {"X-Model": model.name, "X-Model-Version": model.version}
     if opened.expected_frames is not None:
         headers[FRAMES_HEADER] = str(opened.expected_frames)
-    return NdjsonResponse(
-        frame_lines(runtime, model, opened, options, metrics), headers=headers, on_close=on_close
-    )
+    tracker = tracking.Tracker(opened.frame_rate) if parameters.track else None
+    lines = frame_lines(runtime, model, opened, options, metrics, tracker)
+    return NdjsonResponse(lines, headers=headers, on_close=on_close)

@@ -36,6 +36,14 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+def alone(**settings: str) -> dict[str, str]:
+    """The environment of the fresh venv's commands: no PYTHONPATH, which would lend them the checkout's
+    packages (the server's among them) and hide a client that needs one."""
+    environment = clean_environment(**settings)
+    environment.pop("PYTHONPATH", None)
+    return environment
+
+
 @pytest.fixture(scope="module")
 def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("client-venv") / "venv"
@@ -43,7 +51,7 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     python = root / "bin" / "python"
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(wheel)],
-        capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, env=clean_environment(),
+        capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, env=alone(),
     )  # fmt: skip
     assert install.returncode == 0, install.stderr
     return root
@@ -92,7 +100,7 @@ def test_installed_alone_it_segments_on_a_live_service(
     # Run from the temporary folder: the checkout's own packages must not be found through the working directory.
     ran = subprocess.run(
         [str(python), "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env=clean_environment(),
+        env=alone(),
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     answer = json.loads(ran.stdout)
@@ -103,7 +111,7 @@ def test_installed_alone_it_segments_on_a_live_service(
         [str(venv / "bin" / "centermask"), "segment", str(image.parent), "--url", tiny_server.url,
          "--out-dir", str(out), "--no-progress"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env=clean_environment(CENTERMASK_API_KEY=TINY_SERVER_KEY),
+        env=alone(CENTERMASK_API_KEY=TINY_SERVER_KEY),
     )  # fmt: skip
     assert command.returncode == 0, command.stderr
     assert json.loads((out / "a.json").read_text())["width"] == 128

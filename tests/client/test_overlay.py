@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from centermask_client.overlay import MASK_ALPHA, PALETTE, draw_overlay, encode_image
+from centermask_client.overlay import MASK_ALPHA, PALETTE, colour, draw_overlay, encode_image, label_text
 from centermask_client.rle import encode
 from centermask_client.schemas import Instance
 
@@ -71,6 +71,20 @@ def test_boxes_and_labels_in_the_class_colour() -> None:
     label = drawn[30:50, 40:120]
     # White (anti-aliased) text on the class colour.
     assert (label == PALETTE[2]).all(axis=2).any() and (label.min(axis=2) > 200).any()
+
+
+def test_a_tracked_instance_is_drawn_in_its_tracks_colour_with_its_id() -> None:
+    image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    # One track, two frames, the class changing: the same colour; neighbouring ids differ.
+    frames = [instance(block(50, 100, 40, 120), class_id, 0.75) for class_id in (2, 4)]
+    tracked = [one.model_copy(update={"track_id": 6}) for one in frames]
+    assert colour(tracked[0]) == colour(tracked[1]) != colour(tracked[0].model_copy(update={"track_id": 7}))
+    assert label_text(tracked[0]) == "#6 class2 0.75"
+    assert label_text(frames[0]) == "class2 0.75"  # untracked (or unconfirmed): the class colour, no id
+    assert colour(frames[0]) == PALETTE[2]
+    for one in tracked:
+        drawn = np.asarray(draw_overlay(image, [one]))
+        assert tuple(drawn[75, 40]) == colour(tracked[0])  # the box's left edge
 
 
 def test_a_mask_of_another_size_is_refused() -> None:

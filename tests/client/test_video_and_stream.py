@@ -172,6 +172,41 @@ def test_the_command_line_writes_the_lines_and_the_overlay_clip(
     assert "frames/s" in summary
 
 
+def test_track_gives_instances_track_ids_in_videos_streams_and_the_command_line(
+    client: Client,
+    tiny_server: LiveServer,
+    clip: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with client.segment_video(clip, max_frames=3, score_threshold=0.1, track=True) as frames:
+        results = list(frames)
+    ids = [instance.track_id for result in results for instance in result.instances]
+    assert ids and all("track_id" in i.model_fields_set for r in results for i in r.instances)
+    assert any(isinstance(track_id, int) for track_id in ids)
+    with client.segment_video(clip, max_frames=1, score_threshold=0.1) as frames:
+        assert not any("track_id" in i.model_fields_set for r in frames for i in r.instances)
+    with client.stream(score_threshold=0.1, track=True) as stream:
+        for frame in moving_frames(2, 96, 128):
+            stream.send(frame)
+            answer = stream.receive(timeout_s=TIMEOUT_S)
+            assert answer.instances and all("track_id" in i.model_fields_set for i in answer.instances)
+        stream.set_parameters(score_threshold=0.1)  # without track: tracking stops
+        stream.send(frame)
+        assert not any(
+            "track_id" in i.model_fields_set for i in stream.receive(timeout_s=TIMEOUT_S).instances
+        )
+    monkeypatch.setenv("CENTERMASK_API_KEY", TINY_SERVER_KEY)
+    out = tmp_path / "out"
+    arguments = ["segment", str(clip), "--url", tiny_server.url, "--out-dir", str(out), "--track"]
+    assert main([*arguments, "--max-frames", "3", "--score-threshold", "0.1", "--no-progress"]) == 0
+    lines = [json.loads(line) for line in (out / "clip.jsonl").read_text().splitlines()]
+    # The CLI's lines leave out null fields: an unconfirmed instance has no track_id there.
+    assert [[i.get("track_id") for i in line["instances"]] for line in lines] == [
+        [i.track_id for i in result.instances] for result in results
+    ]
+
+
 def test_the_command_line_prints_a_videos_lines_without_an_output_directory(
     tiny_server: LiveServer, clip: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -199,6 +199,7 @@ def ignored(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
         "clients/python/pyproject.toml",
         "clients/python/centermask_client/schemas.py",
         "model/predict.py",
+        "bulk/pipeline.py",
         "model/weights/calibration/scene-0.png",
         "model/weights/default.pth",
         "model/configs/lite.json",

@@ -21,6 +21,7 @@ from model.inference.detections import Detections
 from model.wire.records import (
     INSTANCE_COLUMNS,
     batch_response,
+    coco_results,
     error_body,
     image_record,
     instance_columns,
@@ -28,6 +29,7 @@ from model.wire.records import (
     stream_frame_message,
     timing_ms,
     video_frame_line,
+    with_track_ids,
 )
 from model.wire.selectors import select_classes
 from service import openapi
@@ -77,6 +79,32 @@ def test_records_without_masks() -> None:
     record = image_record(None, detections(), NAMES, CATEGORY_IDS, "none")
     assert all("mask" not in instance for instance in record["instances"])
     assert all(i.mask is None for i in ImageResult.model_validate(record).instances)
+
+
+def test_coco_results_load_in_pycocotools_and_keep_the_masks() -> None:
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    found = detections()
+    boxes, masks = coco_results(7, image_record("a.png", found, NAMES, CATEGORY_IDS)["instances"])
+    assert [b["bbox"] for b in boxes] == [[5, 5, 25, 20], [40, 10, 30, 40], [10, 30, 28, 28]]
+    assert [b["score"] for b in boxes] == pytest.approx([0.9, 0.6, 0.4])
+    assert [m["score"] for m in masks] == pytest.approx([0.8, 0.5, 0.3])  # masks rank by mask_score
+    gt = COCO()
+    categories = [{"id": c, "name": n} for n, c in zip(NAMES, CATEGORY_IDS, strict=True)]
+    gt.dataset = {
+        "images": [{"id": 7, "height": 60, "width": 80}],
+        "annotations": [],
+        "categories": categories,
+    }
+    gt.createIndex()
+    for results in (boxes, masks):
+        loaded = gt.loadRes(results)
+        assert sorted(a["category_id"] for a in loaded.anns.values()) == sorted(CATEGORY_IDS)
+    for result, expected in zip(masks, found.dense_masks(), strict=True):
+        np.testing.assert_array_equal(mask_utils.decode(result["segmentation"]), expected)
+    # COCO's polygons cannot hold holes: no mask results from polygon records.
+    assert coco_results(7, image_record("a.png", found, NAMES, CATEGORY_IDS, "polygon")["instances"])[1] == []
 
 
 @pytest.mark.parametrize(
@@ -130,6 +158,11 @@ def test_every_envelope_is_its_schema_exactly() -> None:
     assert_body_of(BatchResponse, batch)
     assert_body_of(VideoFrameResult, video_frame_line(3, 0.1, record))
     assert_body_of(StreamFrameResult, stream_frame_message(5, 2, record, timing, total_ms=70.1))
+    # Tracked (track=true): each instance has its track_id, an int or null.
+    track_ids = [7, None, *range(len(record["instances"]) - 2)]
+    tracked = {**record, "instances": with_track_ids(record["instances"], track_ids)}
+    assert_body_of(VideoFrameResult, video_frame_line(3, 0.1, tracked))
+    assert_body_of(StreamFrameResult, stream_frame_message(5, 2, tracked, timing, total_ms=70.1))
     assert_body_of(ErrorBody, error_body("invalid_image", "cannot identify the image"))
     assert_body_of(ErrorBody, error_body("invalid_image", "cannot identify the image", index=2))
 

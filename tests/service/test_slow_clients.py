@@ -165,3 +165,17 @@ def test_idle_and_half_open_connections_neither_starve_others_nor_stay(server: L
         for sock in idle:
             sock.close()
     server.wait_for(lambda: server.open_fds() <= baseline_fds + 2, "the server to release the sockets")
+
+
+def test_a_stream_outlives_the_time_given_to_request_heads(server: LiveServer) -> None:
+    """An upgraded connection is a WebSocket's, no longer HTTP: the timer of its request heads stops at
+    the upgrade (before, it fired later on the handed-over connection: an error in the log per stream)."""
+    from websockets.sync.client import connect as open_stream
+
+    with open_stream(f"ws://127.0.0.1:{server.port}/segment/stream?mask_format=none") as stream:
+        stream.send(IMAGE)
+        assert json.loads(stream.recv(timeout=TIMEOUT_S))["frame"] == 0
+        time.sleep(IDLE_TIMEOUT_S * 2.5)
+        stream.send(IMAGE)
+        assert json.loads(stream.recv(timeout=TIMEOUT_S))["frame"] == 1
+    assert "_head_overdue" not in server.log.read_text()

@@ -29,6 +29,16 @@ def moving_frames(
 ) -> Iterator[np.ndarray]:
     """`frames` (height, width, 3) uint8 RGB frames of `objects` shapes moving at constant speeds (a few
     pixels per frame), bouncing off the edges."""
+    for image, _ in moving_scenes(frames, height, width, objects=objects, seed=seed):
+        yield image
+
+
+def moving_scenes(
+    frames: int, height: int = 480, width: int = 640, *, objects: int = 4, seed: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`moving_frames` with their ground truth: each frame and the (objects, 4) float32 boxes
+    [x1, y1, x2, y2] of its shapes (each shape's whole extent, parts hidden by a later shape included),
+    object k in row k on every frame (tracking tests)."""
     rng = np.random.default_rng([seed, 24])
     settings = dataclasses.replace(CLASSIC, diameter=(min(height, width) / 6, min(height, width) / 3))
     shapes = [sample_shape(rng, height, width, settings) for _ in range(objects)]
@@ -36,11 +46,20 @@ def moving_frames(
     for _ in range(frames):
         image = np.empty((height, width, 3), np.uint8)
         image[:] = _BACKGROUND
+        boxes = np.zeros((len(shapes), 4), np.float32)
         for number, shape in enumerate(shapes):
             (rows, columns), mask = rasterize(shape, height, width)
             # Basic slicing gives a view: painting it paints the frame.
             image[rows, columns][mask] = _COLOURS[number % len(_COLOURS)]
-        yield image
+            ys, xs = np.nonzero(mask)
+            if len(xs):
+                boxes[number] = (
+                    columns.start + xs.min(),
+                    rows.start + ys.min(),
+                    columns.start + xs.max() + 1,
+                    rows.start + ys.max() + 1,
+                )
+        yield image, boxes
         for index, (shape, speed) in enumerate(zip(shapes, speeds, strict=True)):
             shapes[index], speeds[index] = _moved(shape, speed, height, width)
 

@@ -8,7 +8,9 @@ per image (the service's answer) and, with --format png, the overlay drawn over 
 (`NAME.overlay.png`); without --out-dir it prints one JSON line per image on stdout. Videos (MP4, MOV,
 MKV, WebM) go to `/segment/video`, one after another, with a progress bar in frames: `NAME.jsonl` gets a
 line per frame and, with --format png, `NAME.overlay.mp4` the frames with their masks drawn (this needs
-PyAV: pip install 'centermask-client[video]'); without --out-dir the lines go to stdout. It ends with a
+PyAV: pip install 'centermask-client[video]'); without --out-dir the lines go to stdout. With --track,
+each instance of a video gets a track_id (stable across its frames), and the overlay colours and numbers
+each track rather than each class (the lines leave out the track_id of an unconfirmed instance: null). It ends with a
 summary line and exits with status 1 if any image or video failed (each failure is listed with its error
 code).
 """
@@ -148,6 +150,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="videos: segment at most N frames (default: all)",
     )
     segment.add_argument(
+        "--track",
+        action="store_true",
+        help="videos: give each instance a track_id, the same for one object across the frames; overlays "
+        "then colour and number each track (the service needs its track extra)",
+    )
+    segment.add_argument(
         "--api-key",
         default=os.environ.get("CENTERMASK_API_KEY"),
         help="the service's API key (default: $CENTERMASK_API_KEY; prefer the variable, flags show in ps)",
@@ -265,6 +273,7 @@ def _segment_video(client: Any, job: Job, args: argparse.Namespace, outcome: Vid
                 score_threshold=args.score_threshold,
                 max_detections=args.max_detections,
                 classes=classes,
+                track=args.track,
             )
         )
         bar = stack.enter_context(

@@ -34,6 +34,7 @@ from centermask_client.frames import (
     FrameStream,
     VideoFrames,
     import_websockets,
+    sequence_parameters,
     stream_url,
 )
 from centermask_client.frames import unchecked_parameters as _parameters
@@ -76,9 +77,9 @@ NO_RETRY = RetryPolicy(budget_s=0.0)
 
 
 def _video_parameters(
-    parameters: SegmentParameters, fps: float | None, max_frames: int | None
+    parameters: SegmentParameters, fps: float | None, max_frames: int | None, track: bool
 ) -> VideoParameters:
-    return VideoParameters.model_construct(**dict(parameters), fps=fps, max_frames=max_frames)
+    return VideoParameters.model_construct(**dict(parameters), track=track, fps=fps, max_frames=max_frames)
 
 
 class _Api:
@@ -278,15 +279,18 @@ class Client:
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
+        track: bool = False,
     ) -> VideoFrames:
         """Segment the frames of a video (MP4, MOV, MKV, WebM: a path, bytes or a binary file); iterate the
         result for each frame's `VideoFrameResult`, in frame order, as the service answers them.
 
-        fps: at most this many frames per second of video; max_frames: at most this many frames. What is
-        wrong with the file raises here; a failure later raises while iterating, after the frames before it.
+        fps: at most this many frames per second of video; max_frames: at most this many frames. track:
+        give each instance a `track_id`, the same for one object across the video's frames (None where the
+        tracker has not confirmed it; the service needs its `track` extra). What is wrong with the file
+        raises here; a failure later raises while iterating, after the frames before it.
         """
         parameters = _parameters(score_threshold, max_detections, classes, mask_format)
-        query = _video_parameters(parameters, fps, max_frames).query()
+        query = _video_parameters(parameters, fps, max_frames, track).query()
         upload = video_bytes(video)
         response = self._send(lambda: self._api.video_request(self._http, upload, query), stream=True)
         if not response.is_success:
@@ -302,13 +306,17 @@ class Client:
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
+        track: bool = False,
     ) -> FrameStream:
         """Open a `/segment/stream` WebSocket: `send` frames, `receive` answers (latest-frame-wins). Needs
-        the `stream` extra (websockets)."""
+        the `stream` extra (websockets). track: each answer's instances get a `track_id`, the same for
+        one object across the connection's answered frames."""
         websockets = import_websockets()
         from websockets.sync.client import connect
 
-        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        parameters = sequence_parameters(
+            _parameters(score_threshold, max_detections, classes, mask_format), track
+        )
         try:
             connection = connect(**self._api.stream_options(parameters, self._timeout_s))
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
@@ -434,9 +442,10 @@ class AsyncClient:
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
+        track: bool = False,
     ) -> AsyncVideoFrames:
         parameters = _parameters(score_threshold, max_detections, classes, mask_format)
-        query = _video_parameters(parameters, fps, max_frames).query()
+        query = _video_parameters(parameters, fps, max_frames, track).query()
         upload = video_bytes(video)
         response = await self._send(lambda: self._api.video_request(self._http, upload, query), stream=True)
         if not response.is_success:
@@ -452,11 +461,14 @@ class AsyncClient:
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
+        track: bool = False,
     ) -> AsyncFrameStream:
         websockets = import_websockets()
         from websockets.asyncio.client import connect
 
-        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        parameters = sequence_parameters(
+            _parameters(score_threshold, max_detections, classes, mask_format), track
+        )
         try:
             connection = await connect(**self._api.stream_options(parameters, self._timeout_s))
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:

@@ -25,7 +25,13 @@ from pydantic import ValidationError
 
 from centermask_client.errors import CenterMaskError, ConnectionFailed, StreamClosed, error_from_body
 from centermask_client.inputs import ImageInput, encode_input
-from centermask_client.schemas import MaskFormat, SegmentParameters, StreamFrameResult, VideoFrameResult
+from centermask_client.schemas import (
+    MaskFormat,
+    SegmentParameters,
+    SequenceParameters,
+    StreamFrameResult,
+    VideoFrameResult,
+)
 
 # The answers' header that says how many lines to expect (absent when the video's header does not say).
 FRAMES_HEADER = "X-Video-Frames"
@@ -50,6 +56,11 @@ def unchecked_parameters(
         mask_format=mask_format,
         class_agnostic_nms=None,
     )
+
+
+def sequence_parameters(parameters: SegmentParameters, track: bool) -> SequenceParameters:
+    """A stream's parameters: a request's, plus `track` (unchecked too)."""
+    return SequenceParameters.model_construct(**dict(parameters), track=track)
 
 
 def parse_line(line: str, request_id: str | None = None) -> VideoFrameResult:
@@ -200,11 +211,15 @@ class FrameStream:
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
+        track: bool = False,
     ) -> None:
-        """New parameters for the frames sent after this call; unset ones take the service's defaults.
+        """New parameters for the frames sent after this call; unset ones take the service's defaults (so
+        pass track=True again to keep tracking: tracking stopped and started again begins new tracks).
         Invalid ones are answered with an InvalidParameter (raised by a later `receive`); the previous
         ones then stay in force."""
-        parameters = unchecked_parameters(score_threshold, max_detections, classes, mask_format)
+        parameters = sequence_parameters(
+            unchecked_parameters(score_threshold, max_detections, classes, mask_format), track
+        )
         try:
             self._connection.send(_control(parameters))
         except self._websockets.exceptions.ConnectionClosed as closed:
@@ -263,8 +278,11 @@ class AsyncFrameStream:
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
+        track: bool = False,
     ) -> None:
-        parameters = unchecked_parameters(score_threshold, max_detections, classes, mask_format)
+        parameters = sequence_parameters(
+            unchecked_parameters(score_threshold, max_detections, classes, mask_format), track
+        )
         try:
             await self._connection.send(_control(parameters))
         except self._websockets.exceptions.ConnectionClosed as closed:

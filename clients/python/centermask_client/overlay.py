@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from centermask_client.schemas import ImageFormat, Instance
 
-# Distinct, saturated colours (RGB) that stay readable under white label text; class k takes PALETTE[k % 20].
+# Distinct, saturated colours (RGB) that stay readable under white label text; class k takes PALETTE[k % 20],
+# and a tracked instance its track's colour instead (`colour`).
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75),
     (60, 140, 60),
@@ -46,8 +47,17 @@ def class_colour(class_id: int) -> tuple[int, int, int]:
     return PALETTE[class_id % len(PALETTE)]
 
 
+def colour(instance: Instance) -> tuple[int, int, int]:
+    """A tracked instance's track colour (the same on every frame of the track), else its class colour."""
+    if instance.track_id is not None:
+        # Consecutive ids step through the palette 7 at a time (coprime with 20): neighbours differ.
+        return PALETTE[instance.track_id * 7 % len(PALETTE)]
+    return class_colour(instance.class_id)
+
+
 def label_text(instance: Instance) -> str:
-    return f"{instance.class_name} {instance.score:.2f}"
+    track = f"#{instance.track_id} " if instance.track_id is not None else ""
+    return f"{track}{instance.class_name} {instance.score:.2f}"
 
 
 def font_size(height: int, width: int) -> int:
@@ -56,7 +66,8 @@ def font_size(height: int, width: int) -> int:
 
 
 def draw_overlay(image: Image.Image | np.ndarray, instances: Sequence[Instance]) -> Image.Image:
-    """The image (RGB) with each instance's mask blended in its class colour, its box and its label.
+    """The image (RGB) with each instance's mask blended in its colour (its track's when it has a
+    `track_id`, else its class's), its box and its label (`#track_id class score`).
 
     Instances are drawn worst first, so the best-scoring one ends on top. Masks must be RLE
     (mask_format=rle); instances without a mask get a box and label only.
@@ -72,7 +83,7 @@ def draw_overlay(image: Image.Image | np.ndarray, instances: Sequence[Instance])
         if tuple(instance.mask.size) != (height, width):
             raise ValueError(f"a mask of size {instance.mask.size} does not fit a {height}x{width} image")
         mask = instance.mask_array()
-        tint = np.array(class_colour(instance.class_id), dtype=np.float64)
+        tint = np.array(colour(instance), dtype=np.float64)
         blended = pixels[mask].astype(np.float64) * (1 - MASK_ALPHA) + tint * MASK_ALPHA
         # Round half up, as the page does (Math.round), so both draw the same pixels.
         pixels[mask] = np.floor(blended + 0.5).astype(np.uint8)
@@ -80,10 +91,10 @@ def draw_overlay(image: Image.Image | np.ndarray, instances: Sequence[Instance])
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=font_size(height, width))
     for instance in ordered:
-        colour = class_colour(instance.class_id)
+        drawn = colour(instance)
         x1, y1, x2, y2 = instance.box
         if x2 > x1 and y2 > y1:
-            draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=BOX_WIDTH)
+            draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=drawn, width=BOX_WIDTH)
         text = label_text(instance)
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         text_w, text_h = right - left, bottom - top
@@ -91,9 +102,7 @@ def draw_overlay(image: Image.Image | np.ndarray, instances: Sequence[Instance])
         # Above the box when there is room, else just inside its top edge.
         label_y = y1 - text_h - 2 * pad if y1 - text_h - 2 * pad >= 0 else y1
         label_x = min(max(0.0, x1), max(0.0, width - text_w - 2 * pad))
-        draw.rectangle(
-            (label_x, label_y, label_x + text_w + 2 * pad, label_y + text_h + 2 * pad), fill=colour
-        )
+        draw.rectangle((label_x, label_y, label_x + text_w + 2 * pad, label_y + text_h + 2 * pad), fill=drawn)
         draw.text((label_x + pad - left, label_y + pad - top), text, fill=(255, 255, 255), font=font)
     return canvas
 

@@ -82,8 +82,29 @@ class SegmentParameters(BaseModel):
         return params
 
 
-class VideoParameters(SegmentParameters):
-    """The query parameters of `/segment/video`: those of `/segment`, plus which frames to segment."""
+class SequenceParameters(SegmentParameters):
+    """The parameters of a sequence of frames: those of `/segment`, plus `track`. A stream's (the query
+    string and control messages of `/segment/stream`); a video's add which frames to segment
+    (`VideoParameters`)."""
+
+    track: bool = Field(
+        False,
+        description="Give each instance a `track_id`: the same number on every frame where the tracker "
+        "(ByteTrack: boxes associated by IoU and a Kalman motion model) follows the same object, within "
+        "this video or stream connection. Needs the service's `track` extra (without it: "
+        "`not_implemented`, a video's 501, a stream's error before close code 1007).",
+    )
+
+    def query(self) -> dict[str, str]:
+        params = super().query()
+        if self.track:
+            params["track"] = "true"
+        return params
+
+
+class VideoParameters(SequenceParameters):
+    """The query parameters of `/segment/video`: those of `/segment` and `track`, plus which frames to
+    segment."""
 
     fps: float | None = Field(
         None,
@@ -149,6 +170,13 @@ class Instance(BaseModel):
         description="score × the predicted IoU of the mask: how good the mask is (COCO mask AP ranks by it)."
     )
     mask: Mask | None = Field(None, description="Absent with mask_format=none.")
+    track_id: int | None = Field(
+        None,
+        description="Videos and streams with track=true (absent otherwise): the object's track, 1, 2, ... "
+        "in the order tracks are confirmed, the same on every frame of this video or stream connection "
+        "where the tracker follows the object. null for an instance the tracker has not confirmed (an "
+        "object's first frame after the video's first, a box too unlike any track).",
+    )
 
     def mask_array(self) -> np.ndarray:
         """(height, width) bool mask, decoded from RLE on each call. Raises ValueError without RLE."""
@@ -245,7 +273,7 @@ class StreamControl(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     api_key: str | None = Field(None, description="The API key, when the handshake had no header with it.")
-    parameters: SegmentParameters | None = Field(
+    parameters: SequenceParameters | None = Field(
         None,
         description="Replaces the connection's parameters (those of the URL's query string at first) for "
         "the frames sent after this message; unset ones take the service's defaults.",

@@ -90,8 +90,14 @@ def require_admin_key(settings: SettingsDep, api_key: ApiKeyHeader, bearer: Bear
             "CENTERMASK_API_KEY) to enable them, and send it in X-API-Key or Authorization: Bearer"
         )
     offered = api_key if api_key is not None else (bearer.credentials if bearer is not None else "")
-    if not _same_secret(settings.admin_key.get_secret_value(), offered):
+    if not admin_key_is_valid(settings, offered):
         raise Unauthorized("a valid admin key is required, in X-API-Key or Authorization: Bearer")
+
+
+def admin_key_is_valid(settings: Settings, offered: str) -> bool:
+    """Whether `offered` is the configured admin key (never true when none is configured: then the
+    repository's endpoints are off, and answer 403 before asking)."""
+    return settings.admin_key is not None and _same_secret(settings.admin_key.get_secret_value(), offered)
 
 
 def require_api_key_for_probes(settings: SettingsDep, api_key: ApiKeyHeader, bearer: BearerHeader) -> None:

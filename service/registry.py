@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 # The name that, without a repository, also reaches the one model (as `/v2/models/centermask`).
 MODEL_ALIAS = "centermask"
+# The only version a model had before versions were its weights' SHA-256 prefix: still accepted (by
+# `get` and `lease`) as the version served.
+FORMER_VERSION = "1"
 
 
 class ModelState:
@@ -103,21 +106,28 @@ class ModelRegistry:
         """The repository's folder; None when the server serves its one model from CENTERMASK_WEIGHTS."""
         return self._directory
 
-    def get(self, name: str | None = None) -> ServedModel:
-        """The model's current version (not leased: for metadata; a request uses `lease`)."""
+    def get(self, name: str | None = None, version: str | None = None) -> ServedModel:
+        """The model's current version (not leased: for metadata and readiness; a request uses `lease`).
+
+        `version`, when given and not empty, must be the one served (or `FORMER_VERSION`, which means it):
+        UnknownModel otherwise, as for an unknown name; NotReady while the model loads."""
         real = self._resolve(name)
         served = self._models.get(real)
-        if served is not None:
-            return served
-        if real in self._wanted:
-            raise NotReady(f"the model {real!r} is still loading")
-        raise UnknownModel(self._unknown_message(real))
+        if served is None:
+            if real in self._wanted:
+                raise NotReady(f"the model {real!r} is still loading")
+            raise UnknownModel(self._unknown_message(real))
+        if version and version not in (served.version, FORMER_VERSION):
+            raise UnknownModel(
+                f"unknown version {version[:20]!r} of {served.name}: the one served is {served.version!r}"
+            )
+        return served
 
     @contextlib.contextmanager
-    def lease(self, name: str | None = None) -> Iterator[ServedModel]:
-        """The model's current version, held until the block ends: a reload meanwhile switches later
-        requests to the new version, and retires this one only once this block is left."""
-        with self.get(name).leased() as served:
+    def lease(self, name: str | None = None, version: str | None = None) -> Iterator[ServedModel]:
+        """The model's current version (as `get`), held until the block ends: a reload meanwhile switches
+        later requests to the new version, and retires this one only once this block is left."""
+        with self.get(name, version).leased() as served:
             yield served
 
     def resolve_alias(self, name: str) -> str:

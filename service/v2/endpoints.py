@@ -38,7 +38,7 @@ from service.deps import (
     require_api_key_for_probes,
     unless_disconnected,
 )
-from service.errors import InvalidRequest, NotReady, UnknownModel, UnsupportedMediaType, WorkerFailed
+from service.errors import InvalidRequest, NotReady, UnsupportedMediaType, WorkerFailed
 from service.options import resolve_options
 from service.registry import MODEL_ALIAS, ModelRegistry
 from service.responses import OrjsonResponse
@@ -279,8 +279,7 @@ async def _infer(
         raise UnsupportedMediaType(
             "compressed request bodies are not supported: send it without Content-Encoding"
         )
-    with runtime.models.lease(model_name) as served:
-        _check_version(served, model_version)
+    with runtime.models.lease(model_name, model_version) as served:
         async with runtime.admitted(served):
             return await _infer_admitted(request, served, settings, uploads, model_name)
 
@@ -322,13 +321,4 @@ def _require_alive(runtime: Runtime) -> None:
 
 def _model(models: ModelRegistry, model_name: str, model_version: str | None) -> ServedModel:
     """The model's current version (404 for an unknown model or another version, 503 while it loads)."""
-    served = models.get(model_name)
-    _check_version(served, model_version)
-    return served
-
-
-def _check_version(served: ServedModel, model_version: str | None) -> None:
-    if model_version is not None and model_version not in (served.version, MODEL_VERSION):
-        raise UnknownModel(
-            f"unknown version {model_version[:20]!r} of {served.name}: the one served is {served.version!r}"
-        )
+    return models.get(model_name, model_version)

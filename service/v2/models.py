@@ -9,10 +9,10 @@ from pydantic import BaseModel, Field, PositiveInt
 
 from centermask_client.schemas import SegmentParameters
 from model.inference.backends import Backend
+from service.registry import FORMER_VERSION
 
-# The only version a model had before versions were its weights' SHA-256 prefix: still accepted in paths,
-# as the current version.
-MODEL_VERSION = "1"
+# The only version a model had before versions were its weights' SHA-256 prefix: still accepted in paths.
+MODEL_VERSION = FORMER_VERSION
 INPUT = "image"
 # Name → (datatype, shape); -1 is the number of instances of all the request's images together. The names
 # are `model.wire.records.INSTANCE_COLUMNS`'.

@@ -207,7 +207,7 @@ class ModelRegistry:
                 entries.append(IndexEntry(name, "", ModelState.LOADING, ""))
             else:
                 entries.append(
-                    IndexEntry(name, "", ModelState.UNAVAILABLE, self._reasons.get(name, "unloaded"))
+                    IndexEntry(name, "", ModelState.UNAVAILABLE, self._reasons.get(name, "not loaded"))
                 )
         return [entry for entry in entries if entry.state == ModelState.READY or not ready_only]
 

@@ -309,7 +309,8 @@ async def test_index_unload_and_load(served: Served, repository: Path, weights: 
             entry["name"]: entry
             for entry in (await client.post("/v2/repository/index", headers=ADMIN)).json()
         }
-        assert index["extra"]["state"] == "UNAVAILABLE" and index["shapes"]["reason"] == "unloaded"
+        assert (index["extra"]["state"], index["extra"]["reason"]) == ("UNAVAILABLE", "not loaded")
+        assert index["shapes"]["reason"] == "unloaded"
         for name in ("shapes", "extra"):
             loaded = await client.post(f"/v2/repository/models/{name}/load", headers=ADMIN)
             assert loaded.status_code == 200 and loaded.json()["state"] == "READY"

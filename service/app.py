@@ -33,7 +33,7 @@ from service.settings import Settings
 from service.tracing import Tracing, TracingMiddleware
 from service.uploads import Uploads
 from service.v2 import endpoints as v2
-from service.v2.dataplane import ModelCatalog
+from service.v2 import repository as v2_repository
 from service.v2.models import openapi_schemas
 
 if TYPE_CHECKING:  # imported when started: grpcio is the `grpc` extra's
@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = """POST an image to `/segment`: get boxes, classes, scores and COCO RLE masks back, or the
 image with them drawn (`format=png`). POST a video to `/segment/video` for a line per frame; send a camera's
 frames over the WebSocket `/segment/stream`. Triton and KServe clients speak the Open Inference Protocol
-under `/v2`.
+under `/v2`. A server may serve several models (`GET /v1/models`; `?model=NAME`), reloaded without downtime
+through `/v2/repository/...` with the admin key.
 
 The demo page is at [`/`](/); every error is `{"error": {"code", "message"}}` with its status.
 """
@@ -60,7 +61,6 @@ def create_app(
     traces = Tracing(tracer_provider) if tracer_provider is not None else tracing.from_environment()
     # A model that cannot be loaded leaves nothing to serve: stop the server the way Kubernetes would.
     runtime = Runtime(settings, metrics, load, on_fatal_error=lambda: signal.raise_signal(signal.SIGTERM))
-    models = ModelCatalog(runtime)
     uploads = Uploads(settings)
 
     @asynccontextmanager
@@ -69,7 +69,7 @@ def create_app(
         configure_pillow(settings.max_image_pixels)
         runtime.start()
         # gRPC beside HTTP, in this event loop; stopped after the runtime's drain has answered its calls.
-        grpc_server = await _start_grpc(settings, models, uploads, metrics, app.version, traces)
+        grpc_server = await _start_grpc(settings, runtime, uploads, metrics, app.version, traces)
         app.state.grpc_server = grpc_server
         yield
         await runtime.stop()
@@ -92,7 +92,6 @@ def create_app(
     app.state.metrics = metrics
     app.state.runtime = runtime
     app.state.uploads = uploads
-    app.state.models = models
     app.state.tracing = traces
     # Open /segment/stream connections (service/api/stream.py counts them).
     app.state.open_streams = 0
@@ -107,6 +106,7 @@ def create_app(
         probes.router,
         v2.probe_router,
         v2.model_router,
+        v2_repository.router,
     )
     for router in routers:
         app.include_router(router)
@@ -115,11 +115,16 @@ def create_app(
     keyed: list[APIRouter] = [segment.router, model.router, v2.model_router]
     if settings.protect_probes:
         keyed += [pages.router, probes.router, v2.probe_router]
+    if settings.api_key is None:
+        keyed = []
+    # The repository's routes need the admin key (the same headers, another secret); none set: 403.
+    if settings.admin_key is not None:
+        keyed.append(v2_repository.router)
     secured = frozenset(
         (route.path, method)
         for router in keyed
         for route in router.routes
-        if isinstance(route, APIRoute) and settings.api_key is not None
+        if isinstance(route, APIRoute)
         for method in route.methods or ()
     )
     install_openapi(app, {**openapi_schemas(), **wire_schemas()}, secured=secured)
@@ -134,7 +139,7 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
-            expose_headers=["Retry-After", "X-Request-ID", "X-Video-Frames"],
+            expose_headers=["Retry-After", "X-Model", "X-Model-Version", "X-Request-ID", "X-Video-Frames"],
             max_age=600,
         )
     app.add_middleware(HeadAsGetMiddleware)
@@ -147,7 +152,7 @@ def create_app(
 
 async def _start_grpc(
     settings: Settings,
-    models: ModelCatalog,
+    runtime: Runtime,
     uploads: Uploads,
     metrics: Metrics,
     version: str,
@@ -170,7 +175,7 @@ async def _start_grpc(
             "set CENTERMASK_GRPC_PORT=0 to say that is intended"
         )
         return None
-    server = GrpcServer(settings, models, uploads, metrics, version, traces)
+    server = GrpcServer(settings, runtime, uploads, metrics, version, traces)
     await server.start()
     return server
 

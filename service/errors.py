@@ -6,7 +6,8 @@ request id, and the details go to the log under that id. Unexpected exceptions a
 `internal_error` by the request middleware.
 
 Under `/v2` (the Open Inference Protocol, `service.v2`) the same errors take that protocol's shape,
-`{"error": "<message>"}`, with the same status and headers.
+`{"error": "<message>", "code": "<code>"}` (clients of the protocol read `error`), with the same status and
+headers.
 """
 
 from collections.abc import Mapping, Sequence
@@ -86,6 +87,33 @@ class ForbiddenOrigin(ServiceError):
 
     status_code = 403
     code = "forbidden_origin"
+
+
+class AdminDisabled(ServiceError):
+    """A repository change, on a server with no admin key configured."""
+
+    status_code = 403
+    code = "admin_disabled"
+
+
+class UnknownModel(ServiceError):
+    status_code = 404
+    code = "unknown_model"
+
+
+class InvalidModel(ServiceError):
+    """A model folder that cannot be served as it is (no weights, a bad config.json, options the device
+    cannot run)."""
+
+    status_code = 400
+    code = "invalid_model"
+
+
+class ModelLoadFailed(ServiceError):
+    """Reading or warming up a model's weights failed; the version served before (if any) still is."""
+
+    status_code = 400
+    code = "load_failed"
 
 
 class RequestTimeout(ServiceError):
@@ -205,6 +233,13 @@ class WorkerFailed(ServiceError):
     rejection = "worker_failed"
 
 
+class InsufficientMemory(ServiceError):
+    """A model that would not fit in the memory left (checked before loading it)."""
+
+    status_code = 507
+    code = "insufficient_memory"
+
+
 class DeadlineExceeded(ServiceError):
     status_code = 504
     code = "deadline_exceeded"
@@ -228,7 +263,8 @@ def error_response(
     error_code.set(code)
     if speaks_inference_protocol(path):
         where = f"image {index}: " if index is not None else ""
-        return OrjsonResponse({"error": where + message}, status_code=status_code, headers=headers)
+        body = {"error": where + message, "code": code}
+        return OrjsonResponse(body, status_code=status_code, headers=headers)
     return OrjsonResponse(error_body(code, message, index, file), status_code=status_code, headers=headers)
 
 

@@ -22,6 +22,9 @@ REJECTION_REASONS = (
 # What became of a frame sent over /segment/stream: answered, dropped (replaced while waiting by a newer
 # one, or left waiting when the connection closed) or failed (its error sent instead).
 STREAM_OUTCOMES = ("answered", "dropped", "failed")
+# What became of a model load: loaded, refused before reading the weights (a bad folder, too little
+# memory), or failed while loading or warming up.
+LOAD_OUTCOMES = ("loaded", "refused", "failed")
 # What went wrong in a failed forward pass (service/faults.py); "hung" is a pass past the watchdog.
 FAULT_KINDS = ("error", "out_of_memory", "fatal", "hung")
 
@@ -65,7 +68,27 @@ class Metrics:
             ("method", "code"),
             registry=registry,
         )
-        self.images = Counter("centermask_images_total", "Images segmented.", registry=registry)
+        self.images = Counter(
+            "centermask_images_total",
+            "Images segmented, by model and version.",
+            ("model", "model_version"),
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "centermask_model_info",
+            "1 for each model version loaded (a reload adds the new version, and drops the old one once "
+            "retired).",
+            ("model", "model_version"),
+            registry=registry,
+        )
+        self.model_loads = Counter(
+            "centermask_model_loads_total",
+            "Model loads and reloads asked for (start, the repository API, SIGHUP), by outcome.",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in LOAD_OUTCOMES:
+            self.model_loads.labels(outcome)
         self.rejected = Counter(
             "centermask_rejected_total",
             "Requests turned away unserved, by reason.",

@@ -31,7 +31,10 @@ ERROR_CODES: dict[int, dict[str, str]] = {
         "invalid_request": "malformed multipart body: missing boundary",
     },
     401: {"unauthorized": "a valid API key is required, in X-API-Key or Authorization: Bearer"},
-    404: {"not_found": "Not Found"},
+    404: {
+        "unknown_model": "unknown model 'yolo': this server serves 'people', 'shapes'",
+        "not_found": "Not Found",
+    },
     413: {
         "image_too_large": "the request body is larger than 20971520 bytes",
         "too_many_pixels": "the image has 9000×9000 pixels, more than the limit of 40000000",
@@ -59,7 +62,7 @@ ERROR_CODES: dict[int, dict[str, str]] = {
 _ERROR_DESCRIPTIONS = {
     400: "The image cannot be decoded (corrupt, truncated, empty) or the multipart body is malformed.",
     401: "An API key is configured and the request lacks it or has another one.",
-    404: "No such path.",
+    404: "No such path, or no model of the name given (`model=`).",
     413: "More bytes than CENTERMASK_MAX_IMAGE_BYTES, more pixels than CENTERMASK_MAX_IMAGE_PIXELS, "
     "or more images than CENTERMASK_MAX_IMAGES_PER_REQUEST.",
     415: "Not an image format the service reads, or another Content-Type.",
@@ -68,7 +71,7 @@ _ERROR_DESCRIPTIONS = {
     503: "Not ready (loading, draining) or overloaded (queue full): retry after Retry-After seconds.",
     504: "The request took longer than CENTERMASK_REQUEST_TIMEOUT_S.",
 }
-SEGMENT_ERRORS = (400, 401, 413, 415, 422, 500, 503, 504)
+SEGMENT_ERRORS = (400, 401, 404, 413, 415, 422, 500, 503, 504)
 
 _HEADERS = {
     "X-Request-ID": {
@@ -140,7 +143,7 @@ _VIDEO_ERROR_DESCRIPTIONS = {
     501: "This installation has no video support (PyAV, the `video` extra), or no tracking for "
     "track=true (supervision, the `track` extra).",
 }
-VIDEO_ERRORS = (400, 401, 413, 415, 422, 500, 501, 503)
+VIDEO_ERRORS = (400, 401, 404, 413, 415, 422, 500, 501, 503)
 VIDEO_LINE_EXAMPLE = (
     '{"frame":0,"time_s":0.0,"height":480,"width":640,"instances":[{"box":[120.0,97.8,230.8,210.2],'
     '"score":0.84,"class_id":0,"category_id":1,"class_name":"circle","mask_score":0.88,'

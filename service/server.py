@@ -1,10 +1,14 @@
 """The server process: `centermask-serve` (`main`), uvicorn hardened against idle and slow connections,
-draining on SIGTERM."""
+draining on SIGTERM, reloading the models whose files changed on SIGHUP."""
 
 import asyncio
+import contextlib
+import logging
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -19,6 +23,8 @@ from service.app import app_version, create_app
 from service.logging import configure_logging
 from service.runtime import Phase, Runtime
 from service.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -69,13 +75,35 @@ class DrainingServer(uvicorn.Server):
     """On SIGTERM: unready at once, yet still listening, so that requests still arriving (an ingress
     that has not yet seen the endpoint go) get a clean 503 instead of a refused connection; admitted
     requests finish. Once none is left, or the drain timeout has passed, uvicorn's own graceful
-    shutdown follows. A second signal stops at once."""
+    shutdown follows. A second signal stops at once.
+
+    On SIGHUP: every model whose files changed is reloaded without downtime (`Runtime.reload_changed`);
+    signals arriving during a reload are taken together for one more reload after it."""
 
     def __init__(self, config: uvicorn.Config, runtime: Runtime, *, drain_timeout_s: float) -> None:
         super().__init__(config)
         self._runtime = runtime
         self._drain_timeout_s = drain_timeout_s
         self._drain_started: float | None = None
+        self._reload_asked = False
+        self._reloading: asyncio.Task[dict[str, str]] | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            with super().capture_signals():
+                yield
+            return
+        previous = signal.signal(signal.SIGHUP, self._ask_reload)
+        try:
+            with super().capture_signals():
+                yield
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+
+    def _ask_reload(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: only an attribute is set here; `on_tick` starts the reload.
+        self._reload_asked = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_started is None and not self.should_exit:
@@ -88,6 +116,10 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if await super().on_tick(counter):
             return True
+        if self._reload_asked and (self._reloading is None or self._reloading.done()):
+            self._reload_asked = False
+            logger.info("SIGHUP: reloading the models whose files changed")
+            self._reloading = asyncio.create_task(self._runtime.reload_changed(), name="centermask-reload")
         if self._drain_started is None:
             return False
         # Here, in the event loop (unlike the signal handler), open streams can be told to close.

@@ -178,6 +178,17 @@ class Settings(PredictorOptions, BaseSettings):
         None,
         description="When set, /segment* and /v1/model require it (X-API-Key or Bearer). Unset: open.",
     )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="When set, the model repository's endpoints (/v2/repository/...: load, unload, index) "
+        "require it (X-API-Key or Bearer); it must differ from api_key. Unset: they answer 403.",
+    )
+    model_repository: Path | None = Field(
+        None,
+        description="A folder of models, one per subfolder: <name>/model.pth and an optional <name>/config.json "
+        "of predictor options (precision, backend, ...; unset ones take this server's). All are loaded at "
+        "start; /segment?model=<name> picks one. Unset: the one model of weights and config.",
+    )
     protect_probes: bool = Field(
         False,
         description="With api_key set, /healthz, /readyz and /metrics require it too; by default they stay "
@@ -218,6 +229,23 @@ class Settings(PredictorOptions, BaseSettings):
                 f"CENTERMASK_MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) must not exceed "
                 f"CENTERMASK_MAX_QUEUE ({self.max_queue}): lower the first or raise the second"
             )
+        if self.model_repository is not None:
+            if self.weights is not None or self.config is not None:
+                raise ValueError(
+                    "CENTERMASK_MODEL_REPOSITORY serves the models of its folders: unset CENTERMASK_WEIGHTS and "
+                    "CENTERMASK_CONFIG (a model's config goes in <name>/config.json)"
+                )
+            if not self.model_repository.is_dir():
+                raise ValueError(f"CENTERMASK_MODEL_REPOSITORY: {self.model_repository} is not a folder")
+        if (
+            self.admin_key is not None
+            and self.api_key is not None
+            and self.admin_key.get_secret_value() == self.api_key.get_secret_value()
+        ):
+            raise ValueError(
+                "CENTERMASK_ADMIN_KEY must differ from CENTERMASK_API_KEY: whoever may segment images may not "
+                "change the models"
+            )
         if self.protect_probes and self.api_key is None:
             raise ValueError("CENTERMASK_PROTECT_PROBES needs CENTERMASK_API_KEY: there is no key to ask for")
         for origin in self.cors_origins:
@@ -255,6 +283,10 @@ class Settings(PredictorOptions, BaseSettings):
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def effective(self) -> dict[str, Any]:
-        """Every setting's value, for the startup log; the API key only as whether it is set."""
-        values = self.model_dump(mode="json", exclude={"api_key"})
-        return {**values, "api_key": "set" if self.api_key is not None else "unset"}
+        """Every setting's value, for the startup log; the keys only as whether they are set."""
+        values = self.model_dump(mode="json", exclude={"api_key", "admin_key"})
+        return {
+            **values,
+            "api_key": "set" if self.api_key is not None else "unset",
+            "admin_key": "set" if self.admin_key is not None else "unset",
+        }

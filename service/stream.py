@@ -145,6 +145,8 @@ class StreamSession:
         self.options: SegmentOptions | None = None
         self.track = False
         self.first_parameters: SequenceParameters | None = None
+        # The `model=` of the connection's URL: None is the default model.
+        self.model_name: str | None = None
         # Tracking: the tracker while frames are tracked, and the last track id given on the connection.
         self._tracker: tracking.Tracker | None = None
         self._last_track_id = 0
@@ -158,7 +160,8 @@ class StreamSession:
     async def set_parameters(self, parameters: SequenceParameters) -> None:
         """Put parameters in force; raises InvalidParameter or NotImplementedHere (track=true without the
         extra), leaving the previous ones."""
-        options = resolve_options(self._settings, self._runtime.predictor, parameters)
+        predictor = self._runtime.models.get(self.model_name).predictor
+        options = resolve_options(self._settings, predictor, parameters)
         if parameters.track and not tracking.loaded():
             await self._runtime.in_cpu_pool(tracking.load_or_refuse)
         self.options, self.track = options, parameters.track
@@ -296,7 +299,9 @@ class StreamSession:
     async def _answer(self, waiting: _Waiting) -> Closing | None:
         error: ServiceError | None = None
         try:
-            [result] = await self._runtime.segment([Upload(None, waiting.data)], waiting.options)
+            # The model is looked up per frame: a reload switches an open stream to the new version.
+            with self._runtime.models.lease(self.model_name) as model:
+                [result] = await model.segment([Upload(None, waiting.data)], waiting.options)
         except ImageFailed as failed:
             error = failed.error
         except ServiceError as raised:  # refused before its image was queued, or past its deadline

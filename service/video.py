@@ -52,7 +52,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.options import SegmentOptions
-from service.runtime import Runtime, Segmented
+from service.runtime import Runtime, Segmented, ServedModel
 from service.settings import Settings
 from service.tracking import Tracker
 
@@ -126,14 +126,15 @@ async def open_upload(
 
 async def frame_lines(
     runtime: Runtime,
+    model: ServedModel,
     opened: OpenedVideo,
     options: SegmentOptions,
     metrics: Metrics,
     tracker: Tracker | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """The NDJSON lines of the video's frames, in order (see the module's docstring for how they end).
-    With a tracker, each frame's instances get their `track_id` as the frame's turn comes: in frame order,
-    whatever order the frames in flight finish in."""
+    """The NDJSON lines of the video's frames segmented by `model`, in order (see the module's docstring for
+    how they end). With a tracker, each frame's instances get their `track_id` as the frame's turn comes: in
+    frame order, whatever order the frames in flight finish in."""
     window: deque[tuple[Frame, float, asyncio.Task[Segmented]]] = deque()
     upcoming = opened.first
     decoded = -1  # the index of the last frame decoded
@@ -141,7 +142,7 @@ async def frame_lines(
     last: ServiceError | None = None
     try:
         while True:
-            while not exhausted and len(window) < runtime.frames_in_flight:
+            while not exhausted and len(window) < model.frames_in_flight:
                 if upcoming is None:
                     try:
                         upcoming = await runtime.in_cpu_pool(opened.next_frame)
@@ -153,7 +154,7 @@ async def frame_lines(
                 frame, decode_s = upcoming
                 upcoming, decoded = None, frame.index
                 image = DecodedImage(frame.pixels, (frame.pixels.shape[0], frame.pixels.shape[1]))
-                task = asyncio.ensure_future(runtime.segment_frame(image, decode_s, options))
+                task = asyncio.ensure_future(model.segment_frame(image, decode_s, options))
                 window.append((frame, time.perf_counter() - decode_s, task))
             if not window:
                 break

@@ -93,12 +93,20 @@ def timing_ms(decode_s: float, queue_s: float, inference_s: float, postprocess_s
 
 
 def segment_response(
-    record: dict[str, Any], *, model: str, request_id: str, timing: dict[str, float], total_ms: float
+    record: dict[str, Any],
+    *,
+    model: str,
+    request_id: str,
+    timing: dict[str, float],
+    total_ms: float,
+    model_version: str | None = None,
 ) -> dict[str, Any]:
-    """The `SegmentResponse` of `/segment`: the image's record, the model, the request id and timing."""
+    """The `SegmentResponse` of `/segment`: the image's record, the model and its version, the request id
+    and timing."""
     return {
         **record,
         "model": model,
+        **({"model_version": model_version} if model_version is not None else {}),
         "request_id": request_id,
         "timing_ms": {**timing, "total": round(total_ms, 3)},
     }
@@ -110,10 +118,12 @@ def batch_response(
     model: str,
     request_id: str,
     total_ms: float,
+    model_version: str | None = None,
 ) -> dict[str, Any]:
     """The `BatchResponse` of `/segment/batch`: each image's record with its timing, in upload order."""
     return {
         "model": model,
+        **({"model_version": model_version} if model_version is not None else {}),
         "request_id": request_id,
         "results": [{**record, "timing_ms": timing} for record, timing in records],
         "timing_ms": {"total": round(total_ms, 3)},

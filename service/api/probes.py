@@ -36,12 +36,18 @@ async def healthz(runtime: RuntimeDep) -> Response:
         200: {"content": {"application/json": {"example": {"status": "ready"}}}},
         503: openapi.error_responses(503)[503] | {"description": "Loading, or draining for shutdown."},
     },
-    summary="Readiness: the model is loaded, warm, and not draining",
+    summary="Readiness: every model is loaded, warm, and the server is not draining",
 )
 async def readyz(runtime: RuntimeDep) -> Response:
-    """200 once the model is loaded and warm; 503 `not_ready` while loading and while draining."""
+    """200 once every model meant to be loaded (the repository's, less those unloaded) is loaded and warm;
+    503 `not_ready` while one loads, while draining, and when no model is loaded at all. A model being
+    reloaded stays ready: its former version serves until the new one is warm."""
     if runtime.phase is not Phase.READY:
         return NotReady(f"the service is {runtime.phase}").to_response()
+    if not runtime.is_ready:
+        waiting = [entry.name for entry in runtime.models.index() if entry.state == "LOADING"]
+        message = f"models still loading: {', '.join(waiting)}" if waiting else "no model is loaded"
+        return NotReady(message).to_response()
     return OrjsonResponse({"status": "ready"})
 
 

@@ -12,7 +12,15 @@ from centermask_client.overlay import draw_overlay, encode_image
 from centermask_client.schemas import BatchResponse, ImageFormat, ImageResult, SegmentResponse
 from model.wire.records import batch_response, segment_response
 from service import openapi, tracing
-from service.deps import OptionsDep, RuntimeDep, SettingsDep, UploadsDep, require_api_key, unless_disconnected
+from service.deps import (
+    ModelDep,
+    OptionsDep,
+    RuntimeDep,
+    SettingsDep,
+    UploadsDep,
+    require_api_key,
+    unless_disconnected,
+)
 from service.images import decode_image
 from service.logging import request_id
 from service.responses import OrjsonResponse
@@ -43,6 +51,7 @@ async def segment(
     runtime: RuntimeDep,
     settings: SettingsDep,
     uploads: UploadsDep,
+    model: ModelDep,
     options: OptionsDep,
     output_format: FormatDep = "json",
 ) -> Response:
@@ -58,11 +67,11 @@ async def segment(
     drawing = image_format is not None
     if drawing and options.mask_format == "polygon":
         options = dataclasses.replace(options, mask_format="rle")
-    async with runtime.admitted():
+    async with runtime.admitted(model):
         with tracing.stage("receive"):
             upload = await uploads.read_image(request)
         try:
-            [result] = await unless_disconnected(request, runtime.segment([upload], options))
+            [result] = await unless_disconnected(request, model.segment([upload], options))
         except ImageFailed as failed:
             raise failed.error from None
         if image_format is not None:
@@ -72,12 +81,14 @@ async def segment(
                 )
             media_type = f"image/{image_format}"
             count = str(len(result.record["instances"]))
-            return Response(image, media_type=media_type, headers={"X-Instance-Count": count})
+            headers = {"X-Instance-Count": count, "X-Model": model.name, "X-Model-Version": model.version}
+            return Response(image, media_type=media_type, headers=headers)
     with tracing.stage("encode"):
         return OrjsonResponse(
             segment_response(
                 result.record,
-                model=runtime.predictor.config_name,
+                model=model.name,
+                model_version=model.version,
                 request_id=request_id.get() or "",
                 timing=result.timing_ms(),
                 total_ms=(time.perf_counter() - started) * 1000,
@@ -93,7 +104,7 @@ async def segment(
     summary="Segment several images; one failing image fails the request",
 )
 async def segment_batch(
-    request: Request, runtime: RuntimeDep, uploads: UploadsDep, options: OptionsDep
+    request: Request, runtime: RuntimeDep, uploads: UploadsDep, model: ModelDep, options: OptionsDep
 ) -> Response:
     """Segment up to CENTERMASK_MAX_IMAGES_PER_REQUEST images, answered in upload order.
 
@@ -101,18 +112,19 @@ async def segment_batch(
     fails, the request answers with that image's error, and `error.index` names it.
     """
     started = time.perf_counter()
-    async with runtime.admitted():
+    async with runtime.admitted(model):
         with tracing.stage("receive"):
             images = await uploads.read_images(request)
         try:
-            results = await unless_disconnected(request, runtime.segment(images, options))
+            results = await unless_disconnected(request, model.segment(images, options))
         except ImageFailed as failed:
             raise failed.error.for_image(failed.index, images[failed.index].filename) from None
     with tracing.stage("encode"):
         return OrjsonResponse(
             batch_response(
                 [(result.record, result.timing_ms()) for result in results],
-                model=runtime.predictor.config_name,
+                model=model.name,
+                model_version=model.version,
                 request_id=request_id.get() or "",
                 total_ms=(time.perf_counter() - started) * 1000,
             )

@@ -5,7 +5,7 @@ import logging
 
 from fastapi import APIRouter, WebSocket
 
-from service.errors import InternalError, InvalidParameter, NotImplementedHere, ServiceError
+from service.errors import InternalError, InvalidParameter, NotImplementedHere, ServiceError, UnknownModel
 from service.metrics import Metrics
 from service.runtime import Runtime
 from service.settings import Settings
@@ -31,7 +31,9 @@ async def segment_stream(websocket: WebSocket) -> None:
     try:
         closing = refusal(websocket, settings, state.open_streams) or await session.authenticate()
         if closing is None:
-            async with runtime.admitted():
+            session.model_name = websocket.query_params.get("model")
+            model = runtime.models.get(session.model_name)
+            async with runtime.admitted(model):
                 parameters = session.first_parameters or query_parameters(websocket)
                 await session.set_parameters(parameters)
                 state.open_streams += 1
@@ -40,6 +42,8 @@ async def segment_stream(websocket: WebSocket) -> None:
                 finally:
                     state.open_streams -= 1
     except (InvalidParameter, NotImplementedHere) as error:  # parameters this service cannot take
+        closing = Closing(CloseCode.INVALID_DATA, error)
+    except UnknownModel as error:
         closing = Closing(CloseCode.INVALID_DATA, error)
     except ServiceError as error:  # not ready, draining, failed worker: refused at the door
         closing = Closing(CloseCode.TRY_AGAIN_LATER, error)

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from centermask_client.schemas import VideoParameters
 from service import openapi, tracking
-from service.deps import MetricsDep, RuntimeDep, SettingsDep, UploadsDep, require_api_key
+from service.deps import MetricsDep, ModelDep, RuntimeDep, SettingsDep, UploadsDep, require_api_key
 from service.options import resolve_options
 from service.responses import NdjsonResponse
 from service.video import frame_lines, open_upload
@@ -33,6 +33,7 @@ async def segment_video(
     settings: SettingsDep,
     metrics: MetricsDep,
     uploads: UploadsDep,
+    model: ModelDep,
     parameters: Annotated[VideoParameters, Query()],
 ) -> Response:
     """Segment the frames of an MP4, MOV, MKV or WebM video (H.264, HEVC, VP8, VP9, AV1, MPEG-4, MJPEG).
@@ -45,12 +46,14 @@ async def segment_video(
     is answered with a status before any line; a failure later ends the answer with one `{"error": {...}}`
     line whose `index` is the frame concerned.
     """
-    options = resolve_options(settings, runtime.predictor, parameters)
+    options = resolve_options(settings, model.predictor, parameters)
     if parameters.track and not tracking.loaded():
         await runtime.in_cpu_pool(tracking.load_or_refuse)
-    # The request stays admitted (and the drain waits for it) until its last line is written.
+    # The request stays admitted (and the drain waits for it), and holds its model (a reload waits for
+    # it), until its last line is written.
     admission = contextlib.AsyncExitStack()
-    await admission.enter_async_context(runtime.admitted())
+    admission.enter_context(model.leased())
+    await admission.enter_async_context(runtime.admitted(model))
     try:
         upload = await uploads.read_video(request)
         opened = await open_upload(runtime, upload.data, settings, parameters.fps, parameters.max_frames)
@@ -63,7 +66,9 @@ async def segment_video(
             metrics.rejected.labels("client_gone").inc()
         await admission.aclose()
 
-    headers = {} if opened.expected_frames is None else {FRAMES_HEADER: str(opened.expected_frames)}
+    headers = {"X-Model": model.name, "X-Model-Version": model.version}
+    if opened.expected_frames is not None:
+        headers[FRAMES_HEADER] = str(opened.expected_frames)
     tracker = tracking.Tracker(opened.frame_rate) if parameters.track else None
-    lines = frame_lines(runtime, opened, options, metrics, tracker)
+    lines = frame_lines(runtime, model, opened, options, metrics, tracker)
     return NdjsonResponse(lines, headers=headers, on_close=on_close)

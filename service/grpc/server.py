@@ -22,10 +22,10 @@ from grpc_health.v1 import health_pb2_grpc
 
 from service.grpc.servicer import HealthServicer, InferenceServicer, inference_handler
 from service.metrics import Metrics
+from service.runtime import Runtime
 from service.settings import Settings
 from service.tracing import Tracing
 from service.uploads import Uploads
-from service.v2.dataplane import ModelCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class GrpcServer:
     def __init__(
         self,
         settings: Settings,
-        models: ModelCatalog,
+        runtime: Runtime,
         uploads: Uploads,
         metrics: Metrics,
         version: str,
@@ -67,9 +67,9 @@ class GrpcServer:
             ],
             maximum_concurrent_rpcs=max_call_count(settings),
         )
-        servicer = InferenceServicer(settings, models, uploads, metrics, version, tracing)
+        servicer = InferenceServicer(settings, runtime, uploads, metrics, version, tracing)
         self._server.add_generic_rpc_handlers((inference_handler(servicer, metrics),))
-        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(models, metrics), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(runtime, metrics), self._server)
         self.port: int | None = None
 
     async def start(self) -> None:

@@ -1,11 +1,13 @@
 """The RPCs of `inference.GRPCInferenceService` and `grpc.health.v1.Health`, over the same runtime, model
-catalog, limits, API key and metrics as the HTTP API.
+registry, limits, keys and metrics as the HTTP API.
 
 Every RPC goes through `InferenceServicer._call`: a request id (the `x-request-id` metadata, or a fresh
 one, sent back in the trailing metadata), the API key where needed, our errors as gRPC statuses
 (`service.grpc.status`), the metrics by method and status code, and one access log line. As over HTTP,
 liveness, readiness and the server's metadata are open unless CENTERMASK_PROTECT_PROBES is set; model
-metadata, configuration and inference need the key (metadata `x-api-key`, or `authorization: Bearer`).
+metadata, configuration and inference need the key (metadata `x-api-key`, or `authorization: Bearer`); the
+repository's RPCs (index, load, unload) need the admin key there instead, and without one configured are
+PERMISSION_DENIED, as HTTP's 403.
 `grpc.health.v1` is always open: Kubernetes' gRPC probes send no metadata.
 """
 
@@ -16,27 +18,27 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service import tracing
-from service.deps import api_key_is_valid, offered_api_key
-from service.errors import NotImplementedHere, ServiceError, Unauthorized
+from service.deps import admin_key_is_valid, api_key_is_valid, offered_api_key
+from service.errors import AdminDisabled, InvalidRequest, ServiceError, Unauthorized
 from service.grpc import codec
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
 from service.grpc.status import REQUEST_ID, Status, internal_error, status_of
 from service.logging import error_code, request_id
 from service.metrics import Metrics
-from service.runtime import Phase
+from service.registry import ModelState
+from service.runtime import Phase, Runtime
 from service.settings import Settings
 from service.tracing import Tracing
 from service.uploads import Uploads
 from service.v2 import dataplane
-from service.v2.dataplane import ModelCatalog
 
 logger = logging.getLogger("service.access")
 
@@ -53,14 +55,14 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     def __init__(
         self,
         settings: Settings,
-        models: ModelCatalog,
+        runtime: Runtime,
         uploads: Uploads,
         metrics: Metrics,
         version: str,
         tracing: Tracing,
     ) -> None:
         self._settings = settings
-        self._models = models
+        self._runtime = runtime
         self._uploads = uploads
         self._metrics = metrics
         self._version = version
@@ -73,7 +75,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
         def live() -> pb.ServerLiveResponse:
-            return pb.ServerLiveResponse(live=self._models.server.is_alive)
+            return pb.ServerLiveResponse(live=self._runtime.is_alive)
 
         return await self._call("ServerLive", context, live, keyed=self._settings.protect_probes)
 
@@ -81,7 +83,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
         def ready() -> pb.ServerReadyResponse:
-            return pb.ServerReadyResponse(ready=self._models.server.phase is Phase.READY)
+            runtime = self._runtime
+            return pb.ServerReadyResponse(ready=runtime.phase is Phase.READY and runtime.is_ready)
 
         return await self._call("ServerReady", context, ready, keyed=self._settings.protect_probes)
 
@@ -90,10 +93,17 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     ) -> pb.ModelReadyResponse:
         def ready() -> pb.ModelReadyResponse:
             # An unknown model is NOT_FOUND; a known one not ready (loading, draining) is `ready: false`.
-            if self._models.server.phase is not Phase.READY:
+            models = self._runtime.models
+            name = models.resolve_alias(request.name)
+            entries = [entry for entry in models.index() if entry.name == name]
+            entry = entries[0] if entries else None
+            if entry is None:
+                models.get(request.name, request.version)  # raises UnknownModel, naming what is served
+            serving = self._runtime.phase is Phase.READY
+            if not serving or entry is None or entry.state != ModelState.READY:
                 return pb.ModelReadyResponse(ready=False)
-            runtime = self._models.resolve(request.name, request.version)
-            return pb.ModelReadyResponse(ready=runtime.phase is Phase.READY)
+            models.get(request.name, request.version)  # another version: NOT_FOUND
+            return pb.ModelReadyResponse(ready=True)
 
         return await self._call("ModelReady", context, ready, keyed=self._settings.protect_probes)
 
@@ -109,8 +119,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         def metadata() -> pb.ModelMetadataResponse:
-            runtime = self._models.resolve(request.name, request.version)
-            return codec.model_metadata_response(dataplane.model_metadata(runtime))
+            served = self._runtime.models.get(request.name, request.version)
+            return codec.model_metadata_response(dataplane.model_metadata(served))
 
         return await self._call("ModelMetadata", context, metadata, keyed=True)
 
@@ -118,13 +128,13 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         def config() -> pb.ModelConfigResponse:
-            runtime = self._models.resolve(request.name, request.version)
-            dataplane.require_ready(runtime)  # the batch size in force is known once warm
+            dataplane.require_serving(self._runtime)
+            served = self._runtime.models.get(request.name, request.version)  # warm: its batch size is known
             return pb.ModelConfigResponse(
                 config=codec.model_config(
-                    dataplane.model_metadata(runtime),
-                    backend=str(runtime.predictor.backend),
-                    max_batch_size=runtime.max_batch_size,
+                    dataplane.model_metadata(served),
+                    backend=str(served.predictor.backend),
+                    max_batch_size=served.max_batch_size,
                     max_batch_delay_ms=self._settings.max_batch_delay_ms,
                 )
             )
@@ -132,33 +142,42 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         return await self._call("ModelConfig", context, config, keyed=True)
 
     # ----------------------------------------------------------------------------------------------
-    # The repository extension: this server serves one model, from its settings.
+    # The repository extension (service/registry.py), behind the admin key as over HTTP.
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         def index() -> pb.RepositoryIndexResponse:
-            runtime = self._models.server
-            ready = runtime.phase is Phase.READY
-            if request.ready and not ready:
-                return pb.RepositoryIndexResponse()
-            name = runtime.predictor.config_name
-            state = "READY" if ready else "UNAVAILABLE"
-            reason = "" if ready else f"the service is {runtime.phase}"
-            model = pb.RepositoryIndexResponse.ModelIndex(name=name, version="1", state=state, reason=reason)
-            return pb.RepositoryIndexResponse(models=[model])
+            return pb.RepositoryIndexResponse(
+                models=[
+                    pb.RepositoryIndexResponse.ModelIndex(
+                        name=entry.name, version=entry.version or "", state=entry.state, reason=entry.reason
+                    )
+                    for entry in self._runtime.models.index(ready_only=request.ready)
+                ]
+            )
 
-        return await self._call("RepositoryIndex", context, index, keyed=True)
+        return await self._call("RepositoryIndex", context, index, keyed=True, admin=True)
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        return await self._call("RepositoryModelLoad", context, _no_repository, keyed=True)
+        async def load() -> pb.RepositoryModelLoadResponse:
+            _refuse_load_parameters(request.parameters)
+            await self._runtime.models.load(request.model_name)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._call("RepositoryModelLoad", context, load, keyed=True, admin=True)
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        return await self._call("RepositoryModelUnload", context, _no_repository, keyed=True)
+        async def unload() -> pb.RepositoryModelUnloadResponse:
+            _refuse_load_parameters(request.parameters, allowed=("unload_dependents",))
+            await self._runtime.models.unload(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._call("RepositoryModelUnload", context, unload, keyed=True, admin=True)
 
     # ----------------------------------------------------------------------------------------------
     # Inference
@@ -167,18 +186,18 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         async def infer() -> pb.ModelInferResponse:
-            async with self._models.server.admitted():
-                runtime = self._models.resolve(request.model_name, request.model_version)
-                with tracing.stage("receive"):
-                    parsed = codec.parse_infer_request(request)
-                answer = await dataplane.infer(
-                    runtime,
-                    self._settings,
-                    self._uploads,
-                    request.model_name,
-                    parsed,
-                    client_deadline_s=context.time_remaining(),
-                )
+            with self._runtime.models.lease(request.model_name, request.model_version) as served:
+                async with self._runtime.admitted(served):
+                    with tracing.stage("receive"):
+                        parsed = codec.parse_infer_request(request)
+                    answer = await dataplane.infer(
+                        served,
+                        self._settings,
+                        self._uploads,
+                        request.model_name,
+                        parsed,
+                        client_deadline_s=context.time_remaining(),
+                    )
             with tracing.stage("encode"):
                 return codec.infer_response(answer)
 
@@ -193,6 +212,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         work: Callable[[], T | Awaitable[T]],
         *,
         keyed: bool,
+        admin: bool = False,
     ) -> T:
         """Run one RPC's `work` (a function, or a coroutine function) as every RPC is run (module doc); when
         tracing, in a server span that is a child of the metadata's `traceparent`."""
@@ -200,11 +220,11 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             key.lower(): value for key, value in context.invocation_metadata() or () if isinstance(value, str)
         }
         if not self._tracing.enabled:
-            return await self._serve(method, context, metadata, work, keyed=keyed)
+            return await self._serve(method, context, metadata, work, keyed=keyed, admin=admin)
         attributes = {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method}
         with self._tracing.request(f"{SERVICE_NAME}/{method}", metadata, **attributes) as span:
             try:
-                return await self._serve(method, context, metadata, work, keyed=keyed)
+                return await self._serve(method, context, metadata, work, keyed=keyed, admin=admin)
             finally:
                 code = context.code() or grpc.StatusCode.OK
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
@@ -217,6 +237,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         work: Callable[[], T | Awaitable[T]],
         *,
         keyed: bool,
+        admin: bool = False,
     ) -> T:
         started = time.perf_counter()
         offered_id = metadata.get(REQUEST_ID, "")
@@ -232,7 +253,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         try:
             failure: Status
             try:
-                if keyed and not api_key_is_valid(self._settings, offered_api_key(metadata) or ""):
+                if admin:
+                    self._require_admin_key(metadata)
+                elif keyed and not api_key_is_valid(self._settings, offered_api_key(metadata) or ""):
                     raise Unauthorized(
                         "a valid API key is required, in the metadata x-api-key or authorization: Bearer"
                     )
@@ -272,6 +295,18 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             logger.log(logging.DEBUG if method in _QUIET else logging.INFO, "request", extra=fields)
             error_code.reset(code_token)
             request_id.reset(id_token)
+
+    def _require_admin_key(self, metadata: dict[str, str]) -> None:
+        if self._settings.admin_key is None:
+            raise AdminDisabled(
+                "the model repository's RPCs are disabled: set CENTERMASK_ADMIN_KEY (a secret other than "
+                "CENTERMASK_API_KEY) to enable them, and send it in the metadata x-api-key or authorization: "
+                "Bearer"
+            )
+        if not admin_key_is_valid(self._settings, offered_api_key(metadata) or ""):
+            raise Unauthorized(
+                "a valid admin key is required, in the metadata x-api-key or authorization: Bearer"
+            )
 
 
 class _Malformed:
@@ -325,11 +360,16 @@ def _checked(
     return handle
 
 
-def _no_repository() -> NoReturn:
-    raise NotImplementedHere(
-        "this server serves the one model of its settings: it has no model repository to load models "
-        "from or unload them to"
-    )
+def _refuse_load_parameters(parameters: Any, *, allowed: tuple[str, ...] = ()) -> None:
+    """Triton's load parameters (a `config` override, `file:` contents) are not served: say so rather than
+    load something other than what was asked for (as over HTTP). `unload_dependents` means nothing here
+    (no ensembles) and is accepted, as tritonclient sends it."""
+    refused = sorted(name for name in parameters if name not in allowed)
+    if refused:
+        raise InvalidRequest(
+            f"load and unload parameters are not supported (got {', '.join(refused)[:200]}): the model's "
+            "folder (model.pth, config.json) is what a load reads"
+        )
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
@@ -337,8 +377,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     and `inference.GRPCInferenceService` alike), NOT_SERVING while loading, draining or failed; an unknown
     service is NOT_FOUND. Watch is not served (UNIMPLEMENTED): probes only Check."""
 
-    def __init__(self, models: ModelCatalog, metrics: Metrics) -> None:
-        self._models = models
+    def __init__(self, runtime: Runtime, metrics: Metrics) -> None:
+        self._runtime = runtime
         self._metrics = metrics
 
     async def Check(
@@ -350,7 +390,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             if request.service not in ("", SERVICE_NAME):
                 code = grpc.StatusCode.NOT_FOUND
                 await context.abort(code, f"not_found: unknown service {request.service[:100]!r}")
-            serving = self._models.server.phase is Phase.READY
+            serving = self._runtime.phase is Phase.READY and self._runtime.is_ready
             Serving = health_pb2.HealthCheckResponse
             return Serving(status=Serving.SERVING if serving else Serving.NOT_SERVING)
         finally:

@@ -28,6 +28,8 @@ _BY_CODE = {
     "not_ready": grpc.StatusCode.UNAVAILABLE,
     "worker_failed": grpc.StatusCode.UNAVAILABLE,
     "inference_failed": grpc.StatusCode.INTERNAL,
+    # A model the memory left cannot hold: no retry will fit it until another is unloaded.
+    "insufficient_memory": grpc.StatusCode.FAILED_PRECONDITION,
 }
 # The HTTP status → the gRPC status code, for the rest.
 _BY_STATUS = {

@@ -1,15 +1,19 @@
 """The Open Inference Protocol (KServe v2, also spoken by Triton, Seldon MLServer and TorchServe) over HTTP.
 
 Beside the service's own API, with the same batcher, limits, upload guards, metrics and API key: an infer
-request is segmented by `Runtime.segment`, exactly as `/segment/batch` would, and its answer holds the
-same instances.
+request is segmented by its model's `ServedModel.segment`, exactly as `/segment/batch` would, and its answer
+holds the same instances. What the protocol means is `service.v2.dataplane`, shared with gRPC.
 
 * `GET /v2`, `/v2/health/live`, `/v2/health/ready`: server metadata and health (open like the probes).
-* `GET /v2/models/{name}[/versions/1]/ready`: model readiness (open like the probes).
-* `GET /v2/models/{name}[/versions/1]`: model metadata; `POST .../infer`: inference (the API key, if set).
+* `GET /v2/models/{name}[/versions/{version}]/ready`: model readiness (open like the probes).
+* `GET /v2/models/{name}[/versions/{version}]`: model metadata; `POST .../infer`: inference (the API key).
+* `/v2/repository/...`: the model repository extension (service/v2/repository.py; the admin key).
 
-The model is named by its config (e.g. `centermask_lite_V_19_slim_eSE_FPN_ms_4x`) or `centermask`; its only
-version is `1`. Request parameters `score_threshold`, `max_detections`, `mask_format` (`rle`, `polygon`,
+Models are found by name through the registry (`ModelRegistry.lease`, service/registry.py), as `/segment`
+finds them: a repository's folder names, or without one the served config's name (e.g.
+`centermask_lite_V_19_slim_eSE_FPN_ms_4x`) or `centermask`. A model's version is its weights' SHA-256
+prefix (`model_version` of every answer); `1`, the only version before there were several, is still
+accepted in paths and means the current one. Request parameters `score_threshold`, `max_detections`, `mask_format` (`rle`, `polygon`,
 `none`), `classes` and `class_agnostic_nms` mean what the query parameters of `/segment` mean. The outputs
 hold the instances of all images, concatenated in input order, each image's best first: `image_index` says
 which image an instance belongs to (docs/api.md). The encoding is `service.v2.codec`, the messages
@@ -36,14 +40,14 @@ from service.deps import (
     unless_disconnected,
 )
 from service.errors import UnsupportedMediaType
+from service.registry import MODEL_ALIAS, ModelRegistry
 from service.responses import OrjsonResponse
+from service.runtime import Runtime
 from service.settings import Settings
 from service.uploads import Uploads
 from service.v2 import dataplane
 from service.v2.codec import HEADER_LENGTH, encode_response, parse_request
-from service.v2.dataplane import ModelCatalog
 from service.v2.models import (
-    MODEL_ALIAS,
     MODEL_VERSION,
     InferenceErrorBody,
     InferenceResponse,
@@ -86,8 +90,19 @@ _INFER_ANSWER = {
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
 }
 
-ModelName = Annotated[str, Path(description=f"The served config's name, or `{MODEL_ALIAS}`")]
-ModelVersion = Annotated[str, Path(description=f"`{MODEL_VERSION}`, the only one")]
+ModelName = Annotated[
+    str,
+    Path(
+        description=f"The model's name: a repository folder's; without a repository the served config's, or "
+        f"`{MODEL_ALIAS}`"
+    ),
+]
+ModelVersion = Annotated[
+    str,
+    Path(
+        description=f"The model's version (its weights' SHA-256 prefix), or `{MODEL_VERSION}` for the current one"
+    ),
+]
 
 probe_router = APIRouter(dependencies=[Depends(require_api_key_for_probes)], tags=["Open Inference Protocol"])
 model_router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Open Inference Protocol"])
@@ -138,9 +153,9 @@ async def server_ready(runtime: RuntimeDep) -> Response:
     responses=_errors(401, 404, 503),
     summary="Open Inference Protocol: model readiness",
 )
-async def model_ready(models: ModelsDep, model_name: ModelName) -> Response:
-    """200 once the model is ready to infer; 404 for another model; 503 while not ready."""
-    return _model_ready(models, model_name, None)
+async def model_ready(runtime: RuntimeDep, model_name: ModelName) -> Response:
+    """200 once the model is ready to infer; 404 for a model not served; 503 while not ready."""
+    return _model_ready(runtime, model_name, None)
 
 
 @probe_router.get(
@@ -150,15 +165,15 @@ async def model_ready(models: ModelsDep, model_name: ModelName) -> Response:
     summary="Open Inference Protocol: model version readiness",
 )
 async def model_version_ready(
-    models: ModelsDep, model_name: ModelName, model_version: ModelVersion
+    runtime: RuntimeDep, model_name: ModelName, model_version: ModelVersion
 ) -> Response:
     """200 once the model is ready to infer; 404 for another model or version; 503 while not ready."""
-    return _model_ready(models, model_name, model_version)
+    return _model_ready(runtime, model_name, model_version)
 
 
-def _model_ready(models: ModelCatalog, model_name: str, model_version: str | None) -> Response:
-    dataplane.require_ready(models.server)
-    dataplane.require_ready(models.resolve(model_name, model_version))
+def _model_ready(runtime: Runtime, model_name: str, model_version: str | None) -> Response:
+    dataplane.require_serving(runtime)
+    runtime.models.get(model_name, model_version)  # 404 for a model not served, 503 while it loads
     return OrjsonResponse({"name": model_name, "ready": True})
 
 
@@ -183,12 +198,12 @@ async def model_metadata(models: ModelsDep, model_name: ModelName) -> Response:
 async def model_version_metadata(
     models: ModelsDep, model_name: ModelName, model_version: ModelVersion
 ) -> Response:
-    """As the model's metadata, for version 1, the only one."""
+    """As the model's metadata, for its current version."""
     return _model_metadata(models, model_name, model_version)
 
 
-def _model_metadata(models: ModelCatalog, model_name: str, model_version: str | None) -> Response:
-    return OrjsonResponse(dataplane.model_metadata(models.resolve(model_name, model_version)))
+def _model_metadata(models: ModelRegistry, model_name: str, model_version: str | None) -> Response:
+    return OrjsonResponse(dataplane.model_metadata(models.get(model_name, model_version)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,14 +221,14 @@ _INFER_RESPONSES = {200: _INFER_ANSWER, **_errors(400, 401, 404, 413, 415, 422, 
     summary="Open Inference Protocol: segment images",
 )
 async def infer(
-    request: Request, models: ModelsDep, settings: SettingsDep, uploads: UploadsDep, model_name: ModelName
+    request: Request, runtime: RuntimeDep, settings: SettingsDep, uploads: UploadsDep, model_name: ModelName
 ) -> Response:
     """Segment the images of the `image` input (one batch) and answer the instances as named tensors.
 
     The same images sent to `/segment` get the same instances; the parameters (`score_threshold`,
     `max_detections`, `mask_format`, `classes`) default to the service's settings, as there.
     """
-    return await _infer(request, models, settings, uploads, model_name, None)
+    return await _infer(request, runtime, settings, uploads, model_name, None)
 
 
 @model_router.post(
@@ -225,19 +240,19 @@ async def infer(
 )
 async def infer_version(
     request: Request,
-    models: ModelsDep,
+    runtime: RuntimeDep,
     settings: SettingsDep,
     uploads: UploadsDep,
     model_name: ModelName,
     model_version: ModelVersion,
 ) -> Response:
-    """As infer, with version 1, the only one."""
-    return await _infer(request, models, settings, uploads, model_name, model_version)
+    """As infer, with the model's current version."""
+    return await _infer(request, runtime, settings, uploads, model_name, model_version)
 
 
 async def _infer(
     request: Request,
-    models: ModelCatalog,
+    runtime: Runtime,
     settings: Settings,
     uploads: Uploads,
     model_name: str,
@@ -247,18 +262,18 @@ async def _infer(
         raise UnsupportedMediaType(
             "compressed request bodies are not supported: send it without Content-Encoding"
         )
-    async with models.server.admitted():
-        runtime = models.resolve(model_name, model_version)
-        with tracing.stage("receive"):
-            body = await uploads.read_tensor_body(request)
-            parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
-        answer = await dataplane.infer(
-            runtime,
-            settings,
-            uploads,
-            model_name,
-            parsed,
-            until=lambda work: unless_disconnected(request, work),
-        )
+    with runtime.models.lease(model_name, model_version) as served:
+        async with runtime.admitted(served):
+            with tracing.stage("receive"):
+                body = await uploads.read_tensor_body(request)
+                parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
+            answer = await dataplane.infer(
+                served,
+                settings,
+                uploads,
+                model_name,
+                parsed,
+                until=lambda work: unless_disconnected(request, work),
+            )
     with tracing.stage("encode"):
         return encode_response(answer.header, answer.tensors, answer.binary)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import REPO, compose_config, dockerfile_instructions, load_yaml, parse_duration
+from .conftest import REPO, compose_config, dockerfile_instructions, load_yaml, parse_duration, run, tool
 
 SERVICE_GPU = "centermask"
 SERVICE_CPU = "centermask-cpu"
@@ -147,3 +148,23 @@ def test_monitoring_ports_bind_to_loopback() -> None:
     for name in ("prometheus", "grafana"):
         for port in services[name]["ports"]:
             assert port.get("host_ip") == "127.0.0.1", name
+
+
+def test_admin_key_is_only_passed_through() -> None:
+    env = load_yaml(REPO / "docker-compose.yml")["x-centermask-environment"]
+    assert env["CENTERMASK_ADMIN_KEY"] is None
+
+
+@pytest.mark.parametrize("name", [SERVICE_GPU, SERVICE_CPU])
+def test_the_repository_override_mounts_the_models_read_only(name: str) -> None:
+    files = ("docker-compose.yml", "docker-compose.repository.yml")
+    command = [tool("docker-compose"), *(arg for f in files for arg in ("-f", str(REPO / f)))]
+    proc = run([*command, "--profile", "cpu", "config", "--format", "json"])
+    assert proc.returncode == 0, proc.stderr
+    service = json.loads(proc.stdout)["services"][name]
+    environment = service["environment"]
+    assert environment["CENTERMASK_MODEL_REPOSITORY"] == "/models"
+    assert "CENTERMASK_WEIGHTS" not in environment and environment["CENTERMASK_PORT"] == "8000"
+    [models] = [volume for volume in service["volumes"] if volume["target"] == "/models"]
+    assert models["read_only"] is True and models["source"].endswith("/models")
+    assert service["read_only"] is True, "the hardening of docker-compose.yml stays"

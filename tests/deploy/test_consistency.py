@@ -313,7 +313,8 @@ def configured_environments() -> dict[str, dict[str, str]]:
             elif "resourceFieldRef" in e["valueFrom"]:
                 env[e["name"]] = str(cores)
             elif "secretKeyRef" in e["valueFrom"]:
-                env[e["name"]] = "some-secret-value"
+                # Each Secret its own value (the admin key must differ from the API key).
+                env[e["name"]] = f"a-value-of-{e['valueFrom']['secretKeyRef']['name']}"
         envs[where] = env
     for name, service in compose_config("cpu")["services"].items():
         if name.startswith("centermask"):

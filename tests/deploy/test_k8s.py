@@ -327,3 +327,46 @@ def test_prometheusrule_has_the_compose_alerts(overlay: str) -> None:
     rule = find(rendered(f"overlays/{overlay}"), "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["spec"]["groups"] == load_yaml(ALERTS)["groups"]
+
+
+# --------------------------------------------------------------------------------------------------
+# the model repository overlay
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS, ids=lambda v: v or "latest")
+def test_the_repository_overlay_validates_strictly(version: str | None) -> None:
+    validator = tool("kubernetes-validate")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(render("overlays/repository"))
+    try:
+        proc = run([validator, "--strict", *(["-k", version] if version else []), f.name])
+    finally:
+        Path(f.name).unlink()
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "ERROR" not in output, output
+    assert "passed for resource persistentvolumeclaim/" in output, output
+
+
+def test_the_repository_overlay_mounts_the_models_read_only_with_the_admin_key_from_a_secret() -> None:
+    docs = rendered("overlays/repository")
+    pod = find(docs, "Deployment", "centermask-serve")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    data = configmap_data(docs)
+    assert data["CENTERMASK_MODEL_REPOSITORY"] == "/models" and data["CENTERMASK_DEVICE"] == "cuda"
+    assert "CENTERMASK_WEIGHTS" not in data and "CENTERMASK_ADMIN_KEY" not in data
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True and "/tmp" in mounts, "the overlay adds, never replaces"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = volumes[mounts["/models"]["name"]]["persistentVolumeClaim"]
+    pvc = find(docs, "PersistentVolumeClaim", claim["claimName"])
+    assert claim["readOnly"] is True and pvc["spec"]["accessModes"] == ["ReadOnlyMany"]
+    assert pvc["metadata"]["namespace"] == "centermask"
+    env_vars = {e["name"]: e for e in c["env"]}
+    admin = env_vars["CENTERMASK_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]
+    api = env_vars["CENTERMASK_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert admin["optional"] is True and admin["name"] != api["name"]
+    example = load_yaml(K8S / "base" / "secret-admin-key.example.yaml")
+    assert (example["kind"], example["metadata"]["name"]) == ("Secret", admin["name"])
+    assert admin["key"] in example["stringData"]
+    assert not any(d["kind"] == "Secret" for d in docs)
+    assert "secret-admin-key.example.yaml" not in load_yaml(K8S / "base" / "kustomization.yaml")["resources"]

@@ -4,8 +4,11 @@ and by hand: metadata, health, readiness, inference equal to /segment's, errors 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import re
 import struct
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -104,7 +107,10 @@ def test_model_metadata_needs_the_api_key_and_describes_the_tensors(client) -> N
         client.get_model_metadata("centermask")
     assert refused.value.status() == "401" and "API key" in refused.value.message()
     metadata = client.get_model_metadata("centermask", headers=KEY)
-    assert metadata["name"] == CONFIG and metadata["versions"] == ["1"] and metadata["platform"] == "pytorch"
+    [version] = metadata["versions"]
+    assert metadata["name"] == CONFIG and metadata["platform"] == "pytorch"
+    assert re.fullmatch("[0-9a-f]{12}", version), "the weights' SHA-256 prefix"
+    assert client.get_model_metadata(CONFIG, model_version=version, headers=KEY)["versions"] == [version]
     assert metadata["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     outputs = {output["name"]: (output["datatype"], output["shape"]) for output in metadata["outputs"]}
     assert outputs["boxes"] == ("FP32", [-1, 4]) and outputs["masks"] == ("BYTES", [-1])
@@ -141,7 +147,7 @@ def test_parameters_mean_what_the_query_parameters_of_segment_mean(client, tiny_
     assert without_masks.as_numpy("masks") is None and without_masks.as_numpy("boxes") is not None
 
 
-def test_the_json_encoding_with_base64_images(client, tiny_server: LiveServer) -> None:
+def test_the_json_encoding_with_base64_images(client, tiny_server: LiveServer, tiny_weights: Path) -> None:
     request = {
         "id": "json-1",
         "inputs": [
@@ -159,7 +165,8 @@ def test_the_json_encoding_with_base64_images(client, tiny_server: LiveServer) -
     )
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     answer = response.json()
-    assert (answer["model_name"], answer["model_version"], answer["id"]) == (CONFIG, "1", "json-1")
+    version = hashlib.sha256(tiny_weights.read_bytes()).hexdigest()[:12]
+    assert (answer["model_name"], answer["model_version"], answer["id"]) == (CONFIG, version, "json-1")
     outputs = {output["name"]: output for output in answer["outputs"]}
     assert set(outputs) == {"scores", "image_index", "masks"}
     binary = triton_infer(client, IMAGES)

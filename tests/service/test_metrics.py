@@ -34,6 +34,8 @@ EXPECTED = {
     "centermask_stream_frames_total": "counter",
     "centermask_stream_frame_latency_seconds": "histogram",
     "centermask_streams_open": "gauge",
+    "centermask_model_info": "gauge",
+    "centermask_model_loads_total": "counter",
 }
 
 
@@ -59,7 +61,11 @@ async def test_every_metric_is_exposed(served: Served) -> None:
     assert {labels for name, labels in samples if name == "centermask_inference_failures_total"} == {
         (("kind", kind),) for kind in ("error", "out_of_memory", "fatal", "hung")
     }
-    assert samples[("centermask_images_total", ())] >= 1
+    images = {labels: value for (name, labels), value in samples.items() if name == "centermask_images_total"}
+    [(labels, count)] = images.items()
+    assert count >= 1 and dict(labels)["model"] == served.runtime.models.get().name
+    assert samples[("centermask_model_info", labels)] == 1, "the same model and version labels"
+    assert samples[("centermask_model_loads_total", (("outcome", "loaded"),))] == 1
 
 
 async def test_unknown_paths_share_one_label(served: Served) -> None:

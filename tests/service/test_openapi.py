@@ -63,6 +63,7 @@ def test_every_route_the_app_serves_is_described(app: FastAPI, spec: dict[str, A
         "/segment/batch",
         "/segment/video",
         "/v1/model",
+        "/v1/models",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -75,6 +76,9 @@ def test_every_route_the_app_serves_is_described(app: FastAPI, spec: dict[str, A
         "/v2/models/{model_name}/versions/{model_version}/ready",
         "/v2/models/{model_name}/infer",
         "/v2/models/{model_name}/versions/{model_version}/infer",
+        "/v2/repository/index",
+        "/v2/repository/models/{model_name}/load",
+        "/v2/repository/models/{model_name}/unload",
     }
 
 
@@ -98,7 +102,7 @@ def test_every_error_status_has_the_error_schema(spec: dict[str, Any]) -> None:
     error_body = {"$ref": "#/components/schemas/ErrorBody"}
     for path in ("/segment", "/segment/batch"):
         responses = spec["paths"][path]["post"]["responses"]
-        assert set(responses) == {"200", "400", "401", "413", "415", "422", "500", "503", "504"}
+        assert set(responses) == {"200", "400", "401", "404", "413", "415", "422", "500", "503", "504"}
         for status, response in responses.items():
             if status != "200":
                 content = response["content"]["application/json"]
@@ -168,7 +172,7 @@ def test_the_video_endpoint_documents_its_lines_statuses_and_the_streams_message
     for line in ok["content"]["application/x-ndjson"]["example"].splitlines():
         body = json.loads(line)
         (ErrorBody if "error" in body else VideoFrameResult).model_validate(body)
-    assert set(op["responses"]) == {"200", "400", "401", "413", "415", "422", "500", "501", "503"}
+    assert set(op["responses"]) == {"200", "400", "401", "404", "413", "415", "422", "500", "501", "503"}
     examples_413 = op["responses"]["413"]["content"]["application/json"]["examples"]
     assert set(examples_413) == {"video_too_large", "too_many_pixels", "video_too_long"}
     # The stream is a WebSocket (no OpenAPI operation): its messages are component schemas.

@@ -12,7 +12,7 @@ from torchvision.ops import nms
 
 from model.inference.images import load_rgb
 from model.weights.coco_classes import COCO_CATEGORY_IDS
-from service import runtime as runtime_module
+from service import served as served_module
 from tests.service.helpers import Served, encode, metric_value, png_body, random_image
 
 pytestmark = pytest.mark.anyio
@@ -173,7 +173,7 @@ async def test_an_unexpected_error_is_a_500_without_internals(served: Served, mo
     def broken_record(*args: Any, **kwargs: Any) -> dict[str, Any]:
         raise KeyError("secret internal detail")
 
-    monkeypatch.setattr(runtime_module, "image_record", broken_record)
+    monkeypatch.setattr(served_module, "image_record", broken_record)
     response = await served.client.post("/segment", **png_body(IMAGE))
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "internal_error"

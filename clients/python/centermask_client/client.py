@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -43,6 +44,7 @@ from centermask_client.schemas import (
     ImageFormat,
     MaskFormat,
     ModelInfo,
+    ModelList,
     SegmentParameters,
     SegmentResponse,
     VideoParameters,
@@ -215,14 +217,18 @@ class Client:
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
         filename: str | None = None,
+        model: str | None = None,
     ) -> SegmentResponse:
         """Segment one image. Unset parameters take the service's defaults (`model_info()`).
 
-        classes: names (case-insensitive), "class_id:N" or "category_id:N".
+        classes: names (case-insensitive), "class_id:N" or "category_id:N". model: a model's name on a
+        server with several (`models()`); unset, its default model.
         """
         parameters = _parameters(score_threshold, max_detections, classes, mask_format)
         encoded = encode_input(image, filename)
-        response = self._send(lambda: self._api.segment_request(self._http, encoded, parameters.query()))
+        response = self._send(
+            lambda: self._api.segment_request(self._http, encoded, _with_model(parameters.query(), model))
+        )
         return self._api.parse(response, SegmentResponse)
 
     def segment_batch(
@@ -233,6 +239,7 @@ class Client:
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
+        model: str | None = None,
     ) -> BatchResponse:
         """Segment several images in one request (at most the service's max_images_per_request).
 
@@ -240,7 +247,9 @@ class Client:
         """
         parameters = _parameters(score_threshold, max_detections, classes, mask_format)
         encoded = [encode_input(image) for image in images]
-        response = self._send(lambda: self._api.batch_request(self._http, encoded, parameters.query()))
+        response = self._send(
+            lambda: self._api.batch_request(self._http, encoded, _with_model(parameters.query(), model))
+        )
         return self._api.parse(response, BatchResponse)
 
     def render(
@@ -251,11 +260,12 @@ class Client:
         score_threshold: float | None = None,
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
+        model: str | None = None,
     ) -> bytes:
         """The image with its masks, boxes and labels drawn by the service (`/segment?format=png`)."""
         parameters = _parameters(score_threshold, max_detections, classes)
         encoded = encode_input(image)
-        query = {**parameters.query(), "format": image_format}
+        query = _with_model({**parameters.query(), "format": image_format}, model)
         response = self._send(lambda: self._api.segment_request(self._http, encoded, query))
         return self._api.check(response).content
 
@@ -313,10 +323,16 @@ class Client:
             raise self._api.connection_failed(exc) from exc
         return FrameStream(connection)
 
-    def model_info(self) -> ModelInfo:
-        """The served model: config, classes, device, batching and the parameters' defaults."""
-        response = self._send(lambda: self._api.get_request(self._http, "/v1/model"))
+    def model_info(self, model: str | None = None) -> ModelInfo:
+        """A served model (default: the default one): config, classes, device, batching and the parameters'
+        defaults."""
+        response = self._send(lambda: self._api.get_request(self._http, _model_path(model)))
         return self._api.parse(response, ModelInfo)
+
+    def models(self) -> ModelList:
+        """Every model of the server, with its version and state, and which one is the default."""
+        response = self._send(lambda: self._api.get_request(self._http, "/v1/models"))
+        return self._api.parse(response, ModelList)
 
     def is_ready(self) -> bool:
         """Whether the service is loaded, warm and not draining (`/readyz`); never retries."""
@@ -374,11 +390,12 @@ class AsyncClient:
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
         filename: str | None = None,
+        model: str | None = None,
     ) -> SegmentResponse:
         parameters = _parameters(score_threshold, max_detections, classes, mask_format)
         encoded = encode_input(image, filename)
         response = await self._send(
-            lambda: self._api.segment_request(self._http, encoded, parameters.query())
+            lambda: self._api.segment_request(self._http, encoded, _with_model(parameters.query(), model))
         )
         return self._api.parse(response, SegmentResponse)
 
@@ -390,10 +407,13 @@ class AsyncClient:
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
+        model: str | None = None,
     ) -> BatchResponse:
         parameters = _parameters(score_threshold, max_detections, classes, mask_format)
         encoded = [encode_input(image) for image in images]
-        response = await self._send(lambda: self._api.batch_request(self._http, encoded, parameters.query()))
+        response = await self._send(
+            lambda: self._api.batch_request(self._http, encoded, _with_model(parameters.query(), model))
+        )
         return self._api.parse(response, BatchResponse)
 
     async def render(
@@ -404,10 +424,11 @@ class AsyncClient:
         score_threshold: float | None = None,
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
+        model: str | None = None,
     ) -> bytes:
         parameters = _parameters(score_threshold, max_detections, classes)
         encoded = encode_input(image)
-        query = {**parameters.query(), "format": image_format}
+        query = _with_model({**parameters.query(), "format": image_format}, model)
         response = await self._send(lambda: self._api.segment_request(self._http, encoded, query))
         return self._api.check(response).content
 
@@ -454,9 +475,13 @@ class AsyncClient:
             raise self._api.connection_failed(exc) from exc
         return AsyncFrameStream(connection)
 
-    async def model_info(self) -> ModelInfo:
-        response = await self._send(lambda: self._api.get_request(self._http, "/v1/model"))
+    async def model_info(self, model: str | None = None) -> ModelInfo:
+        response = await self._send(lambda: self._api.get_request(self._http, _model_path(model)))
         return self._api.parse(response, ModelInfo)
+
+    async def models(self) -> ModelList:
+        response = await self._send(lambda: self._api.get_request(self._http, "/v1/models"))
+        return self._api.parse(response, ModelList)
 
     async def is_ready(self) -> bool:
         try:
@@ -487,6 +512,15 @@ class AsyncClient:
             await response.aclose()
             await asyncio.sleep(delay)
             attempt, waited_s = attempt + 1, waited_s + delay
+
+
+def _with_model(query: dict[str, str], model: str | None) -> dict[str, str]:
+    """A request's query string, naming its model when one is chosen."""
+    return query if model is None else {**query, "model": model}
+
+
+def _model_path(model: str | None) -> str:
+    return "/v1/model" if model is None else f"/v1/model?{urlencode({'model': model})}"
 
 
 def retry_after_s(response: httpx.Response) -> float | None:

@@ -208,7 +208,12 @@ class ImageResult(BaseModel):
 
 
 class SegmentResponse(ImageResult):
-    model: str = Field(description="The served model's config name.")
+    model: str = Field(
+        description="The model's name: its folder's in a model repository, else the served config's name."
+    )
+    model_version: str | None = Field(
+        None, description="The model's version: the first 12 hex digits of its weights' SHA-256."
+    )
     request_id: str = Field(description="Also in the X-Request-ID header; it tags the request's log lines.")
     timing_ms: RequestTiming
 
@@ -219,6 +224,9 @@ class BatchImageResult(ImageResult):
 
 class BatchResponse(BaseModel):
     model: str
+    model_version: str | None = Field(
+        None, description="The model's version: the first 12 hex digits of its weights' SHA-256."
+    )
     request_id: str
     results: list[BatchImageResult] = Field(description="One per uploaded image, in upload order.")
     timing_ms: TotalTiming
@@ -284,6 +292,10 @@ class BatchingInfo(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    name: str | None = Field(
+        None, description="The model's name: its folder's in a model repository, else its config's."
+    )
+    model_version: str | None = Field(None, description="The first 12 hex digits of weights_sha256.")
     config_name: str
     class_names: list[str] = Field(description="Index = class_id.")
     category_ids: list[int] = Field(description="The category_id of each class, index = class_id.")
@@ -308,6 +320,27 @@ class ModelInfo(BaseModel):
     max_detections: int = Field(description="Default of the max_detections parameter.")
     class_agnostic_nms: bool = Field(description="Default of the class_agnostic_nms parameter.")
     class_agnostic_iou: float = Field(description="Box IoU above which class-agnostic NMS merges detections.")
+
+
+class ModelSummary(BaseModel):
+    """One model of `GET /v1/models`: loaded (READY), LOADING, or in the repository but UNAVAILABLE."""
+
+    name: str
+    model_version: str | None = Field(None, description="The first 12 hex digits of its weights' SHA-256.")
+    state: str = Field(description="READY, LOADING or UNAVAILABLE (not loaded; `reason` says why).")
+    reason: str = ""
+    default: bool = Field(False, description="Whether requests that name no model get this one.")
+    config_name: str | None = None
+    class_names: list[str] = Field(default_factory=list, description="Index = class_id.")
+    category_ids: list[int] = Field(default_factory=list)
+    device: str | None = None
+    precision: str | None = None
+    backend: str | None = None
+
+
+class ModelList(BaseModel):
+    default: str | None = Field(description="The model of requests that name none.")
+    models: list[ModelSummary]
 
 
 class ErrorDetail(BaseModel):

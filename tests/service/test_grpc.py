@@ -125,7 +125,10 @@ def comparable(instances: list[dict]) -> list[dict]:
 def test_tritonclient_gets_the_instances_segment_answers(client, tiny_server: LiveServer) -> None:
     result = client.infer("centermask", [image_input(IMAGES)], headers=KEY, request_id="req-7")
     response = result.get_response()
-    assert response.model_name == "centermask" and response.model_version == "1" and response.id == "req-7"
+    assert response.model_name == "centermask" and response.id == "req-7"
+    # The version that ran: the weights' SHA-256 prefix, as the model's metadata lists it.
+    [version] = client.get_model_metadata("centermask", headers=KEY).versions
+    assert response.model_version == version and len(version) == 12
     answered = per_image(result, len(IMAGES))
     for image, instances in zip(IMAGES, answered, strict=True):
         expected = comparable(segment(tiny_server, image))
@@ -157,7 +160,9 @@ def test_metadata_config_health_and_readiness(client) -> None:
     server = client.get_server_metadata()
     assert server.name == "centermask-serve" and "binary_tensor_data" in server.extensions
     metadata = client.get_model_metadata("centermask", headers=KEY)
-    assert metadata.name == CONFIG and list(metadata.versions) == ["1"] and metadata.platform == "pytorch"
+    [version] = metadata.versions
+    assert metadata.name == CONFIG and int(version, 16) >= 0 and metadata.platform == "pytorch"
+    assert client.is_model_ready(CONFIG, model_version=version)
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("image", "BYTES", [-1])]
     outputs = {t.name: (t.datatype, list(t.shape)) for t in metadata.outputs}
     assert outputs["boxes"] == ("FP32", [-1, 4]) and outputs["masks"] == ("BYTES", [-1])
@@ -165,8 +170,13 @@ def test_metadata_config_health_and_readiness(client) -> None:
     assert config.name == CONFIG and config.backend == "torch" and config.max_batch_size == 0
     assert list(config.dynamic_batching.preferred_batch_size) == [2]
     assert [i.name for i in config.input] == ["image"]
-    index = client.get_model_repository_index(headers=KEY)
-    assert [(m.name, m.version, m.state) for m in index.models] == [(CONFIG, "1", "READY")]
+    # The repository's RPCs need the admin key, which this server has not: refused, saying how to enable them.
+    with pytest.raises(InferenceServerException) as index:
+        client.get_model_repository_index(headers=KEY)
+    assert (
+        index.value.status() == "StatusCode.PERMISSION_DENIED"
+        and "CENTERMASK_ADMIN_KEY" in index.value.message()
+    )
 
 
 def test_errors_are_grpc_statuses_with_our_codes(client) -> None:
@@ -196,7 +206,7 @@ def test_errors_are_grpc_statuses_with_our_codes(client) -> None:
     assert bad_parameter.status() == "StatusCode.INVALID_ARGUMENT"
     assert bad_parameter.message().startswith("invalid_parameter: ")
     load = refused(client.load_model, CONFIG, headers=KEY)
-    assert load.status() == "StatusCode.UNIMPLEMENTED" and "repository" in load.message()
+    assert load.status() == "StatusCode.PERMISSION_DENIED" and load.message().startswith("admin_disabled: ")
 
 
 @pytest.mark.anyio
@@ -320,9 +330,7 @@ async def test_a_full_queue_is_resource_exhausted_with_retry_after(gated) -> Non
             running = stub.ModelInfer(infer_request(IMAGES[:1]), timeout=TIMEOUT_S)
             await wait_until(predictor.entered.is_set)
             queued = stub.ModelInfer(infer_request(IMAGES[1:]), timeout=TIMEOUT_S)
-            await wait_until(
-                lambda: served.runtime._batcher is not None and served.runtime._batcher.depth == 1
-            )
+            await wait_until(lambda: served.runtime.models.depth == 1)
             with pytest.raises(grpc.aio.AioRpcError) as full:
                 await stub.ModelInfer(infer_request(IMAGES[:1]), timeout=TIMEOUT_S)
         finally:
@@ -356,7 +364,7 @@ async def test_the_clients_deadline_bounds_the_request(gated) -> None:
             predictor.gate.set()
         assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         await running
-        await wait_until(lambda: served.runtime._batcher is not None and served.runtime._batcher.depth == 0)
+        await wait_until(lambda: served.runtime.models.depth == 0)
     # The late request's image was dropped before the network: one batch ran, the first request's.
     assert len(predictor.batches) == batches + 1
 

@@ -50,6 +50,7 @@ def repository_settings(directory: Path, **overrides: Any) -> Settings:
         "max_batch_delay_ms": 2,
         "cpu_workers": 2,
         "admin_key": ADMIN["X-API-Key"],
+        "grpc_port": 0,  # in-process apps: no gRPC server on the shared default port
     }
     return Settings(**(values | overrides))
 
@@ -455,7 +456,7 @@ async def test_without_a_repository_the_one_weights_file_reloads_when_it_changed
 ) -> None:
     served_weights = tmp_path / "served.pth"
     shutil.copyfile(weights["coco"], served_weights)
-    settings = Settings(weights=served_weights, device="cpu", max_batch_size=1, cpu_workers=1)
+    settings = Settings(weights=served_weights, device="cpu", max_batch_size=1, cpu_workers=1, grpc_port=0)
     async with serve(settings) as served:
         assert await served.runtime.reload_changed() == {}, "nothing changed"
         put_weights(tmp_path, weights["coco-next"])

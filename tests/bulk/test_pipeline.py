@@ -45,7 +45,14 @@ def ray_session() -> Iterator[None]:
     ray.init(
         num_cpus=2,
         include_dashboard=False,
-        runtime_env={"worker_process_setup_hook": fill_memory},
+        # The hook is this module's function, pickled by name: the workers find `tests` through the checkout
+        # (pytest puts it on the driver's path, not on theirs).
+        runtime_env={
+            "worker_process_setup_hook": fill_memory,
+            "env_vars": {
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+            },
+        },
         configure_logging=False,
     )
     fill_memory()

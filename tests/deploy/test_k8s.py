@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from .conftest import (
     ALERTS,
@@ -194,7 +195,7 @@ def test_writable_paths_are_on_the_tmp_emptydir(overlay: str) -> None:
 def test_settings_come_from_the_configmap_and_optional_secret(overlay: str) -> None:
     docs = rendered(f"overlays/{overlay}")
     data = configmap_data(docs)
-    assert data["CENTERMASK_DEVICE"] == {"gpu": "cuda", "cpu": "cpu"}[overlay]
+    assert data["CENTERMASK_DEVICE"] == {"gpu": "cuda", "gpu-shared": "cuda", "cpu": "cpu"}[overlay]
     assert "CENTERMASK_API_KEY" not in data
     ref = env(overlay)["CENTERMASK_API_KEY"]["valueFrom"]["secretKeyRef"]
     assert ref["optional"] is True
@@ -222,6 +223,25 @@ def test_the_gpu_pod_has_the_cpus_its_pre_and_postprocessing_need() -> None:
     resources = container("gpu")["resources"]
     assert (
         int(resources["requests"]["cpu"]) >= 8 and resources["limits"]["cpu"] == resources["requests"]["cpu"]
+    )
+
+
+def test_two_pods_share_a_gpu_with_the_cpus_of_one_between_them() -> None:
+    """gpu-shared: each pod asks for one time-sliced GPU share and half the one-pod overlay's CPUs; the
+    device plugin's config beside it advertises each GPU twice; the HPA's floor keeps two GPUs busy."""
+    shared, whole = container("gpu-shared")["resources"], container("gpu")["resources"]
+    assert shared["limits"]["nvidia.com/gpu"] == shared["requests"]["nvidia.com/gpu"] == 1
+    assert 2 * int(shared["requests"]["cpu"]) == int(whole["requests"]["cpu"])
+    assert shared["limits"]["cpu"] == shared["requests"]["cpu"]
+    assert pod_spec("gpu-shared")["nodeSelector"] == pod_spec("gpu")["nodeSelector"]
+    config = load_yaml(K8S / "overlays/gpu-shared/time-slicing.yaml")
+    sharing = yaml.safe_load(config["data"]["any"])["sharing"]["timeSlicing"]
+    assert sharing["resources"] == [{"name": "nvidia.com/gpu", "replicas": 2}]
+    assert sharing["renameByDefault"] is False and sharing["failRequestsGreaterThanOne"] is True
+    hpa = find(rendered("overlays/gpu-shared"), "HorizontalPodAutoscaler")
+    assert (
+        hpa["spec"]["minReplicas"]
+        == 2 * find(rendered("overlays/gpu"), "HorizontalPodAutoscaler")["spec"]["minReplicas"]
     )
 
 

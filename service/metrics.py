@@ -57,6 +57,11 @@ class Metrics:
             registry=registry,
         )
         self.images = Counter("centermask_images_total", "Images segmented.", registry=registry)
+        self.tiles = Counter(
+            "centermask_tiles_total",
+            "Tiles of tiled images segmented (each one forward pass; its image counts once in images_total).",
+            registry=registry,
+        )
         self.rejected = Counter(
             "centermask_rejected_total",
             "Requests turned away unserved, by reason.",

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,14 +25,15 @@ from model.inference.images import DecodedImage
 from model.inference.options import PredictorOptions
 from model.inference.predictor import Predictor
 from model.inference.preprocess import PreparedImage
+from model.inference.tiling import Tiling
 from model.wire.records import image_record, timing_ms
 from service import faults
 from service.batcher import Batcher, Inference
 from service.errors import DeadlineExceeded, NotReady, Overloaded, ServiceError, WorkerFailed
-from service.images import decode_image
 from service.metrics import Metrics
-from service.options import SegmentOptions
+from service.options import NO_TILING, SegmentOptions
 from service.settings import Settings
+from service.tiling import TiledImage, TiledOutcome, Tiler
 from service.uploads import Upload
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Runtime:
         self.phase = Phase.LOADING
         self._predictor: Predictor | None = None
         self._batcher: Batcher[Job, Detections] | None = None
+        self._tiler: Tiler | None = None
         self._max_batch_size = 1
         self._cpu_pool = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="centermask-cpu")
         self._loader: asyncio.Task[None] | None = None
@@ -222,33 +224,62 @@ class Runtime:
         The request's deadline (`Settings.request_deadline_s`) starts now. Raises ImageFailed for the
         first failing image.
         """
-        assert self._batcher is not None
+        assert self._batcher is not None and self._tiler is not None
         settings = self._settings
         deadline_s = settings.request_deadline_s(len(uploads), self._max_batch_size)
-        deadline = asyncio.get_running_loop().time() + deadline_s
+        started = asyncio.get_running_loop().time()
+        deadline = started + deadline_s
+        passes = len(uploads)
         try:
-            async with asyncio.timeout_at(deadline):
-                prepared = await _each(self._in_cpu_pool(self._preprocess, upload.data) for upload in uploads)
-                jobs = [Job(image, options.before_masks) for image, _ in prepared]
-                futures = self._batcher.submit(jobs, deadline=deadline)
-                inferences = await _each(futures)
+            async with asyncio.timeout_at(deadline) as scope:
+                prepared = await _each(
+                    self._in_cpu_pool(self._preprocess, upload.data, options.tiling) for upload in uploads
+                )
+                # Tiled images (service/tiling.py) take a pass per tile besides their own: each counts.
+                tiled = {i: image for i, (image, _) in enumerate(prepared) if isinstance(image, TiledImage)}
+                if tiled:
+                    passes += sum(image.plan.passes - 1 for image in tiled.values())
+                    deadline_s = settings.request_deadline_s(passes, self._max_batch_size)
+                    deadline = started + deadline_s
+                    scope.reschedule(deadline)
+                ordinary = [i for i in range(len(uploads)) if i not in tiled]
+                jobs = [Job(prepared[i][0], options.before_masks) for i in ordinary]
+                pending: dict[int, Awaitable[Any]] = dict(
+                    zip(ordinary, self._batcher.submit(jobs, deadline=deadline), strict=True)
+                )
+                for i, image in tiled.items():
+                    pending[i] = self._tiler.segment(uploads[i].filename, image, options, deadline)
+                outcomes = await _each(pending[i] for i in range(len(uploads)))
                 records = await _each(
-                    self._in_cpu_pool(self._postprocess, upload.filename, inference, options)
-                    for upload, inference in zip(uploads, inferences, strict=True)
+                    self._in_cpu_pool(self._postprocess, upload.filename, outcome, options)
+                    for upload, outcome in zip(uploads, outcomes, strict=True)
+                    if not isinstance(outcome, TiledOutcome)
                 )
         except TimeoutError:
+            counted = (
+                f"; each tiled image counts its {passes - len(uploads) + len(tiled)} passes" if tiled else ""
+            )
             raise DeadlineExceeded(
                 f"the request took longer than its deadline of {deadline_s:g} s "
                 f"(CENTERMASK_REQUEST_TIMEOUT_S = {settings.request_timeout_s:g} s per "
-                f"{self._max_batch_size} images); raise CENTERMASK_REQUEST_TIMEOUT_S for slower devices"
+                f"{self._max_batch_size} images{counted}); raise CENTERMASK_REQUEST_TIMEOUT_S for slower devices"
             ) from None
         self._metrics.images.inc(len(uploads))
-        return [
-            Segmented(record, decode_s, inference.queue_s, inference.inference_s, postprocess_s)
-            for (_, decode_s), inference, (record, postprocess_s) in zip(
-                prepared, inferences, records, strict=True
-            )
-        ]
+        ordinary_records = iter(records)
+        results = []
+        for (_, decode_s), outcome in zip(prepared, outcomes, strict=True):
+            if isinstance(outcome, TiledOutcome):
+                results.append(
+                    Segmented(
+                        outcome.record, decode_s, outcome.queue_s, outcome.inference_s, outcome.postprocess_s
+                    )
+                )
+            else:
+                record, postprocess_s = next(ordinary_records)
+                results.append(
+                    Segmented(record, decode_s, outcome.queue_s, outcome.inference_s, postprocess_s)
+                )
+        return results
 
     async def segment_frame(self, image: DecodedImage, decode_s: float, options: SegmentOptions) -> Segmented:
         """Segment one decoded video frame, as `segment` does an uploaded image once decoded.
@@ -349,6 +380,16 @@ class Runtime:
         )
         batcher.start(watchdog_s=self._watchdog_s)
         self._batcher = batcher
+        self._tiler = Tiler(
+            predictor,
+            settings,
+            self._metrics,
+            queue_image=lambda image, selection, deadline: batcher.put(
+                Job(image, selection), deadline=deadline
+            ),
+            in_pool=self._in_cpu_pool,
+            window=settings.tiles_in_flight_for(self._max_batch_size),
+        )
         if self.phase is Phase.LOADING:
             self.phase = Phase.READY
         base_url = settings.base_url
@@ -381,11 +422,15 @@ class Runtime:
         with self._metrics.cuda_memory_peak(predictor.device):
             return predictor.infer([job.image for job in jobs], [job.selection for job in jobs])
 
-    def _preprocess(self, data: bytes) -> tuple[PreparedImage, float]:
+    def _preprocess(
+        self, data: bytes, tiling: Tiling = NO_TILING
+    ) -> tuple[PreparedImage | TiledImage, float]:
         started = time.perf_counter()
         predictor = self.predictor
-        image = decode_image(data, max_pixels=self._settings.max_image_pixels, draft_to=predictor.draft_to)
-        prepared = predictor.prepare(image)
+        assert self._tiler is not None
+        image = self._tiler.decode(data, tiling)
+        # A tiled image's tiles are prepared as they are queued (service/tiling.py).
+        prepared = image if isinstance(image, TiledImage) else predictor.prepare(image)
         elapsed = time.perf_counter() - started
         self._metrics.preprocess.observe(elapsed)
         return prepared, elapsed

@@ -1,0 +1,421 @@
+"""Tiled inference on large generated scenes: recall, mask AP, objects split at seams and time, for tiling off,
+tiling auto and SAHI's sliced prediction around the same model with the same tiles.
+
+    python -m bench.tiling compare --scenes 3            # off / auto / SAHI (needs the `bench` extra: sahi)
+    python -m bench.tiling sweep --scenes 2              # tile sizes and overlaps: the defaults
+    python -m bench.tiling factor                        # off vs tiled by how much the resize shrinks a scene
+
+Scenes come from `training.data.large` (6000 × 4000 by default: ~150 shapes of 20-60 px and a few of
+700-1600 px spanning several tiles), rendered in memory from --seed. The model is the bundled one (or
+--weights), fp32 on the CPU, one image at a time, through the Python API (`Predictor.predict`, with
+`tiling=` for auto), the path `python -m model.predict` takes; the service sends the same passes through its
+batcher.
+
+What is measured, per scene and method (the model's own output: per-class NMS, candidates from 0.05):
+
+- recall: the share of ground-truth objects matched by a prediction scoring ≥ 0.3 (the service's default
+  threshold) at mask IoU ≥ 0.5, greedily by score (each prediction matches one object); `recall` ignores
+  the class, `recall_class` requires it;
+- split objects: matched objects that two or more predictions (≥ 0.3) each cover in part (a prediction lying
+  at least half inside the object and covering at least a tenth of it): an object cut by a seam and not
+  stitched, or reported twice; as a count and as a share of matched objects;
+- mask AP (COCO AP@[.5:.95], and AP50) by pycocotools with up to 10000 detections per image, masks ranked by
+  mask_score (ours; SAHI's merged predictions carry one score, which ranks them);
+- seconds per scene, and for auto the seconds per forward pass against a plain `predict` of one tile-sized
+  image measured in the same run (the tile cost target: within 1.2×).
+
+SAHI runs with its defaults (GREEDYNMM, IOS 0.5, a standard prediction of the whole image) at the same slice
+size and overlap ratio, confidence 0.05 as ours, its automatic switch to NMS at low confidence turned off; a
+second row gives its NMS/IOU postprocess, run from cached slice outputs (postprocess time only).
+
+Writes bench/results/tiling-<mode>-*.json. Not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from bench.results import Results
+from centermask_client.rle import encode_crop
+from model.inference.detections import Detections, Selection
+from model.inference.load import load_predictor
+from model.inference.masks import MaskCrop
+from model.inference.predictor import Predictor
+from model.inference.tiling import DEFAULT_OVERLAP, Tiling
+from training.data.large import LargeScene, render_large_scene
+
+CANDIDATES = 0.05
+SERVICE_THRESHOLD = 0.3
+MATCH_IOU = 0.5
+
+
+@dataclass
+class Found:
+    """A method's predictions on one scene, masks as crops in the scene's pixels."""
+
+    scores: np.ndarray
+    mask_scores: np.ndarray
+    class_ids: np.ndarray
+    crops: list[MaskCrop]
+
+    @classmethod
+    def of(cls, detections: Detections) -> Found:
+        return cls(detections.scores, detections.mask_scores, detections.class_ids, detections.mask_crops())
+
+
+def rect(crop: MaskCrop) -> tuple[int, int, int, int]:
+    return crop.x0, crop.y0, crop.x0 + crop.crop.shape[1], crop.y0 + crop.crop.shape[0]
+
+
+def overlap(a: MaskCrop, b: MaskCrop) -> int:
+    ax0, ay0, ax1, ay1 = rect(a)
+    bx0, by0, bx1, by1 = rect(b)
+    x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+    if x0 >= x1 or y0 >= y1:
+        return 0
+    return int(
+        np.count_nonzero(
+            a.crop[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
+            & b.crop[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
+        )
+    )
+
+
+def score_scene(scene: LargeScene, found: Found) -> dict[str, Any]:
+    """Recall (with and without the class) and split objects at the service's threshold."""
+    truth = [MaskCrop(o.x0, o.y0, o.mask) for o in scene.objects]
+    truth_area = [int(np.count_nonzero(t.crop)) for t in truth]
+    keep = [i for i in np.argsort(-found.scores, kind="stable") if found.scores[i] >= SERVICE_THRESHOLD]
+    truth_rects = np.array([rect(t) for t in truth])
+    pairs: dict[int, list[tuple[int, int]]] = {}  # prediction → [(object, pixels in common)]
+    for i in keep:
+        x0, y0, x1, y1 = rect(found.crops[i])
+        near = np.flatnonzero(
+            (truth_rects[:, 0] < x1)
+            & (truth_rects[:, 2] > x0)
+            & (truth_rects[:, 1] < y1)
+            & (truth_rects[:, 3] > y0)
+        )
+        pairs[i] = [(int(g), overlap(found.crops[i], truth[g])) for g in near]
+    result: dict[str, Any] = {"objects": len(truth), "predictions": len(keep)}
+    for name, same_class in (("recall", False), ("recall_class", True)):
+        matched: set[int] = set()
+        for i in keep:
+            area = int(np.count_nonzero(found.crops[i].crop))
+            best, best_iou = -1, MATCH_IOU
+            for g, common in pairs[i]:
+                if g in matched or (same_class and scene.objects[g].class_id != found.class_ids[i]):
+                    continue
+                iou = common / max(1, area + truth_area[g] - common)
+                if iou >= best_iou:
+                    best, best_iou = g, iou
+            if best >= 0:
+                matched.add(best)
+        result[name] = len(matched) / max(1, len(truth))
+        if not same_class:
+            result["matched"] = len(matched)
+            covering: dict[int, int] = {}
+            for i in keep:
+                area = int(np.count_nonzero(found.crops[i].crop))
+                for g, common in pairs[i]:
+                    if common >= 0.5 * max(1, area) and common >= 0.1 * truth_area[g]:
+                        covering[g] = covering.get(g, 0) + 1
+            split = sum(1 for g in matched if covering.get(g, 0) >= 2)
+            result["split"] = split
+            result["split_share"] = split / max(1, len(matched))
+    small = [g for g, o in enumerate(scene.objects) if o.diameter <= 64]
+    result["small_objects"] = len(small)
+    return result
+
+
+def coco_ap(
+    scenes: Sequence[LargeScene], founds: Sequence[Found], rank_by_mask_score: bool
+) -> dict[str, float]:
+    """Mask AP@[.5:.95] and AP50 over the scenes (pycocotools, up to 10000 detections per image)."""
+    images, annotations, results = [], [], []
+    for image_id, (scene, found) in enumerate(zip(scenes, founds, strict=True), start=1):
+        height, width = scene.image.shape[:2]
+        images.append({"id": image_id, "height": height, "width": width})
+        for annotation in scene.coco_annotations(image_id):
+            annotations.append({"id": len(annotations) + 1, **annotation})
+        ranking = found.mask_scores if rank_by_mask_score else found.scores
+        for crop, score, class_id in zip(
+            found.crops, ranking.tolist(), found.class_ids.tolist(), strict=True
+        ):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(class_id) + 1,
+                    "segmentation": encode_crop(crop.crop, crop.x0, crop.y0, height, width),
+                    "score": float(score),
+                }
+            )
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": k + 1, "name": str(k)} for k in range(5)],
+        }
+        gt.createIndex()
+        if not results:
+            return {"AP": 0.0, "AP50": 0.0}
+        evaluation = COCOeval(gt, gt.loadRes(results), "segm")
+        evaluation.params.maxDets = [1, 100, 10000]
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {"AP": round(100 * evaluation.stats[0], 2), "AP50": round(100 * evaluation.stats[1], 2)}
+
+
+def sahi_found(prediction_list: Sequence[Any], height: int, width: int) -> Found:
+    """SAHI's merged predictions → crops, rasterising its polygons as SAHI itself does (cv2.fillPoly)."""
+    scores, classes, crops = [], [], []
+    for prediction in prediction_list:
+        polygons = [np.array(p).reshape(-1, 2).round().astype(np.int64) for p in prediction.mask.segmentation]
+        points = np.concatenate(polygons)
+        x0, y0 = max(0, int(points[:, 0].min())), max(0, int(points[:, 1].min()))
+        x1, y1 = min(width, int(points[:, 0].max()) + 1), min(height, int(points[:, 1].max()) + 1)
+        canvas = np.zeros((max(0, y1 - y0), max(0, x1 - x0)), dtype=np.uint8)
+        cv2.fillPoly(canvas, [p - np.array([x0, y0]) for p in polygons], (1,))
+        scores.append(prediction.score.value)
+        classes.append(prediction.category.id)
+        crops.append(MaskCrop(x0, y0, canvas.astype(bool)))
+    score_array = np.array(scores, dtype=np.float32)
+    return Found(score_array, score_array, np.array(classes, dtype=np.int64), crops)
+
+
+def plain_tile_s(predictor: Predictor, scene: LargeScene, tile_size: int, repeats: int = 3) -> float:
+    """Median seconds of `predict` on one tile-sized image (a tile of the scene), the tile cost's baseline."""
+    tile = np.ascontiguousarray(scene.image[:tile_size, :tile_size])
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predictor.predict([tile], Selection(score_threshold=CANDIDATES))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def timed(call: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = call()
+    return value, time.perf_counter() - started
+
+
+def compare(args: argparse.Namespace, predictor: Predictor) -> None:
+    tiling = Tiling(tile_size=args.tile_size, tile_overlap=args.tile_overlap)
+    tile_size = args.tile_size or predictor.resize[0]
+    results = Results(
+        "tiling-compare",
+        {
+            "scenes": args.scenes,
+            "seed": args.seed,
+            "tile_size": tile_size,
+            "tile_overlap": args.tile_overlap,
+            "size": [args.height, args.width],
+            "small": args.small,
+            "large": args.large,
+        },
+        args.out,
+    )
+    selection = Selection(score_threshold=CANDIDATES)
+    scenes: list[LargeScene] = []
+    founds: dict[str, list[Found]] = {}
+    sahi_model = None
+    if "sahi" in args.methods:
+        from bench.sahi_model import PredictorModel
+
+        sahi_model = PredictorModel(predictor, CANDIDATES, cache=True)
+    for index in range(args.scenes):
+        scene = render_large_scene(args.seed, index, args.height, args.width, args.small, args.large)
+        scenes.append(scene)
+        height, width = scene.image.shape[:2]
+        plan = tiling.plan((height, width), predictor.resize)
+        for method in args.methods:
+            row: dict[str, Any] = {"scene": index, "method": method}
+            if method == "off":
+                (detections,), seconds = timed(
+                    lambda scene=scene: predictor.predict([scene.image], selection)
+                )
+                found = Found.of(detections)
+            elif method == "auto":
+                before = plain_tile_s(predictor, scene, tile_size)
+                (detections,), seconds = timed(
+                    lambda scene=scene: predictor.predict([scene.image], selection, tiling)
+                )
+                after = plain_tile_s(predictor, scene, tile_size)
+                found = Found.of(detections)
+                passes = plan.passes if plan is not None else 1
+                row |= {
+                    "passes": passes,
+                    "seconds_per_pass": seconds / passes,
+                    "plain_tile_s": (before + after) / 2,
+                    "pass_vs_plain": seconds / passes / ((before + after) / 2),
+                }
+            else:
+                from sahi.predict import get_sliced_prediction
+
+                assert sahi_model is not None
+                variants = (("sahi", "GREEDYNMM", "IOS"), ("sahi-nms", "NMS", "IOU"))
+                for name, kind, metric in variants:
+                    result, seconds = timed(
+                        lambda kind=kind, metric=metric, scene=scene: get_sliced_prediction(
+                            scene.image,
+                            sahi_model,
+                            slice_height=tile_size,
+                            slice_width=tile_size,
+                            overlap_height_ratio=args.tile_overlap / tile_size,
+                            overlap_width_ratio=args.tile_overlap / tile_size,
+                            perform_standard_pred=True,
+                            postprocess_type=kind,
+                            postprocess_match_metric=metric,
+                            postprocess_match_threshold=0.5,
+                            force_postprocess_type=True,
+                            verbose=0,
+                        )
+                    )
+                    found = sahi_found(result.object_prediction_list, height, width)
+                    variant_row = {
+                        "scene": index,
+                        "method": name,
+                        "seconds": seconds,
+                        **score_scene(scene, found),
+                    }
+                    if name == "sahi-nms":
+                        variant_row["note"] = "slice outputs from the cache: postprocess time only"
+                    founds.setdefault(name, []).append(found)
+                    print(variant_row, file=sys.stderr)
+                    results.add(variant_row)
+                continue
+            row |= {"seconds": seconds, **score_scene(scene, found)}
+            founds.setdefault(method, []).append(found)
+            print(row, file=sys.stderr)
+            results.add(row)
+    summary: dict[str, Any] = {}
+    for method, method_founds in founds.items():
+        rows = [r for r in results.rows if r["method"] == method]
+        matched = sum(r["matched"] for r in rows)
+        summary[method] = {
+            "recall": sum(r["matched"] for r in rows) / sum(r["objects"] for r in rows),
+            "recall_class": statistics.fmean(r["recall_class"] for r in rows),
+            "split": sum(r["split"] for r in rows),
+            "split_share": sum(r["split"] for r in rows) / max(1, matched),
+            "seconds_per_scene": statistics.fmean(r["seconds"] for r in rows),
+            **coco_ap(scenes, method_founds, rank_by_mask_score=not method.startswith("sahi")),
+        }
+        if method == "auto":
+            summary[method]["pass_vs_plain"] = statistics.fmean(r["pass_vs_plain"] for r in rows)
+            summary[method]["seconds_per_pass"] = statistics.fmean(r["seconds_per_pass"] for r in rows)
+            summary[method]["plain_tile_s"] = statistics.fmean(r["plain_tile_s"] for r in rows)
+            summary[method]["AP_by_score"] = coco_ap(scenes, method_founds, rank_by_mask_score=False)["AP"]
+    for method, numbers in summary.items():
+        print(method, {k: round(v, 4) if isinstance(v, float) else v for k, v in numbers.items()})
+    results.finish(summary=summary)
+
+
+def sweep(args: argparse.Namespace, predictor: Predictor) -> None:
+    results = Results(
+        "tiling-sweep", {"scenes": args.scenes, "seed": args.seed, "configs": args.configs}, args.out
+    )
+    selection = Selection(score_threshold=CANDIDATES)
+    for index in range(args.scenes):
+        scene = render_large_scene(args.seed, index, args.height, args.width, args.small, args.large)
+        for config in args.configs:
+            tile_size, overlap = (int(v) for v in config.split("/"))
+            tiling = Tiling(tile_size=tile_size, tile_overlap=overlap)
+            plan = tiling.plan(scene.image.shape[:2], predictor.resize)
+            (detections,), seconds = timed(
+                lambda tiling=tiling, scene=scene: predictor.predict([scene.image], selection, tiling)
+            )
+            row = {
+                "scene": index,
+                "tile_size": tile_size,
+                "tile_overlap": overlap,
+                "passes": plan.passes if plan else 1,
+                "seconds": seconds,
+                **score_scene(scene, Found.of(detections)),
+            }
+            print(row, file=sys.stderr)
+            results.add(row)
+    results.finish()
+
+
+def factor(args: argparse.Namespace, predictor: Predictor) -> None:
+    """Scenes of growing size (small objects only, as many per pixel as the default scene): off vs tiled."""
+    results = Results("tiling-factor", {"seed": args.seed, "shrinks": args.shrinks}, args.out)
+    selection = Selection(score_threshold=CANDIDATES)
+    _, longest = predictor.resize
+    tiling = Tiling(tile_overlap=args.tile_overlap, factor=1.0)
+    for shrink in args.shrinks:
+        width = round(longest * shrink)
+        height = round(width * 2 / 3)
+        small = max(10, round(150 * height * width / (4000 * 6000)))
+        scene = render_large_scene(args.seed, int(shrink * 100), height, width, small, 0)
+        for method in ("off", "tiled"):
+            chosen = tiling if method == "tiled" else None
+            (detections,), seconds = timed(
+                lambda chosen=chosen, scene=scene: predictor.predict([scene.image], selection, chosen)
+            )
+            plan = tiling.plan((height, width), predictor.resize)
+            row = {
+                "shrink": shrink,
+                "size": [height, width],
+                "method": method,
+                "passes": (plan.passes if plan else 1) if method == "tiled" else 1,
+                "seconds": seconds,
+                **score_scene(scene, Found.of(detections)),
+            }
+            print(row, file=sys.stderr)
+            results.add(row)
+    results.finish()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.tiling", description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=("compare", "sweep", "factor"))
+    parser.add_argument("--weights", type=Path, help="default: the bundled model")
+    parser.add_argument("--scenes", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--height", type=int, default=4000)
+    parser.add_argument("--width", type=int, default=6000)
+    parser.add_argument("--small", type=int, default=150)
+    parser.add_argument("--large", type=int, default=6)
+    parser.add_argument("--tile-size", type=int, help="default: the model's test short side")
+    parser.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP)
+    parser.add_argument(
+        "--methods", nargs="+", default=["off", "auto", "sahi"], choices=("off", "auto", "sahi")
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["600/64", "600/128", "600/192", "800/128", "1000/128"],
+        help="sweep: TILE_SIZE/OVERLAP pairs",
+    )
+    parser.add_argument("--shrinks", nargs="+", type=float, default=[1.5, 2, 3, 4, 6])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    predictor = load_predictor(weights=args.weights, device="cpu")
+    {"compare": compare, "sweep": sweep, "factor": factor}[args.mode](args, predictor)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

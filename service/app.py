@@ -49,7 +49,7 @@ def create_app(settings: Settings, *, load: PredictorLoader = load_predictor) ->
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
-        configure_pillow(settings.max_image_pixels)
+        configure_pillow(max(settings.max_image_pixels, settings.max_tiled_pixels))
         runtime.start()
         yield
         await runtime.stop()

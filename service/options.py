@@ -113,7 +113,12 @@ def _tiling(settings: Settings, predictor: Predictor, parameters: SegmentParamet
     """The request's tiling, each parameter left unset taking the service's default; the tile size resolved
     against the model (its test short side), so that the overlap is checked against the size in force."""
     tile_size = parameters.tile_size or settings.tile_size or predictor.resize[0]
-    overlap = settings.tile_overlap if parameters.tile_overlap is None else parameters.tile_overlap
+    # The default overlap shrinks to fit a small tile; one asked for is checked.
+    overlap = (
+        min(settings.tile_overlap, tile_size // 2)
+        if parameters.tile_overlap is None
+        else parameters.tile_overlap
+    )
     if overlap > tile_size // 2:
         raise InvalidParameter(
             f"tile_overlap ({overlap}) must be at most half of the tile size ({tile_size})"

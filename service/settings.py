@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from centermask_client.schemas import MAX_TILE_SIZE, MIN_TILE_SIZE, TilingMode
 from model.inference.options import PredictorOptions
-from model.inference.tiling import AUTO_FACTOR, DEFAULT_OVERLAP
+from model.inference.tiling import AUTO_FACTOR, DEFAULT_OVERLAP, MAX_TILED_PIXELS
 from service.command_line import parse_settings
 
 MiB = 1024 * 1024
@@ -141,7 +141,8 @@ class Settings(PredictorOptions, BaseSettings):
         None,
         validate_default=True,
         description="Largest width × height of an image that is tiled (others: max_image_pixels). Its decoded "
-        "pixels are held while its tiles run (3 bytes a pixel). Default: 2 × max_image_pixels.",
+        f"pixels are held while its tiles run (3 bytes a pixel). Default: {MAX_TILED_PIXELS:_} or "
+        "max_image_pixels if larger.",
     )
     tiles_in_flight: PositiveInt | None = Field(
         None,
@@ -239,10 +240,9 @@ class Settings(PredictorOptions, BaseSettings):
     @field_validator("max_tiled_pixels", mode="before")
     @classmethod
     def _twice_the_image_limit(cls, value: object, info: ValidationInfo) -> object:
-        """Unset: twice max_image_pixels (declared, and so validated, before it), which is also where Pillow's
-        own decompression-bomb guard stands for that limit."""
+        """Unset: MAX_TILED_PIXELS, or max_image_pixels (declared, and so validated, before it) if larger."""
         limit = info.data.get("max_image_pixels")
-        return 2 * limit if value is None and limit is not None else value
+        return max(MAX_TILED_PIXELS, limit or 0) if value is None else value
 
     @field_validator("max_concurrent_uploads", "max_images_per_request", mode="before")
     @classmethod

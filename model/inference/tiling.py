@@ -54,6 +54,9 @@ from model.inference.preprocess import resized_shape
 # an overlap that holds the small objects it is for whole in at least one tile.
 AUTO_FACTOR = 4.0
 DEFAULT_OVERLAP = 128
+# The most pixels of an image read for tiling where no caller says (python -m model.predict; the service's
+# default of CENTERMASK_MAX_TILED_PIXELS): 100 MP, 300 MB of decoded RGB.
+MAX_TILED_PIXELS = 100_000_000
 # A box this close (pixels) to an inner edge of its tile may belong to an object that goes on beyond it.
 EDGE_MARGIN = 2.0
 LINK_IOU = 0.4

@@ -25,7 +25,13 @@ from pydantic import ValidationError
 
 from centermask_client.errors import CenterMaskError, ConnectionFailed, StreamClosed, error_from_body
 from centermask_client.inputs import ImageInput, encode_input
-from centermask_client.schemas import MaskFormat, SegmentParameters, StreamFrameResult, VideoFrameResult
+from centermask_client.schemas import (
+    MaskFormat,
+    SegmentParameters,
+    StreamFrameResult,
+    TilingMode,
+    VideoFrameResult,
+)
 
 # The answers' header that says how many lines to expect (absent when the video's header does not say).
 FRAMES_HEADER = "X-Video-Frames"
@@ -38,6 +44,9 @@ def unchecked_parameters(
     max_detections: int | None,
     classes: Sequence[str] | None,
     mask_format: MaskFormat = "rle",
+    tiling: TilingMode | None = None,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
 ) -> SegmentParameters:
     """A request's parameters, checked by the server (constructed here without validation, so that the
     server's answer, not a client-side error, says what is wrong)."""
@@ -49,6 +58,9 @@ def unchecked_parameters(
         classes=list(classes) if classes else None,
         mask_format=mask_format,
         class_agnostic_nms=None,
+        tiling=tiling,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
     )
 
 

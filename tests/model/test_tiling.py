@@ -4,6 +4,7 @@ merging, not a model. The predictor's use of them is tested once, on the bundled
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -107,8 +108,8 @@ def test_the_plan_covers_the_image_with_equal_tiles_overlapping_by_at_least_the_
     assert covered.min() >= 1
     xs = sorted({tile.x0 for tile in plan.tiles})
     ys = sorted({tile.y0 for tile in plan.tiles})
-    assert all(b - a <= 200 - 64 for a, b in zip(xs, xs[1:], strict=False))
-    assert all(b - a <= 200 - 64 for a, b in zip(ys, ys[1:], strict=False))
+    assert all(b - a <= 200 - 64 for a, b in itertools.pairwise(xs))
+    assert all(b - a <= 200 - 64 for a, b in itertools.pairwise(ys))
     assert plan.passes == len(plan.tiles) + 1 == len(xs) * len(ys) + 1
 
 
@@ -136,7 +137,7 @@ def test_an_object_across_a_seam_is_one_instance_with_one_mask() -> None:
     oracle = Oracle(whole_min=10_000)  # the whole pass sees nothing: only stitching can make one of each
     detections = run(image, oracle)
     assert len(detections) == 2
-    for (class_id, mask, x0, y0), found in zip(
+    for (_, mask, x0, y0), found in zip(
         sorted(objects, key=lambda o: o[2]),
         sorted(full_masks(detections), key=lambda m: m.any(0).argmax()),
         strict=True,

@@ -7,15 +7,18 @@ This adapter does exactly that with `Predictor.predict`: boxes, scores (the dete
 confidence threshold applies to) and the pasted masks of each slice, as SAHI's own detectron2 adapter does.
 
 `cache` keeps each slice's raw output by its pixels, so that a second postprocess setting on the same
-scenes measures SAHI's merging without running the model again (its time is then not a model time).
+scenes measures SAHI's merging without running the model again (its time is then not a model time);
+`cache_file` keeps them on disk across runs (`save`), as `python -m bench.tiling compare --cache` does.
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sahi.models.base import DetectionModel
 from sahi.prediction import ObjectPrediction
 from sahi.utils.cv import get_coco_segmentation_from_bool_mask
@@ -25,8 +28,18 @@ from model.inference.predictor import Predictor
 
 
 class PredictorModel(DetectionModel):  # type: ignore[misc]
-    def __init__(self, predictor: Predictor, confidence_threshold: float, *, cache: bool = False) -> None:
-        self._cache: dict[bytes, Detections] | None = {} if cache else None
+    def __init__(
+        self,
+        predictor: Predictor,
+        confidence_threshold: float,
+        *,
+        cache: bool = False,
+        cache_file: Path | None = None,
+    ) -> None:
+        self._cache: dict[bytes, Detections] | None = {} if cache or cache_file else None
+        self._cache_file = cache_file
+        if cache_file is not None and cache_file.exists():
+            self._cache = torch.load(cache_file, weights_only=False)
         self.hits = 0
         super().__init__(
             model=predictor,
@@ -35,6 +48,12 @@ class PredictorModel(DetectionModel):  # type: ignore[misc]
             category_mapping={str(index): name for index, name in enumerate(predictor.class_names)},
             load_at_init=True,
         )
+
+    def save(self) -> None:
+        """Write the slice outputs to `cache_file`."""
+        if self._cache_file is not None and self._cache is not None:
+            self._cache_file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self._cache, self._cache_file)
 
     def set_model(self, model: Any, **kwargs: Any) -> None:
         self.model = model

@@ -4,6 +4,7 @@ tiling auto and SAHI's sliced prediction around the same model with the same til
     python -m bench.tiling compare --scenes 3            # off / auto / SAHI (needs the `bench` extra: sahi)
     python -m bench.tiling sweep --scenes 2              # tile sizes and overlaps: the defaults
     python -m bench.tiling factor                        # off vs tiled by how much the resize shrinks a scene
+    python -m bench.tiling example --out docs/images/tiling-example.jpg   # the overlay in docs/api.md
 
 Scenes come from `training.data.large` (6000 × 4000 by default: ~150 shapes of 20-60 px and a few of
 700-1600 px spanning several tiles), rendered in memory from --seed. The model is the bundled one (or
@@ -46,6 +47,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -55,7 +57,7 @@ from model.inference.detections import Detections, Selection
 from model.inference.load import load_predictor
 from model.inference.masks import MaskCrop
 from model.inference.predictor import Predictor
-from model.inference.tiling import DEFAULT_OVERLAP, Tiling
+from model.inference.tiling import DEFAULT_OVERLAP, Tiling, segment_tiled
 from training.data.large import LargeScene, render_large_scene
 
 CANDIDATES = 0.05
@@ -239,7 +241,13 @@ def compare(args: argparse.Namespace, predictor: Predictor) -> None:
     if "sahi" in args.methods:
         from bench.sahi_model import PredictorModel
 
-        sahi_model = PredictorModel(predictor, CANDIDATES, cache=True)
+        sahi_file = None
+        if args.cache is not None:
+            sahi_file = (
+                args.cache
+                / f"sahi-seed{args.seed}-{args.height}x{args.width}-{tile_size}-{args.tile_overlap}.pt"
+            )
+        sahi_model = PredictorModel(predictor, CANDIDATES, cache=True, cache_file=sahi_file)
     for index in range(args.scenes):
         scene = render_large_scene(args.seed, index, args.height, args.width, args.small, args.large)
         scenes.append(scene)
@@ -252,12 +260,40 @@ def compare(args: argparse.Namespace, predictor: Predictor) -> None:
                     lambda scene=scene: predictor.predict([scene.image], selection)
                 )
                 found = Found.of(detections)
+            elif method == "auto" and args.cache is not None and cache_path(args, index).exists():
+                # The passes of an earlier run, merged again by the code of this one (no time measured).
+                assert plan is not None
+                passes_run = torch.load(cache_path(args, index), weights_only=False)
+                replay = iter(passes_run)
+                detections = segment_tiled(
+                    scene.image,
+                    plan,
+                    lambda images, _, replay=replay: [next(replay) for _ in images],
+                    selection,
+                )
+                found = Found.of(detections)
+                seconds = float("nan")
+                row |= {"passes": plan.passes, "note": "passes from the cache: merge only, not timed"}
             elif method == "auto":
                 before = plain_tile_s(predictor, scene, tile_size)
-                (detections,), seconds = timed(
-                    lambda scene=scene: predictor.predict([scene.image], selection, tiling)
+                recorded: list[Detections] = []
+
+                def recording(
+                    images: list[np.ndarray], chosen: Selection, recorded: list[Detections] = recorded
+                ) -> list[Detections]:
+                    # What Predictor.predict runs for each pass, kept for --cache.
+                    results = predictor.infer([predictor.prepare(i) for i in images], [chosen] * len(images))
+                    recorded.extend(results)
+                    return results
+
+                assert plan is not None
+                detections, seconds = timed(
+                    lambda scene=scene, plan=plan: segment_tiled(scene.image, plan, recording, selection)
                 )
                 after = plain_tile_s(predictor, scene, tile_size)
+                if args.cache is not None:
+                    args.cache.mkdir(parents=True, exist_ok=True)
+                    torch.save(recorded, cache_path(args, index))
                 found = Found.of(detections)
                 passes = plan.passes if plan is not None else 1
                 row |= {
@@ -272,6 +308,7 @@ def compare(args: argparse.Namespace, predictor: Predictor) -> None:
                 assert sahi_model is not None
                 variants = (("sahi", "GREEDYNMM", "IOS"), ("sahi-nms", "NMS", "IOU"))
                 for name, kind, metric in variants:
+                    sahi_model.hits = 0
                     result, seconds = timed(
                         lambda kind=kind, metric=metric, scene=scene: get_sliced_prediction(
                             scene.image,
@@ -295,11 +332,12 @@ def compare(args: argparse.Namespace, predictor: Predictor) -> None:
                         "seconds": seconds,
                         **score_scene(scene, found),
                     }
-                    if name == "sahi-nms":
+                    if name == "sahi-nms" or sahi_model.hits:
                         variant_row["note"] = "slice outputs from the cache: postprocess time only"
                     founds.setdefault(name, []).append(found)
                     print(variant_row, file=sys.stderr)
                     results.add(variant_row)
+                sahi_model.save()
                 continue
             row |= {"seconds": seconds, **score_scene(scene, found)}
             founds.setdefault(method, []).append(found)
@@ -325,6 +363,12 @@ def compare(args: argparse.Namespace, predictor: Predictor) -> None:
     for method, numbers in summary.items():
         print(method, {k: round(v, 4) if isinstance(v, float) else v for k, v in numbers.items()})
     results.finish(summary=summary)
+
+
+def cache_path(args: argparse.Namespace, index: int) -> Path:
+    """Where --cache keeps the passes of a scene's tiled run."""
+    tile = args.tile_size or "model"
+    return args.cache / f"seed{args.seed}-{args.height}x{args.width}-{index}-{tile}-{args.tile_overlap}.pt"
 
 
 def sweep(args: argparse.Namespace, predictor: Predictor) -> None:
@@ -384,9 +428,37 @@ def factor(args: argparse.Namespace, predictor: Predictor) -> None:
     results.finish()
 
 
+def example(args: argparse.Namespace, predictor: Predictor) -> None:
+    """One scene segmented with tiling (the service's threshold), drawn by the client's overlay at 1600 px
+    over the long side, with a full-resolution inset of one tile's corner: the docs' example."""
+    from PIL import Image
+
+    from centermask_client.overlay import draw_overlay
+    from centermask_client.schemas import ImageResult
+    from model.wire.records import image_record
+
+    scene = render_large_scene(args.seed, 0, args.height, args.width, args.small, args.large)
+    tiling = Tiling(tile_size=args.tile_size, tile_overlap=args.tile_overlap)
+    plan = tiling.plan(scene.image.shape[:2], predictor.resize)
+    (detections,) = predictor.predict([scene.image], Selection(score_threshold=SERVICE_THRESHOLD), tiling)
+    record = image_record("scene.png", detections, predictor.class_names, predictor.category_ids, "rle", plan)
+    instances = ImageResult.model_validate(record).instances
+    overview = draw_overlay(scene.image, instances, max_side=1600)
+    # The inset: 600 × 400 px at full resolution around the first seam, drawn from the same answer.
+    x0, y0 = (plan.tiles[1].x0 if plan else 0), 0
+    crop = draw_overlay(scene.image, instances).crop((x0 - 300, y0 + 400, x0 + 300, y0 + 800))
+    canvas = Image.new("RGB", (overview.width, overview.height + crop.height + 8), (255, 255, 255))
+    canvas.paste(overview, (0, 0))
+    canvas.paste(crop, (0, overview.height + 8))
+    out = args.out or Path("tiling-example.jpg")
+    canvas.save(out, quality=85)
+    tiles = len(plan.tiles) if plan else 0
+    print(f"{len(instances)} instances, {tiles} tiles → {out}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tiling", description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("compare", "sweep", "factor"))
+    parser.add_argument("mode", choices=("compare", "sweep", "factor", "example"))
     parser.add_argument("--weights", type=Path, help="default: the bundled model")
     parser.add_argument("--scenes", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
@@ -408,12 +480,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shrinks", nargs="+", type=float, default=[1.5, 2, 3, 4, 6])
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="compare: keep each scene's tiled passes here, and on a later run merge them again instead of "
+        "running the model (to measure a change of the merge; no time is measured then)",
+    )
     args = parser.parse_args(argv)
-    import torch
-
     torch.set_num_threads(args.threads)
     predictor = load_predictor(weights=args.weights, device="cpu")
-    {"compare": compare, "sweep": sweep, "factor": factor}[args.mode](args, predictor)
+    modes = {"compare": compare, "sweep": sweep, "factor": factor, "example": example}
+    modes[args.mode](args, predictor)
     return 0
 
 

@@ -78,9 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tile-overlap",
         type=int,
-        default=DEFAULT_OVERLAP,
         metavar="PX",
-        help=f"pixels neighbouring tiles share, at most half a tile (default: {DEFAULT_OVERLAP})",
+        help=f"pixels neighbouring tiles share, at most half a tile (default: {DEFAULT_OVERLAP}, or a quarter "
+        "of a smaller tile)",
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

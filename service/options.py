@@ -113,9 +113,10 @@ def _tiling(settings: Settings, predictor: Predictor, parameters: SegmentParamet
     """The request's tiling, each parameter left unset taking the service's default; the tile size resolved
     against the model (its test short side), so that the overlap is checked against the size in force."""
     tile_size = parameters.tile_size or settings.tile_size or predictor.resize[0]
-    # The default overlap shrinks to fit a small tile; one asked for is checked.
+    # The default overlap shrinks to a quarter of a small tile (what 128 px is of a 512 px one); one asked
+    # for is checked.
     overlap = (
-        min(settings.tile_overlap, tile_size // 2)
+        min(settings.tile_overlap, tile_size // 4)
         if parameters.tile_overlap is None
         else parameters.tile_overlap
     )

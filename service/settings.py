@@ -135,7 +135,8 @@ class Settings(PredictorOptions, BaseSettings):
         DEFAULT_OVERLAP,
         ge=0,
         le=MAX_TILE_SIZE // 2,
-        description="Default of the tile_overlap parameter: pixels neighbouring tiles share (at most half a tile).",
+        description="Default of the tile_overlap parameter: pixels neighbouring tiles share, at most half a "
+        "tile. A request's tile_size a quarter of which is less takes that quarter instead.",
     )
     max_tiled_pixels: PositiveInt = Field(
         None,
@@ -263,7 +264,9 @@ class Settings(PredictorOptions, BaseSettings):
                 f"CENTERMASK_MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) must not exceed "
                 f"CENTERMASK_MAX_QUEUE ({self.max_queue}): lower the first or raise the second"
             )
-        if self.tile_size is not None and self.tile_overlap > self.tile_size // 2:
+        # The default overlap shrinks to fit a small tile; one set is checked.
+        overlap_set = "tile_overlap" in self.model_fields_set
+        if overlap_set and self.tile_size is not None and self.tile_overlap > self.tile_size // 2:
             raise ValueError(
                 f"CENTERMASK_TILE_OVERLAP ({self.tile_overlap}) must be at most half of CENTERMASK_TILE_SIZE "
                 f"({self.tile_size})"

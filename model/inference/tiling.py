@@ -101,11 +101,12 @@ class TilePlan:
 
 @dataclass(frozen=True)
 class Tiling:
-    """How an image is tiled. `tile_size` None is the model's test short side (tiles go through unresized)."""
+    """How an image is tiled. `tile_size` None is the model's test short side (tiles go through unresized);
+    `tile_overlap` None is DEFAULT_OVERLAP, or a quarter of a smaller tile."""
 
     mode: TilingMode = "auto"
     tile_size: int | None = None
-    tile_overlap: int = DEFAULT_OVERLAP
+    tile_overlap: int | None = None
     factor: float = AUTO_FACTOR
 
     def __post_init__(self) -> None:
@@ -113,8 +114,10 @@ class Tiling:
             raise ValueError(f"tiling is one of {', '.join(TILING_MODES)}, not {self.mode!r}")
         if self.tile_size is not None and self.tile_size < MIN_TILE_SIZE:
             raise ValueError(f"tile_size must be at least {MIN_TILE_SIZE}, got {self.tile_size}")
-        if self.tile_overlap < 0:
+        if self.tile_overlap is not None and self.tile_overlap < 0:
             raise ValueError(f"tile_overlap must not be negative, got {self.tile_overlap}")
+        if self.tile_size is not None and self.tile_overlap is not None:
+            _check_overlap(self.tile_size, self.tile_overlap)
         if not self.factor >= 1.0:
             raise ValueError(f"the tiling factor must be at least 1, got {self.factor}")
 
@@ -124,20 +127,23 @@ class Tiling:
         if self.mode == "off":
             return None
         tile_size = self.tile_size if self.tile_size is not None else resize[0]
-        if self.tile_overlap > tile_size // 2:
-            raise ValueError(
-                f"tile_overlap ({self.tile_overlap}) must be at most half of tile_size ({tile_size})"
-            )
+        overlap = self.tile_overlap if self.tile_overlap is not None else min(DEFAULT_OVERLAP, tile_size // 4)
+        _check_overlap(tile_size, overlap)
         height, width = image_size
         shrink = max(height, width) / max(resized_shape(height, width, *resize))
         if min(height, width) < tile_size or shrink < self.factor:
             return None
-        rows = _starts(height, tile_size, self.tile_overlap)
-        columns = _starts(width, tile_size, self.tile_overlap)
+        rows = _starts(height, tile_size, overlap)
+        columns = _starts(width, tile_size, overlap)
         tiles = tuple(
             Tile(x, y, min(width, x + tile_size), min(height, y + tile_size)) for y in rows for x in columns
         )
-        return TilePlan(image_size, tile_size, self.tile_overlap, tiles)
+        return TilePlan(image_size, tile_size, overlap, tiles)
+
+
+def _check_overlap(tile_size: int, overlap: int) -> None:
+    if overlap > tile_size // 2:
+        raise ValueError(f"tile_overlap ({overlap}) must be at most half of tile_size ({tile_size})")
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:

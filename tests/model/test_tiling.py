@@ -5,16 +5,20 @@ merging, not a model. The predictor's use of them is tested once, on the bundled
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy import ndimage
 
 from model.inference.detections import Detections, Selection
 from model.inference.masks import MaskCrop, PastedMasks
 from model.inference.tiling import Tiling, segment_tiled
+from model.predict import main
 from model.wire.rle import encode_pasted
 
 RESIZE = (200, 400)  # a model's (min_size, max_size): tiles of 200, images tiled from 4× its view
@@ -201,3 +205,20 @@ def test_a_tiled_image_runs_its_tiles_in_batches_of_one_size() -> None:
     assert plan is not None
     assert oracle.passes[0] == (800, 1600)
     assert oracle.passes[1:] == [(200, 200)] * len(plan.tiles)
+
+
+def test_the_cli_tiles_a_large_image_and_says_so(small_weights: Path, tmp_path: Path) -> None:
+    # The 64/128 checkpoint: a 576 px long side is a 4.5× shrink.
+    rng = np.random.default_rng(0)
+    path = tmp_path / "large.png"
+    Image.fromarray(rng.integers(0, 256, (384, 576, 3), dtype=np.uint8)).save(path)
+    flags = ["--weights", str(small_weights), "--device", "cpu", str(path), "--tile-size", "128"]
+    assert main([*flags, "--tile-overlap", "32", "--output", str(tmp_path / "auto.json")]) == 0
+    (record,) = json.loads((tmp_path / "auto.json").read_text())
+    assert record["tiling"] == {"tiles": 24, "tile_size": 128, "tile_overlap": 32, "passes": 25}
+    assert all(instance["mask"]["size"] == [384, 576] for instance in record["instances"])
+    assert main([*flags, "--tiling", "off", "--output", str(tmp_path / "off.json")]) == 0
+    (record,) = json.loads((tmp_path / "off.json").read_text())
+    assert "tiling" not in record
+    with pytest.raises(SystemExit):
+        main([*flags, "--tile-overlap", "100", "--output", str(tmp_path / "bad.json")])

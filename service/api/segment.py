@@ -65,9 +65,9 @@ async def segment(
         except ImageFailed as failed:
             raise failed.error from None
         if image_format is not None:
-            image = await asyncio.to_thread(
-                _draw, upload.data, result.record, image_format, settings.max_image_pixels
-            )
+            # A tiled image may have more pixels than an ordinary one.
+            limit = settings.max_tiled_pixels if "tiling" in result.record else settings.max_image_pixels
+            image = await asyncio.to_thread(_draw, upload.data, result.record, image_format, limit)
             media_type = f"image/{image_format}"
             count = str(len(result.record["instances"]))
             return Response(image, media_type=media_type, headers={"X-Instance-Count": count})

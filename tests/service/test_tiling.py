@@ -5,10 +5,12 @@ The merge itself is tested weight-free in tests/model/test_tiling.py; here the s
 
 import asyncio
 import base64
+import io
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from centermask_client.client import AsyncClient
 from tests.service.helpers import (
@@ -188,3 +190,9 @@ async def test_a_tiled_request_past_its_deadline_says_so(small_weights: Path, co
         error = response.json()["error"]
         assert error["code"] == "deadline_exceeded"
         assert "25 passes" in error["message"] and "CENTERMASK_REQUEST_TIMEOUT_S" in error["message"]
+
+
+async def test_the_overlay_of_a_tiled_image_is_drawn_at_its_size(tiled: Served) -> None:
+    response = await tiled.client.post("/segment", params={"format": "png"}, **png_body(TILED))
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).size == (576, 384)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from sahi.models.base import DetectionModel
 from sahi.prediction import ObjectPrediction
+from sahi.utils.compatibility import fix_full_shape_list, fix_shift_amount_list
 from sahi.utils.cv import get_coco_segmentation_from_bool_mask
 
 from model.inference.detections import Detections, Selection
@@ -80,8 +81,11 @@ class PredictorModel(DetectionModel):  # type: ignore[misc]
         full_shape_list: list[list[int | float]] | None = None,
     ) -> None:
         detections: Detections = self._original_predictions
-        shift_amount = list(shift_amount_list[0]) if shift_amount_list else [0, 0]
-        full_shape = full_shape_list[0] if full_shape_list else None
+        # SAHI hands these over nested ([[x, y]]) for slices and flat ([x, y]) for the whole image.
+        shifts = fix_shift_amount_list(shift_amount_list) if shift_amount_list else [[0, 0]]
+        shapes = fix_full_shape_list(full_shape_list) if full_shape_list else None
+        shift_amount = list(shifts[0])
+        full_shape = shapes[0] if shapes else None
         height, width = detections.image_size
         predictions = []
         for score, class_id, crop in zip(

@@ -30,7 +30,11 @@ Merging (`merge`):
    than the overlap). A group of fragments lying mostly (FRAGMENT_SHARE of its mask) in such a large
    detection's mask is that object's pieces: dropped, the large detection kept. A group some tile saw whole
    whose mask IoU with a large detection is at least SAME_IOU is the same object: the group (at full
-   resolution) is kept, the large detection dropped.
+   resolution) is kept, the large detection dropped; one that lies almost wholly (PART_SHARE) in a large
+   detection's mask, is larger than the overlap and is not the same object, is a part of it that a tile
+   took for an object: dropped (a smaller one is kept: an object in a ring's hole, under a coarse mask).
+5. Last, of two instances of one class whose masks overlap by DUPLICATE_IOU or more (a pass's own
+   near-duplicates, which the model's box NMS lets through), the better-scoring one stays.
 
 Memory: a tile's detections are reduced to crops as soon as it is done, and masks never exist at full image
 size: what a tiled image holds beyond its pixels is its tiles in flight and the crops of its detections.
@@ -60,9 +64,11 @@ MAX_TILED_PIXELS = 100_000_000
 # A box this close (pixels) to an inner edge of its tile may belong to an object that goes on beyond it.
 EDGE_MARGIN = 2.0
 LINK_IOU = 0.4
-LINK_IOS = 0.7
+LINK_IOS = 0.5
 SAME_IOU = 0.5
 FRAGMENT_SHARE = 0.5
+PART_SHARE = 0.8
+DUPLICATE_IOU = 0.5
 
 
 @dataclass(frozen=True)
@@ -325,10 +331,15 @@ def merge(plan: TilePlan, whole: Candidates, tiles: Sequence[Candidates]) -> Det
                 kept_large[k] = False
             elif not item.whole and area > 0 and both >= FRAGMENT_SHARE * area:
                 fragment_of_large = True
+            elif item.whole and _side(item.box) > plan.tile_overlap and both >= PART_SHARE * area:
+                # A small object inside a large one's mask (in a ring's hole, or under a coarse mask) is
+                # what the tiles are for: only an object as large as the whole pass's is taken as a part.
+                fragment_of_large = True
         if not fragment_of_large:
             kept.append(item)
     kept += [big for big, keep in zip(large, kept_large, strict=True) if keep]
     kept.sort(key=lambda item: -item.score)
+    kept = _without_duplicates(kept)
     return Detections(
         image_size=plan.image_size,
         boxes=np.array([item.box for item in kept], dtype=np.float32).reshape(-1, 4),
@@ -338,6 +349,29 @@ def merge(plan: TilePlan, whole: Candidates, tiles: Sequence[Candidates]) -> Det
         mask_probs=torch.zeros((len(kept), 0, 0)),
         stitched=PastedMasks.from_crops(plan.image_size, [item.crop for item in kept]),
     )
+
+
+def _side(box: np.ndarray) -> float:
+    return float(max(box[2] - box[0], box[3] - box[1]))
+
+
+def _without_duplicates(objects: list[_Object]) -> list[_Object]:
+    """Objects (best score first) without those whose mask overlaps a better one of their class by
+    DUPLICATE_IOU or more."""
+    kept: list[_Object] = []
+    for item in objects:
+        rect = _rect(item.crop)
+        duplicate = False
+        for other in kept:
+            if other.class_id != item.class_id or _intersection(rect, _rect(other.crop)) is None:
+                continue
+            area, other_area, both = _areas(item.crop, other.crop)
+            if both >= DUPLICATE_IOU * (area + other_area - both):
+                duplicate = True
+                break
+        if not duplicate:
+            kept.append(item)
+    return kept
 
 
 class _Flat:

@@ -44,8 +44,9 @@ class Oracle:
     larger than a tile are the whole image: there it sees only objects of `whole_min` pixels or more across,
     as a resized pass would."""
 
-    def __init__(self, whole_min: int = 150) -> None:
+    def __init__(self, whole_min: int = 150, twice: bool = False) -> None:
         self.whole_min = whole_min
+        self.twice = twice  # each object found a second time, a pixel smaller (as box NMS lets through)
         self.passes: list[tuple[int, int]] = []
 
     def __call__(self, images: list[np.ndarray], selection: Selection) -> list[Detections]:
@@ -62,9 +63,12 @@ class Oracle:
                 if whole and max(rows.stop - rows.start, cols.stop - cols.start) < self.whole_min:
                     continue
                 mask = labels[found] == index
-                boxes.append([cols.start, rows.start, cols.stop, rows.stop])
-                classes.append(int(image[found][mask][0, 0]) - 1)
-                crops.append(MaskCrop(cols.start, rows.start, mask))
+                for copy in range(2 if self.twice else 1):
+                    boxes.append([cols.start, rows.start, cols.stop, rows.stop])
+                    classes.append(int(image[found][mask][0, 0]) - 1)
+                    crops.append(
+                        MaskCrop(cols.start, rows.start, ndimage.binary_erosion(mask) if copy else mask)
+                    )
             count = len(boxes)
             results.append(
                 Detections(
@@ -165,6 +169,13 @@ def test_an_object_seen_whole_by_several_tiles_is_reported_once() -> None:
     for class_id, mask, x0, y0 in objects:
         (found,) = [m for m, c in zip(masks, detections.class_ids, strict=True) if c == class_id]
         np.testing.assert_array_equal(found, truth_mask(height, width, mask, x0, y0))
+
+
+def test_near_duplicates_of_one_pass_are_reported_once() -> None:
+    height, width = 800, 1600
+    objects = [(1, disc(40), 300, 300), (2, disc(90), 700, 100)]
+    detections = run(paint(height, width, objects), Oracle(whole_min=10_000, twice=True))
+    assert sorted(detections.class_ids.tolist()) == [1, 2]
 
 
 def test_a_large_object_comes_from_the_whole_image_pass_not_its_fragments() -> None:

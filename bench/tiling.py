@@ -458,9 +458,21 @@ def example(args: argparse.Namespace, predictor: Predictor) -> None:
     record = image_record("scene.png", detections, predictor.class_names, predictor.category_ids, "rle", plan)
     instances = ImageResult.model_validate(record).instances
     overview = draw_overlay(scene.image, instances, max_side=1600)
-    # The inset: 600 × 400 px at full resolution around the first seam, drawn from the same answer.
-    x0, y0 = (plan.tiles[1].x0 if plan else 0), 0
-    crop = draw_overlay(scene.image, instances).crop((x0 - 300, y0 + 400, x0 + 300, y0 + 800))
+    # The inset: 600 × 400 px at full resolution around a small object that a tile edge cuts, drawn from the
+    # same answer.
+    edges = sorted({tile.x1 for tile in plan.tiles[:-1]}) if plan else []
+    crossing = [
+        instance
+        for instance in instances
+        if instance.box[2] - instance.box[0] < 100
+        and any(instance.box[0] < edge < instance.box[2] for edge in edges)
+    ]
+    x1, y1, x2, y2 = (crossing[0] if crossing else instances[0]).box
+    cx, cy = (
+        int(min(max((x1 + x2) / 2, 300), args.width - 300)),
+        int(min(max((y1 + y2) / 2, 200), args.height - 200)),
+    )
+    crop = draw_overlay(scene.image, instances).crop((cx - 300, cy - 200, cx + 300, cy + 200))
     canvas = Image.new("RGB", (overview.width, overview.height + crop.height + 8), (255, 255, 255))
     canvas.paste(overview, (0, 0))
     canvas.paste(crop, (0, overview.height + 8))

@@ -51,9 +51,15 @@ def label_text(instance: Instance) -> str:
     return f"{instance.class_name} {instance.score:.2f}"
 
 
+MIN_FONT = 11
+# A downscaled overview labels only instances at least this many display pixels across (a large scene's
+# small objects would be buried under their labels).
+OVERVIEW_LABEL_MIN = 40
+
+
 def font_size(height: int, width: int) -> int:
     """Label text height in pixels: readable on thumbnails and on large photos alike."""
-    return int(min(32, max(11, round(max(height, width) / 50))))
+    return int(min(32, max(MIN_FONT, round(max(height, width) / 50))))
 
 
 def draw_overlay(
@@ -66,7 +72,8 @@ def draw_overlay(
     own columns only (`decode_columns`), so a large image with many small instances stays cheap.
 
     max_side: an image with a longer side is drawn downscaled to it (a tiled image's overview): the image
-    resized, each mask sampled at the display pixels' centres (as the demo page does), boxes scaled.
+    resized, each mask sampled at the display pixels' centres (as the demo page does), boxes scaled, labels
+    in the smallest font and only on instances at least OVERVIEW_LABEL_MIN display pixels across.
     """
     pixels = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
     if pixels.ndim != 3 or pixels.shape[2] != 3:
@@ -96,13 +103,17 @@ def draw_overlay(
     canvas = Image.fromarray(pixels)
     draw = ImageDraw.Draw(canvas)
     display_height, display_width = display
-    font = ImageFont.load_default(size=font_size(display_height, display_width))
+    downscaled = display != (height, width)
+    size = MIN_FONT if downscaled else font_size(display_height, display_width)
+    font = ImageFont.load_default(size=size)
     for instance in ordered:
         colour = class_colour(instance.class_id)
         x1, y1, x2, y2 = instance.box
         x1, x2, y1, y2 = x1 * scale_x, x2 * scale_x, y1 * scale_y, y2 * scale_y
         if x2 > x1 and y2 > y1:
             draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=BOX_WIDTH)
+        if downscaled and max(x2 - x1, y2 - y1) < OVERVIEW_LABEL_MIN:
+            continue
         text = label_text(instance)
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         text_w, text_h = right - left, bottom - top

@@ -5,6 +5,7 @@ tiling auto and SAHI's sliced prediction around the same model with the same til
     python -m bench.tiling sweep --scenes 2              # tile sizes and overlaps (tiled at any size)
     python -m bench.tiling factor                        # off vs tiled by how much the resize shrinks a scene
     python -m bench.tiling example --out docs/images/tiling-example.jpg   # the overlay in docs/api.md
+    python -m bench.tiling cost --height 1200 --width 1800 --rounds 2   # a tiled image vs its passes alone
 
 Scenes come from `training.data.large` (6000 × 4000 by default: ~150 shapes of 20-60 px and a few of
 700-1600 px spanning several tiles), rendered in memory from --seed. The model is the bundled one (or
@@ -433,6 +434,41 @@ def factor(args: argparse.Namespace, predictor: Predictor) -> None:
     results.finish()
 
 
+def cost(args: argparse.Namespace, predictor: Predictor) -> None:
+    """What tiling adds to the passes themselves: a tiled `predict` of a scene against plain `predict`s of
+    the same pixels one by one (the whole image and each tile, as plain requests of their size), in
+    alternating rounds so that the machine's drift hits both alike."""
+    scene = render_large_scene(args.seed, 0, args.height, args.width, args.small, args.large)
+    tiling = Tiling(tile_size=args.tile_size, tile_overlap=args.tile_overlap, factor=1.0)
+    plan = tiling.plan(scene.image.shape[:2], predictor.resize)
+    assert plan is not None
+    selection = Selection(score_threshold=SERVICE_THRESHOLD)
+    images = [scene.image] + [np.ascontiguousarray(plan.cut(scene.image, i)) for i in range(len(plan.tiles))]
+    results = Results(
+        "tiling-cost",
+        {"size": [args.height, args.width], "passes": plan.passes, "rounds": args.rounds},
+        args.out,
+    )
+    tiled_s, plain_s = [], []
+    for round_index in range(args.rounds):
+        _, seconds = timed(lambda: predictor.predict([scene.image], selection, tiling))
+        tiled_s.append(seconds)
+        _, seconds = timed(lambda: [predictor.predict([image], selection) for image in images])
+        plain_s.append(seconds)
+        row = {"round": round_index, "tiled_s": tiled_s[-1], "plain_s": plain_s[-1]}
+        print(row, file=sys.stderr)
+        results.add(row)
+    ratio = sum(tiled_s) / sum(plain_s)
+    summary = {
+        "passes": plan.passes,
+        "tiled_s_per_pass": sum(tiled_s) / len(tiled_s) / plan.passes,
+        "plain_s_per_pass": sum(plain_s) / len(plain_s) / plan.passes,
+        "tiled_vs_plain": ratio,
+    }
+    print(summary)
+    results.finish(summary=summary)
+
+
 def example(args: argparse.Namespace, predictor: Predictor) -> None:
     """One scene segmented with tiling (the service's threshold), drawn by the client's overlay at 1600 px
     over the long side, with a full-resolution inset of one tile's corner: the docs' example."""
@@ -484,7 +520,8 @@ def example(args: argparse.Namespace, predictor: Predictor) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tiling", description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("compare", "sweep", "factor", "example"))
+    parser.add_argument("mode", choices=("compare", "sweep", "factor", "example", "cost"))
+    parser.add_argument("--rounds", type=int, default=2, help="cost: alternating rounds")
     parser.add_argument("--weights", type=Path, help="default: the bundled model")
     parser.add_argument("--scenes", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
@@ -515,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     predictor = load_predictor(weights=args.weights, device="cpu")
-    modes = {"compare": compare, "sweep": sweep, "factor": factor, "example": example}
+    modes = {"compare": compare, "sweep": sweep, "factor": factor, "example": example, "cost": cost}
     modes[args.mode](args, predictor)
     return 0
 

@@ -112,6 +112,7 @@ async def test_the_inference_protocol_takes_the_tiling_parameters(tiled: Served)
         "/v2/models/centermask/infer", json={**body, "parameters": {"tiling": "auto"}}
     )
     assert answer.status_code == 200, answer.text
+    assert answer.json()["parameters"] == {"tiles": "24"}
     off = await tiled.client.post(
         "/v2/models/centermask/infer", json={**body, "parameters": {"tiling": "off"}}
     )

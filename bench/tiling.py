@@ -23,8 +23,9 @@ What is measured, per scene and method (the model's own output: per-class NMS, c
   stitched, or reported twice; as a count and as a share of matched objects;
 - mask AP (COCO AP@[.5:.95], and AP50) by pycocotools with up to 10000 detections per image, masks ranked by
   mask_score (ours; SAHI's merged predictions carry one score, which ranks them);
-- seconds per scene, and for auto the seconds per forward pass against a plain `predict` of one tile-sized
-  image measured in the same run (the tile cost target: within 1.2×).
+- seconds per scene, and for auto the seconds per forward pass against a plain `predict` of the scene's
+  top-left tile measured in the same run (a rough yardstick: tiles differ in content; `cost` compares a
+  tiled image with plain requests of the very same passes, the tile cost target: within 1.2×).
 
 SAHI runs with its defaults (GREEDYNMM, IOS 0.5, a standard prediction of the whole image) at the same slice
 size and overlap ratio, confidence 0.05 as ours, its automatic switch to NMS at low confidence turned off; a

@@ -263,7 +263,8 @@ class ServedModel:
         await self._unleased.wait()
         await self._batcher.close(timeout_s)
         device = self.predictor.device
-        del self.predictor
+        # The tiler holds the predictor too.
+        del self.predictor, self._tiler
         gc.collect()
         faults.release_memory(device)
         logger.info("model version retired", extra={"model": self.name, "model_version": self.version})

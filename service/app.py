@@ -66,7 +66,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
-        configure_pillow(settings.max_image_pixels)
+        configure_pillow(max(settings.max_image_pixels, settings.max_tiled_pixels))
         runtime.start()
         # gRPC beside HTTP, in this event loop; stopped after the runtime's drain has answered its calls.
         grpc_server = await _start_grpc(settings, runtime, uploads, metrics, app.version, traces)

@@ -1,7 +1,14 @@
 """Uploaded image bytes → the model's input, through the one decoder of `model.inference.images`, with its errors
 as the service's: corrupt → 400, another format or colour mode → 415, too many pixels → 413."""
 
-from model.inference.images import CorruptImage, DecodedImage, ImageError, UnsupportedImage, load_image
+from model.inference.images import (
+    CorruptImage,
+    DecodedImage,
+    ImageError,
+    UnsupportedImage,
+    load_image,
+    read_size,
+)
 from model.inference.images import TooManyPixels as ImageHasTooManyPixels
 from service.errors import InvalidImage, ServiceError, TooManyPixels, UnsupportedMediaType
 
@@ -21,5 +28,13 @@ def decode_image(data: bytes, *, max_pixels: int, draft_to: tuple[int, int] | No
     UnsupportedMediaType or TooManyPixels."""
     try:
         return load_image(data, max_pixels=max_pixels, draft_to=draft_to)
+    except ImageError as error:
+        raise _ERRORS.get(type(error), InvalidImage)(str(error)) from None
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(H, W) of the upright image from its header (`read_size`); raises as `decode_image`."""
+    try:
+        return read_size(data)
     except ImageError as error:
         raise _ERRORS.get(type(error), InvalidImage)(str(error)) from None

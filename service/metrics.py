@@ -74,6 +74,13 @@ class Metrics:
             ("model", "model_version"),
             registry=registry,
         )
+        self.tiles = Counter(
+            "centermask_tiles_total",
+            "Tiles of tiled images segmented, by model and version (each one forward pass; its image counts "
+            "once in images_total).",
+            ("model", "model_version"),
+            registry=registry,
+        )
         self.model_info = Gauge(
             "centermask_model_info",
             "1 for each model version loaded (a reload adds the new version, and drops the old one once "

@@ -14,7 +14,7 @@ import functools
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,14 +27,15 @@ from model.inference.images import DecodedImage
 from model.inference.options import PredictorOptions
 from model.inference.predictor import Predictor
 from model.inference.preprocess import PreparedImage
+from model.inference.tiling import Tiling
 from model.wire.records import image_record, timing_ms
 from service import faults, tracing
 from service.batcher import Batcher, Inference
 from service.errors import DeadlineExceeded, ServiceError
-from service.images import decode_image
 from service.metrics import Metrics
-from service.options import SegmentOptions
+from service.options import NO_TILING, SegmentOptions
 from service.settings import Settings
+from service.tiling import TiledImage, TiledOutcome, Tiler
 from service.uploads import Upload
 
 logger = logging.getLogger(__name__)
@@ -90,13 +91,15 @@ class ImageFailed(Exception):
 
 
 class ServedModel:
-    """A loaded, warm model under its name; `version` is its weights' SHA-256 prefix."""
+    """A loaded, warm model under its name; `version` is its weights' SHA-256 prefix. Its `Tiler`
+    (service/tiling.py) segments the images that a request's tiling cuts in tiles, through its batcher."""
 
     def __init__(
         self,
         name: str,
         predictor: Predictor,
         batcher: Batcher[Job, Detections],
+        tiler: Tiler,
         *,
         max_batch_size: int,
         watchdog_s: float,
@@ -113,6 +116,7 @@ class ServedModel:
         # What the registry compares on SIGHUP: the files this version was loaded from.
         self.fingerprint = fingerprint
         self._batcher = batcher
+        self._tiler = tiler
         self._settings = settings
         self._metrics = metrics
         self._cpu_pool = cpu_pool
@@ -192,10 +196,22 @@ class ServedModel:
             ]
         )
         watchdog_s = settings.inference_watchdog_s or max(_WATCHDOG_FLOOR_S, _WATCHDOG_FACTOR * slowest_s)
+        tiler = Tiler(
+            predictor,
+            settings,
+            metrics,
+            queue_image=lambda image, selection, deadline: batcher.put(
+                Job(image, selection), deadline=deadline
+            ),
+            in_pool=functools.partial(_in_pool, cpu_pool),
+            window=settings.tiles_in_flight_for(max_batch_size),
+            labels=(name, predictor.weights_sha256[:VERSION_LENGTH]),
+        )
         served = cls(
             name,
             predictor,
             batcher,
+            tiler,
             max_batch_size=max_batch_size,
             watchdog_s=watchdog_s,
             settings=settings,
@@ -247,7 +263,8 @@ class ServedModel:
         await self._unleased.wait()
         await self._batcher.close(timeout_s)
         device = self.predictor.device
-        del self.predictor
+        # The tiler holds the predictor too.
+        del self.predictor, self._tiler
         gc.collect()
         faults.release_memory(device)
         logger.info("model version retired", extra={"model": self.name, "model_version": self.version})
@@ -285,52 +302,86 @@ class ServedModel:
     ) -> list[Segmented]:
         """Segment the images of one request; all its images are queued together, so they batch.
 
-        The request's deadline (`Settings.request_deadline_s`) starts now; `client_deadline_s`, the time the
-        client itself still waits (a gRPC deadline), shortens it. Raises ImageFailed for the first failing
-        image.
+        The request's deadline (`Settings.request_deadline_s`) starts now, counting each pass of a tiled
+        image (service/tiling.py) as an image; `client_deadline_s`, the time the client itself still waits
+        (a gRPC deadline), shortens it. Raises ImageFailed for the first failing image.
         """
         settings = self._settings
-        deadline_s = settings.request_deadline_s(len(uploads), self.max_batch_size)
-        clients_binds = False
-        if client_deadline_s is not None and client_deadline_s < deadline_s:
-            deadline_s, clients_binds = max(0.0, client_deadline_s), True
-        deadline = asyncio.get_running_loop().time() + deadline_s
+        passes = len(uploads)
+        deadline_s, clients_binds = self._deadline_s(passes, client_deadline_s)
+        started = asyncio.get_running_loop().time()
+        deadline = started + deadline_s
+        tiled: dict[int, TiledImage] = {}
         with self.leased():
             try:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout_at(deadline) as scope:
                     prepared = await _each(
-                        self._in_cpu_pool(self._preprocess, upload.data) for upload in uploads
+                        self._in_cpu_pool(self._preprocess, upload.data, options.tiling) for upload in uploads
                     )
-                    jobs = [Job(image, options.before_masks) for image, _, _ in prepared]
-                    futures = self._batcher.submit(jobs, deadline=deadline)
-                    inferences = await _each(futures)
+                    # Tiled images take a pass per tile besides their own: each counts.
+                    tiled = {
+                        i: image for i, (image, _, _) in enumerate(prepared) if isinstance(image, TiledImage)
+                    }
+                    if tiled:
+                        passes += sum(image.plan.passes - 1 for image in tiled.values())
+                        deadline_s, clients_binds = self._deadline_s(passes, client_deadline_s)
+                        deadline = started + deadline_s
+                        scope.reschedule(deadline)
+                    ordinary = [i for i in range(len(uploads)) if i not in tiled]
+                    jobs = [Job(prepared[i][0], options.before_masks) for i in ordinary]
+                    pending: dict[int, Awaitable[Any]] = dict(
+                        zip(ordinary, self._batcher.submit(jobs, deadline=deadline), strict=True)
+                    )
+                    for i, image in tiled.items():
+                        pending[i] = self._tiler.segment(uploads[i].filename, image, options, deadline)
+                    outcomes = await _each(pending[i] for i in range(len(uploads)))
                     records = await _each(
-                        self._in_cpu_pool(self._postprocess, upload.filename, inference, options)
-                        for upload, inference in zip(uploads, inferences, strict=True)
+                        self._in_cpu_pool(self._postprocess, upload.filename, outcome, options)
+                        for upload, outcome in zip(uploads, outcomes, strict=True)
+                        if not isinstance(outcome, TiledOutcome)
                     )
             except TimeoutError:
                 if clients_binds:
                     raise DeadlineExceeded(
                         f"the request took longer than the client's deadline ({deadline_s:.3g} s left on arrival)"
                     ) from None
+                counted = (
+                    f"; each tiled image counts its {passes - len(uploads) + len(tiled)} passes"
+                    if tiled
+                    else ""
+                )
                 raise DeadlineExceeded(
                     f"the request took longer than its deadline of {deadline_s:g} s "
                     f"(CENTERMASK_REQUEST_TIMEOUT_S = {settings.request_timeout_s:g} s per "
-                    f"{self.max_batch_size} images); raise CENTERMASK_REQUEST_TIMEOUT_S for slower devices"
+                    f"{self.max_batch_size} images{counted}); raise CENTERMASK_REQUEST_TIMEOUT_S for slower "
+                    "devices"
                 ) from None
         self._metrics.images.labels(self.name, self.version).inc(len(uploads))
         trace = tracing.current()
-        if trace is not None:
-            for index, ((_, decoded, decode_s), inference, (_, postprocessed, postprocess_s)) in enumerate(
-                zip(prepared, inferences, records, strict=True)
-            ):
-                _record_stages(trace, index, decoded, decode_s, inference, postprocessed, postprocess_s)
-        return [
-            Segmented(record, decode_s, inference.queue_s, inference.inference_s, postprocess_s)
-            for (_, _, decode_s), inference, (record, _, postprocess_s) in zip(
-                prepared, inferences, records, strict=True
-            )
-        ]
+        ordinary_records = iter(records)
+        results = []
+        for index, ((_, decoded, decode_s), outcome) in enumerate(zip(prepared, outcomes, strict=True)):
+            if isinstance(outcome, TiledOutcome):
+                if trace is not None:
+                    _record_tiled_stages(trace, index, decoded, decode_s, outcome)
+                results.append(
+                    Segmented(
+                        outcome.record, decode_s, outcome.queue_s, outcome.inference_s, outcome.postprocess_s
+                    )
+                )
+                continue
+            record, postprocessed, postprocess_s = next(ordinary_records)
+            if trace is not None:
+                _record_stages(trace, index, decoded, decode_s, outcome, postprocessed, postprocess_s)
+            results.append(Segmented(record, decode_s, outcome.queue_s, outcome.inference_s, postprocess_s))
+        return results
+
+    def _deadline_s(self, passes: int, client_deadline_s: float | None) -> tuple[float, bool]:
+        """A request's time for `passes` forward passes, and whether the client's own deadline binds it."""
+        deadline_s = self._settings.request_deadline_s(passes, self.max_batch_size)
+        if client_deadline_s is not None and client_deadline_s < deadline_s:
+            return max(0.0, client_deadline_s), True
+        return deadline_s, False
 
     async def segment_frame(self, image: DecodedImage, decode_s: float, options: SegmentOptions) -> Segmented:
         """Segment one decoded video frame, as `segment` does an uploaded image once decoded.
@@ -365,12 +416,15 @@ class ServedModel:
         with self._metrics.cuda_memory_peak(predictor.device):
             return predictor.infer([job.image for job in jobs], [job.selection for job in jobs])
 
-    def _preprocess(self, data: bytes) -> tuple[PreparedImage, float, float]:
-        """Decode and prepare an image: it, when that began (perf_counter) and how long it took."""
+    def _preprocess(
+        self, data: bytes, tiling: Tiling = NO_TILING
+    ) -> tuple[PreparedImage | TiledImage, float, float]:
+        """Decode and prepare an image: it, when that began (perf_counter) and how long it took. An image
+        that `tiling` cuts in tiles is decoded at full resolution; its tiles are prepared as they are
+        queued (service/tiling.py)."""
         started = time.perf_counter()
-        predictor = self.predictor
-        image = decode_image(data, max_pixels=self._settings.max_image_pixels, draft_to=predictor.draft_to)
-        prepared = predictor.prepare(image)
+        image = self._tiler.decode(data, tiling)
+        prepared = image if isinstance(image, TiledImage) else self.predictor.prepare(image)
         elapsed = time.perf_counter() - started
         self._metrics.preprocess.observe(elapsed)
         return prepared, started, elapsed
@@ -397,7 +451,11 @@ class ServedModel:
         return record, started, elapsed
 
     async def _in_cpu_pool(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._cpu_pool, function, *args)
+        return await _in_pool(self._cpu_pool, function, *args)
+
+
+async def _in_pool(pool: ThreadPoolExecutor, function: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
 
 
 def _record_stages(
@@ -423,6 +481,26 @@ def _record_stages(
         attributes={tracing.BATCH_SIZE: inference.batch_size},
     )
     trace.record("postprocess", postprocessed, postprocessed + postprocess_s, attributes=image)
+
+
+def _record_tiled_stages(
+    trace: tracing.RequestTrace, index: int, decoded: float, decode_s: float, outcome: TiledOutcome
+) -> None:
+    """A tiled image's stages as spans of its request: its passes, all its tiles' queueing and forward
+    passes together, in place of one queue wait and one batch forward."""
+    image = {"centermask.image_index": index}
+    trace.record("decode", decoded, decoded + decode_s, attributes=image)
+    loop_clock = asyncio.get_running_loop().time
+    first = outcome.queued + outcome.queue_s
+    trace.record("queue wait", outcome.queued, first, clock=loop_clock, attributes=image)
+    trace.record(
+        "tiled passes",
+        first,
+        first + outcome.inference_s,
+        clock=loop_clock,
+        attributes={**image, "centermask.tiles": outcome.tiles},
+    )
+    trace.record("postprocess", outcome.merged, outcome.merged + outcome.postprocess_s, attributes=image)
 
 
 async def _each(awaitables: Any) -> list[Any]:

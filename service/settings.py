@@ -23,7 +23,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from centermask_client.schemas import MAX_TILE_SIZE, MIN_TILE_SIZE, TilingMode
 from model.inference.options import PredictorOptions
+from model.inference.tiling import AUTO_FACTOR, DEFAULT_OVERLAP, MAX_TILED_PIXELS
 from service.command_line import parse_settings
 
 MiB = 1024 * 1024
@@ -110,6 +112,50 @@ class Settings(PredictorOptions, BaseSettings):
     )
     max_image_bytes: PositiveInt = Field(20 * MiB, description="Largest accepted encoded image.")
     max_image_pixels: PositiveInt = Field(40_000_000, description="Largest accepted width × height.")
+    tiling: TilingMode = Field(
+        "auto",
+        description="Default of the tiling parameter: auto segments an image that the model's resize would "
+        "shrink by tiling_factor or more in tiles at full resolution (plus one pass of the whole image), masks "
+        "stitched across tiles; off never tiles.",
+    )
+    tiling_factor: float = Field(
+        AUTO_FACTOR,
+        ge=1,
+        description="With tiling auto, an image is tiled when the model's resize would shrink it by this "
+        "factor or more (and both its sides hold a tile). Measured: bench/RESULTS.md#tiled-inference.",
+    )
+    tile_size: int | None = Field(
+        None,
+        ge=MIN_TILE_SIZE,
+        le=MAX_TILE_SIZE,
+        description="Default of the tile_size parameter. Default: the model's test short side (tiles reach "
+        "the network unresized).",
+    )
+    tile_overlap: int = Field(
+        DEFAULT_OVERLAP,
+        ge=0,
+        le=MAX_TILE_SIZE // 2,
+        description="Default of the tile_overlap parameter: pixels neighbouring tiles share, at most half a "
+        "tile. A request's tile_size a quarter of which is less takes that quarter instead.",
+    )
+    max_tiled_pixels: PositiveInt = Field(
+        None,
+        validate_default=True,
+        description="Largest width × height of an image that is tiled (others: max_image_pixels). Its decoded "
+        f"pixels are held while its tiles run (3 bytes a pixel). Default: {MAX_TILED_PIXELS:_} or "
+        "max_image_pixels if larger.",
+    )
+    tiles_in_flight: PositiveInt | None = Field(
+        None,
+        description="Tiles of one image cut, queued and running at once (they batch with each other and with "
+        "other requests); what a tiled image holds beyond its pixels. Default: 2 × the batch size in force, "
+        "at most max_queue.",
+    )
+    max_tiled_detections: PositiveInt = Field(
+        2000,
+        description="Default of max_detections for a tiled image (max_detections' default would cut a large "
+        "scene's objects; the model itself keeps at most 50 a pass).",
+    )
     max_images_per_request: PositiveInt = Field(
         None,
         validate_default=True,
@@ -210,6 +256,13 @@ class Settings(PredictorOptions, BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("max_tiled_pixels", mode="before")
+    @classmethod
+    def _twice_the_image_limit(cls, value: object, info: ValidationInfo) -> object:
+        """Unset: MAX_TILED_PIXELS, or max_image_pixels (declared, and so validated, before it) if larger."""
+        limit = info.data.get("max_image_pixels")
+        return max(MAX_TILED_PIXELS, limit or 0) if value is None else value
+
     @field_validator("max_concurrent_uploads", "max_images_per_request", mode="before")
     @classmethod
     def _derived_default(cls, value: object, info: ValidationInfo) -> object:
@@ -246,6 +299,18 @@ class Settings(PredictorOptions, BaseSettings):
                 "CENTERMASK_ADMIN_KEY must differ from CENTERMASK_API_KEY: whoever may segment images may not "
                 "change the models"
             )
+        # The default overlap shrinks to fit a small tile; one set is checked.
+        overlap_set = "tile_overlap" in self.model_fields_set
+        if overlap_set and self.tile_size is not None and self.tile_overlap > self.tile_size // 2:
+            raise ValueError(
+                f"CENTERMASK_TILE_OVERLAP ({self.tile_overlap}) must be at most half of CENTERMASK_TILE_SIZE "
+                f"({self.tile_size})"
+            )
+        if self.max_tiled_pixels < self.max_image_pixels:
+            raise ValueError(
+                f"CENTERMASK_MAX_TILED_PIXELS ({self.max_tiled_pixels}) must not be below "
+                f"CENTERMASK_MAX_IMAGE_PIXELS ({self.max_image_pixels}): a tiled image may be larger, not smaller"
+            )
         if self.protect_probes and self.api_key is None:
             raise ValueError("CENTERMASK_PROTECT_PROBES needs CENTERMASK_API_KEY: there is no key to ask for")
         for origin in self.cors_origins:
@@ -264,6 +329,12 @@ class Settings(PredictorOptions, BaseSettings):
         """How many frames of one video are decoded and queued ahead of the one answered next."""
         if self.video_frames_in_flight is not None:
             return min(self.video_frames_in_flight, self.max_queue)
+        return min(2 * max_batch_size, self.max_queue)
+
+    def tiles_in_flight_for(self, max_batch_size: int) -> int:
+        """How many tiles of one image are cut, queued and running at once."""
+        if self.tiles_in_flight is not None:
+            return min(self.tiles_in_flight, self.max_queue)
         return min(2 * max_batch_size, self.max_queue)
 
     def batch_size_for(self, device: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ class Detections:
     mask_scores: (N,) float32, score × predicted mask IoU (what COCO segm evaluation ranks by).
     mask_probs: (N, 28, 28) float32 tensor on the inference device: mask probabilities of each detection's
     class, pasted on demand (on that device).
+    stitched: masks already in the image, for detections that have no 28×28 probabilities of their own
+    (tiled inference stitches an object's mask from its tiles: `model.inference.tiling`); mask_probs is then
+    (N, 0, 0). None: the masks are pasted from mask_probs.
     """
 
     image_size: tuple[int, int]
@@ -59,6 +62,7 @@ class Detections:
     class_ids: np.ndarray
     mask_scores: np.ndarray
     mask_probs: torch.Tensor
+    stitched: PastedMasks | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -72,6 +76,7 @@ class Detections:
             self.class_ids[index],
             self.mask_scores[index],
             self.mask_probs[torch.as_tensor(index, device=self.mask_probs.device)],
+            None if self.stitched is None else self.stitched.select(np.asarray(index)),
         )
 
     def filter(
@@ -90,6 +95,8 @@ class Detections:
     @functools.cached_property
     def pasted_masks(self) -> PastedMasks:
         """The binary masks in original-image pixels (computed once, on the inference device)."""
+        if self.stitched is not None:
+            return self.stitched
         return paste_masks(self.mask_probs, torch.from_numpy(self.boxes), self.image_size)
 
     def class_agnostic_nms(self, iou_threshold: float = CLASS_AGNOSTIC_IOU) -> Detections:

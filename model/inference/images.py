@@ -115,6 +115,25 @@ def load_image(
         return _decode(stream, max_pixels, draft_to)
 
 
+def read_size(source: bytes | str | os.PathLike[str]) -> tuple[int, int]:
+    """(H, W) of the upright image, read from its header: no pixel is decoded (what tiling needs to know before
+    choosing how to decode). Raises CorruptImage, UnsupportedImage or TooManyPixels (only past Pillow's
+    guard: the caller's own limit applies when decoding)."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        if not len(source):
+            raise CorruptImage("the image is empty")
+        return _size(io.BytesIO(source))
+    with open(source, "rb") as stream:
+        return _size(stream)
+
+
+def _size(stream: IO[bytes]) -> tuple[int, int]:
+    with _open(stream) as image:
+        width, height = image.size
+        orientation = _orientation(image)
+    return (width, height) if orientation is not None and orientation >= 5 else (height, width)
+
+
 def _decode(stream: IO[bytes], max_pixels: int, draft_to: tuple[int, int] | None) -> DecodedImage:
     image = _open(stream)
     with image:

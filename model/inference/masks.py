@@ -45,6 +45,33 @@ class PastedMasks:
     def __len__(self) -> int:
         return int(self.windows.shape[0])
 
+    @classmethod
+    def from_crops(cls, image_size: tuple[int, int], crops: list[MaskCrop]) -> PastedMasks:
+        """Masks already pasted, as crops in the image (tiled inference stitches them so): each crop its own
+        chunk, on the CPU. No full-size mask is made."""
+        windows = np.array(
+            [(crop.x0, crop.y0, crop.crop.shape[1], crop.crop.shape[0]) for crop in crops], dtype=np.int64
+        ).reshape(-1, 4)
+        chunks = [
+            (torch.tensor([index]), torch.from_numpy(np.ascontiguousarray(crop.crop, dtype=bool))[None])
+            for index, crop in enumerate(crops)
+        ]
+        return cls(image_size, windows, chunks)
+
+    def select(self, index: np.ndarray) -> PastedMasks:
+        """The masks at `index` (integer indices or a boolean mask), in that order, sharing these stacks."""
+        positions = np.arange(len(self))[index]
+        new_position = np.full(len(self), -1, dtype=np.int64)
+        new_position[positions] = np.arange(len(positions))
+        chunks = []
+        for chunk_index, stack in self.chunks:
+            rows = new_position[chunk_index.numpy()]
+            kept = np.flatnonzero(rows >= 0)
+            if kept.size:
+                keep = torch.from_numpy(kept).to(stack.device)
+                chunks.append((torch.from_numpy(rows[kept]), stack[keep]))
+        return PastedMasks(self.image_size, self.windows[positions], chunks)
+
     def crops(self) -> list[MaskCrop]:
         """Each instance's window as a numpy crop, in instance order."""
         crops: list[MaskCrop | None] = [None] * len(self)

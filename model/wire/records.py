@@ -5,7 +5,8 @@ those models); this module builds the same shapes as plain dicts, which serialis
 holding large mask payloads. The tests validate each builder's output against its model, so a field renamed
 in one place and not the other fails them.
 
-* `instances_to_json`, `image_record`: detections → `Instance`, `ImageResult` records;
+* `instances_to_json`, `image_record`: detections → `Instance`, `ImageResult` records (`tiling_info`: the
+  `TilingInfo` of a tiled image);
 * `segment_response`, `batch_response`: the `/segment` and `/segment/batch` envelopes around records;
 * `video_frame_line`, `stream_frame_message`: a video's NDJSON line and a stream's answer for one frame;
 * `with_track_ids`: a frame's records with their `track_id` (`track=true`);
@@ -22,6 +23,7 @@ from typing import Any
 
 from centermask_client.schemas import MaskFormat
 from model.inference.detections import Detections
+from model.inference.tiling import TilePlan
 from model.wire.polygons import crop_to_polygons
 from model.wire.rle import encode_pasted
 
@@ -71,14 +73,29 @@ def image_record(
     class_names: Sequence[str],
     category_ids: Sequence[int],
     mask_format: MaskFormat = "rle",
+    tiles: TilePlan | None = None,
 ) -> dict[str, Any]:
-    """The `ImageResult` record of one image: file name, size and instances."""
+    """The `ImageResult` record of one image: file name, size and instances; with `tiles`, the plan a tiled
+    image was segmented by (`TilingInfo`)."""
     height, width = detections.image_size
-    return {
+    record: dict[str, Any] = {
         "file": file,
         "height": height,
         "width": width,
         "instances": instances_to_json(detections, class_names, category_ids, mask_format),
+    }
+    if tiles is not None:
+        record["tiling"] = tiling_info(tiles)
+    return record
+
+
+def tiling_info(plan: TilePlan) -> dict[str, int]:
+    """The `TilingInfo` of a tiled image: the tiles it was cut into."""
+    return {
+        "tiles": len(plan.tiles),
+        "tile_size": plan.tile_size,
+        "tile_overlap": plan.tile_overlap,
+        "passes": plan.passes,
     }
 
 

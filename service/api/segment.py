@@ -75,10 +75,10 @@ async def segment(
         except ImageFailed as failed:
             raise failed.error from None
         if image_format is not None:
+            # A tiled image may have more pixels than an ordinary one.
+            limit = settings.max_tiled_pixels if "tiling" in result.record else settings.max_image_pixels
             with tracing.stage("encode"):
-                image = await asyncio.to_thread(
-                    _draw, upload.data, result.record, image_format, settings.max_image_pixels
-                )
+                image = await asyncio.to_thread(_draw, upload.data, result.record, image_format, limit)
             media_type = f"image/{image_format}"
             count = str(len(result.record["instances"]))
             headers = {"X-Instance-Count": count, "X-Model": model.name, "X-Model-Version": model.version}

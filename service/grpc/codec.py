@@ -61,6 +61,9 @@ def infer_response(answer: InferAnswer) -> pb.ModelInferResponse:
         model_version=answer.header["model_version"],
         id=answer.header.get("id", ""),
     )
+    # The answer's parameters (`tiles` of a tiled request) are strings, as the JSON answer's.
+    for name, value in answer.header.get("parameters", {}).items():
+        response.parameters[name].string_param = value
     for name, tensor in answer.tensors.items():
         response.outputs.add(name=name, datatype=tensor.datatype, shape=tensor.shape)
         response.raw_output_contents.append(tensor_bytes(tensor))

@@ -6,6 +6,10 @@
 // in the browser, without asking again. Masks are decoded from COCO RLE here and blended into the
 // image's pixels with the colours and opacity of centermask_client.overlay (written into the page as
 // #overlay-style), so the page draws what `/segment?format=png` draws.
+//
+// A large image (a tiled one: tiling=auto) is shown downscaled to MAX_DISPLAY_SIDE, and its masks are
+// sampled at that size (each display pixel takes the image pixel at its centre), so that drawing costs the
+// display's pixels, not the image's.
 "use strict";
 
 (() => {
@@ -16,13 +20,18 @@
   const KEY_STORAGE = "centermask-api-key";
   const HOVER_ALPHA = 0.7;
   const DIMMED_ALPHA = 0.2;
+  const MAX_DISPLAY_SIDE = 2048;
 
   const state = {
     info: null, // /v1/model
     image: null, // the uploaded image, decoded by the browser
     base: null, // its pixels (ImageData), the canvas before anything is drawn
     result: null, // the /segment answer
-    masks: [], // per instance: its runs (decodeRle), or null without a mask
+    masks: [], // per instance: its runs at display size (decodeRle, atDisplay), or null without a mask
+    scaleX: 1, // display pixels per image pixel (below 1 for a large image)
+    scaleY: 1,
+    blob: null, // the last image segmented, and its name: sent again when the tiling switch changes
+    name: "",
     hiddenClasses: new Set(),
     hover: -1, // index into result.instances, -1 for none
     roundTripMs: 0,
@@ -85,6 +94,35 @@
     return { height, width, runs: Int32Array.from(runs) };
   }
 
+  // A mask's runs at display size (height × width): display pixel (dx, dy) is in the mask when the image
+  // pixel at its centre, (floor((dx + 0.5) / sx), floor((dy + 0.5) / sy)), is. Visits each image column
+  // a run touches once, so a small object costs its own columns.
+  function atDisplay(mask, height, width) {
+    if (height === mask.height && width === mask.width) return mask;
+    const sx = width / mask.width;
+    const sy = height / mask.height;
+    const source = (d, s) => Math.floor((d + 0.5) / s);
+    const runs = [];
+    for (let run = 0; run < mask.runs.length; run += 2) {
+      let p = mask.runs[run];
+      const end = mask.runs[run + 1];
+      while (p < end) {
+        const x = Math.floor(p / mask.height);
+        const columnEnd = Math.min(end, (x + 1) * mask.height);
+        const dx = Math.max(0, Math.ceil(x * sx - 0.5));
+        if (dx < width && source(dx, sx) === x) {
+          const y0 = p - x * mask.height;
+          const y1 = columnEnd - x * mask.height;
+          const dy0 = Math.max(0, Math.ceil(y0 * sy - 0.5));
+          const dy1 = Math.min(height, Math.ceil(y1 * sy - 0.5));
+          if (dy1 > dy0) runs.push(dx * height + dy0, dx * height + dy1);
+        }
+        p = columnEnd;
+      }
+    }
+    return { height, width, runs: Int32Array.from(runs) };
+  }
+
   function maskHas(mask, x, y) {
     const p = x * mask.height + y;
     let low = 0;
@@ -122,7 +160,10 @@
 
   function render() {
     if (!state.result) return;
-    const { width, height, instances } = state.result;
+    const { instances } = state.result;
+    // The display's size: the image's, or less for a large one (masks are already at this size).
+    const { width, height } = canvas;
+    const { scaleX, scaleY } = state;
     const visible = visibleIndices();
     // Worst first, so that the best-scoring instance ends on top (as the server's drawing does).
     const order = [...visible].sort((a, b) => instances[a].score - instances[b].score);
@@ -149,7 +190,12 @@
     for (const index of order) {
       const instance = instances[index];
       const rgb = colour(instance);
-      const [x1, y1, x2, y2] = instance.box;
+      const [x1, y1, x2, y2] = [
+        instance.box[0] * scaleX,
+        instance.box[1] * scaleY,
+        instance.box[2] * scaleX,
+        instance.box[3] * scaleY,
+      ];
       const lineWidth = index === state.hover ? 2 * style.box_width : style.box_width;
       context.strokeStyle = css(rgb);
       context.lineWidth = lineWidth;
@@ -306,7 +352,8 @@
     let response;
     let body;
     try {
-      response = await fetch("segment?score_threshold=0&mask_format=rle", {
+      const tiling = encodeURIComponent($("tiling").value);
+      response = await fetch(`segment?score_threshold=0&mask_format=rle&tiling=${tiling}`, {
         method: "POST",
         body: form,
         headers: authHeaders(),
@@ -331,6 +378,8 @@
       setStatus("error", "The service read this image, but this browser cannot display it.");
       return;
     }
+    state.blob = blob;
+    state.name = name;
     show(image, body, roundTripMs, name);
   }
 
@@ -352,14 +401,21 @@
 
   function show(image, result, roundTripMs, name) {
     const { width, height } = result;
-    canvas.width = width;
-    canvas.height = height;
+    const scale = Math.min(1, MAX_DISPLAY_SIDE / Math.max(width, height));
+    const displayWidth = Math.max(1, Math.round(width * scale));
+    const displayHeight = Math.max(1, Math.round(height * scale));
+    canvas.width = displayWidth;
+    canvas.height = displayHeight;
     // The browser applies EXIF orientation as the service does, so the upright sizes agree.
-    context.drawImage(image, 0, 0, width, height);
+    context.drawImage(image, 0, 0, displayWidth, displayHeight);
     state.image = image;
-    state.base = context.getImageData(0, 0, width, height);
+    state.base = context.getImageData(0, 0, displayWidth, displayHeight);
     state.result = result;
-    state.masks = result.instances.map((instance) => (instance.mask ? decodeRle(instance.mask) : null));
+    state.scaleX = displayWidth / width;
+    state.scaleY = displayHeight / height;
+    state.masks = result.instances.map((instance) =>
+      instance.mask ? atDisplay(decodeRle(instance.mask), displayHeight, displayWidth) : null,
+    );
     state.hiddenClasses.clear();
     state.hover = -1;
     state.roundTripMs = roundTripMs;
@@ -367,7 +423,9 @@
     renderTiming();
     $("json").textContent = JSON.stringify(result, null, 1);
     render();
-    setStatus("done", `${name}: ${width}×${height}. Hover an instance to highlight it; filter with the slider and the classes.`);
+    const tiles = result.tiling ? ` in ${result.tiling.tiles} tiles` : "";
+    const shown = scale < 1 ? ` (shown at ${displayWidth}×${displayHeight})` : "";
+    setStatus("done", `${name}: ${width}×${height}${shown}, segmented${tiles}. Hover an instance to highlight it; filter with the slider and the classes.`);
   }
 
   // ---------------------------------------------------------------- frames: the camera and videos
@@ -405,6 +463,8 @@
     state.image = null;
     state.base = pixels;
     state.result = result;
+    state.scaleX = 1;
+    state.scaleY = 1;
     state.masks = result.instances.map((instance) => (instance.mask ? decodeRle(instance.mask) : null));
     state.hover = -1;
     renderClasses();
@@ -669,6 +729,10 @@
       segment(await response.blob(), button.title);
     });
   }
+
+  $("tiling").addEventListener("change", () => {
+    if (state.blob && !live.mode) segment(state.blob, state.name);
+  });
 
   $("score").addEventListener("input", () => {
     $("score-value").textContent = Number($("score").value).toFixed(2);

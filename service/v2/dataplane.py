@@ -105,6 +105,11 @@ async def infer(
     header: dict[str, Any] = {"model_name": model_name, "model_version": served.version}
     if parsed.id is not None:
         header["id"] = parsed.id
+    tiles = [result.record.get("tiling", {}).get("tiles", 0) for result in results]
+    if any(tiles):
+        # The tiles each image was segmented in (0: not tiled), as a string: the protocol's parameters hold
+        # scalars only.
+        header["parameters"] = {"tiles": ",".join(map(str, tiles))}
     return InferAnswer(
         header, tensors([result.record for result in results], list(outputs)), outputs, results
     )

@@ -123,6 +123,11 @@ class InferenceResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="`tiles`: present when an image was tiled (`tiling=auto`), the tiles each image was "
+        "segmented in, comma-separated in input order (0: not tiled).",
+    )
     outputs: list[ResponseOutput]
 
 

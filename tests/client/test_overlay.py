@@ -98,3 +98,22 @@ def test_encoding(image_format: str) -> None:
     drawn = draw_overlay(Image.fromarray(background()), [])
     decoded = Image.open(io.BytesIO(encode_image(drawn, image_format)))
     assert decoded.format == image_format.upper() and decoded.size == (WIDTH, HEIGHT)
+
+
+def test_a_large_image_is_drawn_downscaled_with_its_masks_sampled_at_display_size() -> None:
+    height, width = 3000, 4500
+    image = np.full((height, width, 3), 200, dtype=np.uint8)
+    small = np.zeros((height, width), dtype=bool)
+    small[1000:1040, 3000:3060] = True  # 40 × 60 px: 8 × 12 at a fifth
+    drawn = np.asarray(draw_overlay(image, [instance(small, 2, 0.8)], max_side=900))
+    assert drawn.shape == (600, 900, 3)
+    # Display pixels whose centres fall in the object are blended, inside its box lines; far away, not.
+    inside = drawn[202:206, 602:610]
+    np.testing.assert_array_equal(inside, np.broadcast_to(blend(np.full(3, 200, np.uint8), 2), inside.shape))
+    np.testing.assert_array_equal(drawn[400:, :300], np.full((200, 300, 3), 200, np.uint8))
+    # An image within max_side is drawn exactly as without it.
+    low = block(40, 90, 20, 70)
+    same = draw_overlay(background(), [instance(low, 1, 0.5)], max_side=WIDTH)
+    np.testing.assert_array_equal(
+        np.asarray(same), np.asarray(draw_overlay(background(), [instance(low, 1, 0.5)]))
+    )

@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from centermask_client.rle import _string_to_counts, area, counts_to_string, decode, encode, encode_crop
+from centermask_client.rle import (
+    _string_to_counts,
+    area,
+    counts_to_string,
+    decode,
+    decode_columns,
+    encode,
+    encode_crop,
+)
 
 IMAGE_HEIGHT, IMAGE_WIDTH = 720, 1280
 
@@ -250,3 +258,27 @@ REALISTIC_MASKS = {
 @pytest.mark.parametrize("name", REALISTIC_MASKS)
 def test_realistic_720p_masks_match_pycocotools(name: str) -> None:
     assert_matches_reference(REALISTIC_MASKS[name]())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+    density=st.floats(0.0, 1.0),
+)
+def test_decode_columns_is_decode_without_the_empty_columns(
+    height: int, width: int, seed: int, density: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    mask = rng.random((height, width)) < density
+    mask[:, : rng.integers(0, width + 1)] = False
+    rle = encode(mask)
+    x0, columns = decode_columns(rle)
+    expected = np.zeros_like(mask)
+    expected[:, x0 : x0 + columns.shape[1]] = columns
+    np.testing.assert_array_equal(expected, mask)
+    if mask.any():
+        assert columns[:, 0].any() and columns[:, -1].any()
+    else:
+        assert columns.shape == (height, 0)

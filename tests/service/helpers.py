@@ -259,3 +259,41 @@ def infer_request(images: list[bytes], model: str = "centermask", **parameters: 
         ]
         setattr(request.parameters[name], field, value)
     return request
+
+
+async def post_then_disconnect(
+    app: FastAPI, path: str, body: bytes, disconnect: asyncio.Event, query: bytes = b""
+) -> list[Any]:
+    """POST a PNG body to the app straight over ASGI; once `disconnect` is set, the client is gone (what an
+    HTTP client cannot do in-process). Returns the messages the app sent."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"service"), (b"content-type", b"image/png")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("service", 80),
+    }
+    body_sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent

@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from centermask_client.overlay import font_size
 from centermask_client.rle import decode
@@ -413,3 +414,43 @@ def test_a_video_is_drawn_frame_by_frame_as_its_lines_arrive(
     assert ids, "no instance of the last frame was tracked"
     labels = [item["text"] for item in drawn_list(page)]
     assert {f"#{track_id}" for track_id in ids} <= {label.split()[0] for label in labels}
+
+
+def test_a_large_image_is_shown_downscaled_with_its_masks_sampled_at_that_size(
+    tab: OfflinePage, bundled_server: LiveServer, tmp_path: Path
+) -> None:
+    page = tab.page
+    # A 2400 × 1600 scene (shapes drawn at 5×): shown at 2048 × 1365; the tiling switch is sent along.
+    small = render_scene(np.random.default_rng([7, 8]), CLASSIC, 320, 480, num_objects=3).image
+    image = np.asarray(Image.fromarray(small).resize((2400, 1600), Image.Resampling.NEAREST))
+    path = tmp_path / "large.png"
+    Image.fromarray(image).save(path)
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url) if "/segment" in request.url else None)
+    page.goto(f"{bundled_server.url}/")
+    page.select_option("#tiling", "off")
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("body[data-state=done]")
+    assert any("tiling=off" in url for url in sent)
+    assert "2400×1600 (shown at 2048×1365)" in page.text_content("#status")
+    pixels = canvas_pixels(page)
+    assert pixels.shape == (1365, 2048, 3)
+    result = json.loads(page.text_content("#json"))
+    visible = [instance for instance in result["instances"] if instance["score"] >= 0.3]
+    assert visible
+    for instance in visible:
+        # The display pixels whose centres fall in the mask are tinted.
+        mask = decode(instance["mask"])
+        ys = np.floor((np.arange(1365) + 0.5) * 1600 / 1365).astype(int)
+        xs = np.floor((np.arange(2048) + 0.5) * 2400 / 2048).astype(int)
+        sampled = mask[ys[:, None], xs[None, :]]
+        shown = np.asarray(Image.fromarray(image).resize((2048, 1365), Image.Resampling.BOX))
+        # Inside (away from edges, where resampling filters differ) the image is flat: there the page's
+        # pixels must differ from the image's by the tint.
+        inside = ndimage.binary_erosion(sampled, iterations=3)
+        assert inside.any()
+        changed = (pixels[inside] != shown[inside]).any(axis=1)
+        assert changed.all(), instance["class_name"]
+    # And outside every mask and box, far from them, the image itself.
+    untouched = pixels[-60:, :60].astype(int) - np.asarray(shown)[-60:, :60].astype(int)
+    assert np.abs(untouched).max() <= 2

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -385,6 +386,7 @@ async def test_requests_holding_the_former_version_finish_on_it(
 ) -> None:
     registry = served.runtime.models
     before = registry.get("shapes")
+    weights_before = weakref.ref(before.predictor)
     with registry.lease("shapes") as held:
         put_weights(repository / "shapes", weights["coco"])
         response = await served.client.post("/v2/repository/models/shapes/load", headers=ADMIN)
@@ -394,6 +396,8 @@ async def test_requests_holding_the_former_version_finish_on_it(
         assert result.record["instances"] is not None and held.leases == 1
     await registry.until_retired()
     assert before.leases == 0 and not before.is_running
+    # Retired, its weights are let go of: nothing holds its predictor any more (its tiler neither).
+    assert weights_before() is None
     put_weights(repository / "shapes", weights["three"])
     assert (await served.client.post("/v2/repository/models/shapes/load", headers=ADMIN)).status_code == 200
 

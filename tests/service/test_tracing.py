@@ -97,6 +97,31 @@ async def test_a_grpc_call_is_traced_stage_by_stage(traced) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_tiled_image_is_traced_as_its_passes(traced) -> None:
+    """A tiled image's tiles and whole-image pass are one span between its queue wait and postprocess."""
+    served, exporter, _ = traced
+    exporter.clear()
+    response = await served.client.post(
+        "/segment",
+        params={"tile_size": 128},
+        content=encode(random_image(2, 256, 512)),
+        headers={"Content-Type": "image/png", "traceparent": TRACEPARENT},
+    )
+    assert response.status_code == 200, response.text
+    tiling = response.json()["tiling"]
+    spans = spans_of(exporter, TRACE_ID)
+    (root,) = [span for span in spans if span.name == "POST /segment"]
+    children = sorted((span for span in spans if span is not root), key=lambda span: span.start_time)
+    assert [span.name for span in children] == [
+        "receive", "decode", "queue wait", "tiled passes", "postprocess", "encode",
+    ]  # fmt: skip
+    for before, after in itertools.pairwise(children):
+        assert before.end_time <= after.start_time + 1_000_000, (before.name, after.name)  # 1 ms of rounding
+    passes = next(span for span in children if span.name == "tiled passes")
+    assert passes.attributes["centermask.tiles"] == tiling["tiles"] > 1
+
+
+@pytest.mark.anyio
 async def test_a_request_without_traceparent_starts_its_own_trace(traced) -> None:
     served, exporter, _ = traced
     exporter.clear()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from centermask_client.errors import ApiError, CenterMaskError, ConnectionFailed
-from centermask_client.schemas import SegmentResponse, VideoFrameResult
+from centermask_client.schemas import TILING_MODES, SegmentResponse, VideoFrameResult
 from centermask_client.video import VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -136,6 +136,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--classes",
         metavar="LIST",
         help="comma-separated class names, class_id:N or category_id:N (default: all)",
+    )
+    segment.add_argument(
+        "--tiling",
+        choices=TILING_MODES,
+        help="images: auto segments one much larger than the model's input in tiles at full resolution, "
+        "off never (default: the service's)",
+    )
+    segment.add_argument(
+        "--tile-size",
+        type=_positive_int,
+        metavar="PX",
+        help="images: side of a tile (default: the service's)",
+    )
+    segment.add_argument(
+        "--tile-overlap",
+        type=int,
+        metavar="PX",
+        help="images: pixels neighbouring tiles share (default: the service's)",
     )
     segment.add_argument(
         "--fps",
@@ -374,6 +392,9 @@ async def _segment_all(jobs: list[Job], args: argparse.Namespace) -> list[Outcom
                     score_threshold=args.score_threshold,
                     max_detections=args.max_detections,
                     classes=classes,
+                    tiling=args.tiling,
+                    tile_size=args.tile_size,
+                    tile_overlap=args.tile_overlap,
                 )
                 await asyncio.to_thread(_write, job, result, args)
                 outcome = Outcome(job, result=result)

@@ -47,6 +47,7 @@ from centermask_client.schemas import (
     ModelList,
     SegmentParameters,
     SegmentResponse,
+    TilingMode,
     VideoParameters,
 )
 from centermask_client.video import VideoSource, video_bytes
@@ -218,13 +219,20 @@ class Client:
         mask_format: MaskFormat = "rle",
         filename: str | None = None,
         model: str | None = None,
+        tiling: TilingMode | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
     ) -> SegmentResponse:
         """Segment one image. Unset parameters take the service's defaults (`model_info()`).
 
         classes: names (case-insensitive), "class_id:N" or "category_id:N". model: a model's name on a
         server with several (`models()`); unset, its default model.
+        tiling: "auto" segments an image much larger than the model's input in tiles at full resolution
+        (`tile_size`, `tile_overlap` in pixels; the answer's `tiling` says what was used), "off" never.
         """
-        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        parameters = _parameters(
+            score_threshold, max_detections, classes, mask_format, tiling, tile_size, tile_overlap
+        )
         encoded = encode_input(image, filename)
         response = self._send(
             lambda: self._api.segment_request(self._http, encoded, _with_model(parameters.query(), model))
@@ -240,12 +248,17 @@ class Client:
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
         model: str | None = None,
+        tiling: TilingMode | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
     ) -> BatchResponse:
         """Segment several images in one request (at most the service's max_images_per_request).
 
         One failing image fails the request; the error's `index` names it.
         """
-        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        parameters = _parameters(
+            score_threshold, max_detections, classes, mask_format, tiling, tile_size, tile_overlap
+        )
         encoded = [encode_input(image) for image in images]
         response = self._send(
             lambda: self._api.batch_request(self._http, encoded, _with_model(parameters.query(), model))
@@ -261,9 +274,19 @@ class Client:
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
         model: str | None = None,
+        tiling: TilingMode | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
     ) -> bytes:
         """The image with its masks, boxes and labels drawn by the service (`/segment?format=png`)."""
-        parameters = _parameters(score_threshold, max_detections, classes)
+        parameters = _parameters(
+            score_threshold,
+            max_detections,
+            classes,
+            tiling=tiling,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+        )
         encoded = encode_input(image)
         query = _with_model({**parameters.query(), "format": image_format}, model)
         response = self._send(lambda: self._api.segment_request(self._http, encoded, query))
@@ -391,8 +414,13 @@ class AsyncClient:
         mask_format: MaskFormat = "rle",
         filename: str | None = None,
         model: str | None = None,
+        tiling: TilingMode | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
     ) -> SegmentResponse:
-        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        parameters = _parameters(
+            score_threshold, max_detections, classes, mask_format, tiling, tile_size, tile_overlap
+        )
         encoded = encode_input(image, filename)
         response = await self._send(
             lambda: self._api.segment_request(self._http, encoded, _with_model(parameters.query(), model))
@@ -408,8 +436,13 @@ class AsyncClient:
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
         model: str | None = None,
+        tiling: TilingMode | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
     ) -> BatchResponse:
-        parameters = _parameters(score_threshold, max_detections, classes, mask_format)
+        parameters = _parameters(
+            score_threshold, max_detections, classes, mask_format, tiling, tile_size, tile_overlap
+        )
         encoded = [encode_input(image) for image in images]
         response = await self._send(
             lambda: self._api.batch_request(self._http, encoded, _with_model(parameters.query(), model))
@@ -425,8 +458,18 @@ class AsyncClient:
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
         model: str | None = None,
+        tiling: TilingMode | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
     ) -> bytes:
-        parameters = _parameters(score_threshold, max_detections, classes)
+        parameters = _parameters(
+            score_threshold,
+            max_detections,
+            classes,
+            tiling=tiling,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+        )
         encoded = encode_input(image)
         query = _with_model({**parameters.query(), "format": image_format}, model)
         response = await self._send(lambda: self._api.segment_request(self._http, encoded, query))

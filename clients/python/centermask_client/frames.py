@@ -30,6 +30,7 @@ from centermask_client.schemas import (
     SegmentParameters,
     SequenceParameters,
     StreamFrameResult,
+    TilingMode,
     VideoFrameResult,
 )
 
@@ -44,6 +45,9 @@ def unchecked_parameters(
     max_detections: int | None,
     classes: Sequence[str] | None,
     mask_format: MaskFormat = "rle",
+    tiling: TilingMode | None = None,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
 ) -> SegmentParameters:
     """A request's parameters, checked by the server (constructed here without validation, so that the
     server's answer, not a client-side error, says what is wrong)."""
@@ -55,6 +59,9 @@ def unchecked_parameters(
         classes=list(classes) if classes else None,
         mask_format=mask_format,
         class_agnostic_nms=None,
+        tiling=tiling,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
     )
 
 

@@ -90,6 +90,34 @@ def decode(rle: dict[str, Any]) -> np.ndarray:
     return np.repeat(foreground, counts).reshape(width, height).T
 
 
+def decode_columns(rle: dict[str, Any]) -> tuple[int, np.ndarray]:
+    """The columns of a mask that hold its foreground: (x0, (H, n) bool), columns x0 .. x0 + n - 1 of the
+    mask, (0, (H, 0)) when it is empty. What `decode` gives, without the columns around an object: an
+    instance of a large image costs its own columns, not the image.
+
+    Raises:
+        ValueError: the counts are malformed or do not cover exactly H * W pixels.
+    """
+    height, width = (int(n) for n in rle["size"])
+    counts = _counts_from_rle(rle)
+    ends = np.cumsum(counts)
+    if counts.size == 0 or ends[-1] != height * width:
+        raise ValueError(f"the RLE counts do not cover the {height}x{width} pixels of its size")
+    starts = ends - counts
+    ones = (np.arange(counts.size) % 2 == 1) & (counts > 0)
+    if not ones.any():
+        return 0, np.zeros((height, 0), dtype=bool)
+    run_starts, run_ends = starts[ones], ends[ones]
+    x0 = int(run_starts[0]) // height
+    x1 = (int(run_ends[-1]) - 1) // height + 1
+    # Runs are disjoint: +1 where one starts, -1 where it ends, summed along the column-major order.
+    edges = np.zeros((x1 - x0) * height + 1, dtype=np.int8)
+    edges[run_starts - x0 * height] += 1
+    edges[run_ends - x0 * height] -= 1
+    flat = np.cumsum(edges[:-1], dtype=np.int8) > 0
+    return x0, flat.reshape(x1 - x0, height).T
+
+
 def area(rle: dict[str, Any]) -> int:
     """Number of foreground pixels of a COCO compressed RLE, without building the mask."""
     return int(_counts_from_rle(rle)[1::2].sum())

@@ -11,7 +11,7 @@ Coordinates are pixels of the upright image (EXIF orientation applied), x to the
 from typing import Literal, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from centermask_client.rle import decode as decode_rle
 
@@ -21,6 +21,14 @@ MASK_FORMATS: tuple[MaskFormat, ...] = get_args(MaskFormat)
 
 ImageFormat = Literal["png", "jpeg"]
 """Encodings of a rendered overlay (`/segment?format=png`)."""
+
+TilingMode = Literal["auto", "off"]
+"""`auto`: an image much larger than the model's input is segmented in tiles at full resolution; `off`: never."""
+TILING_MODES: tuple[TilingMode, ...] = get_args(TilingMode)
+# Bounds of the tile parameters: below the smallest tile the overlap would take most of it and the count of
+# tiles explodes; above the largest a tile is itself an image the model shrinks.
+MIN_TILE_SIZE = 64
+MAX_TILE_SIZE = 4096
 
 
 class SegmentParameters(BaseModel):
@@ -58,6 +66,41 @@ class SegmentParameters(BaseModel):
         "output before the other filters). Default: CENTERMASK_CLASS_AGNOSTIC_NMS.",
     )
 
+    tiling: TilingMode | None = Field(
+        None,
+        description="`auto`: an image that the model's resize would shrink by CENTERMASK_TILING_FACTOR or more "
+        "(and whose sides both hold a tile) is segmented tile by tile at full resolution, plus one pass of the "
+        "whole image for large objects, and the instances merged, masks stitched across tiles; such an image "
+        "may have up to CENTERMASK_MAX_TILED_PIXELS. `off`: always one pass of the resized image. Default: "
+        "CENTERMASK_TILING.",
+    )
+    tile_size: int | None = Field(
+        None,
+        ge=MIN_TILE_SIZE,
+        le=MAX_TILE_SIZE,
+        description="Side of a square tile in the image's pixels. Default: CENTERMASK_TILE_SIZE, or the "
+        "model's test short side (a tile then reaches the network unresized).",
+    )
+    tile_overlap: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TILE_SIZE // 2,
+        description="Pixels that neighbouring tiles share, at most half a tile: an object this small lies "
+        "whole in some tile. Default: CENTERMASK_TILE_OVERLAP.",
+    )
+
+    @model_validator(mode="after")
+    def _overlap_within_tile(self) -> "SegmentParameters":
+        if (
+            self.tile_size is not None
+            and self.tile_overlap is not None
+            and self.tile_overlap > self.tile_size // 2
+        ):
+            raise ValueError(
+                f"tile_overlap ({self.tile_overlap}) must be at most half of tile_size ({self.tile_size})"
+            )
+        return self
+
     @field_validator("classes", mode="before")
     @classmethod
     def _one_string_is_a_list(cls, value: object) -> object:
@@ -79,6 +122,12 @@ class SegmentParameters(BaseModel):
             params["classes"] = ",".join(self.classes)
         if self.class_agnostic_nms is not None:
             params["class_agnostic_nms"] = str(self.class_agnostic_nms).lower()
+        if self.tiling is not None:
+            params["tiling"] = self.tiling
+        if self.tile_size is not None:
+            params["tile_size"] = str(int(self.tile_size))
+        if self.tile_overlap is not None:
+            params["tile_overlap"] = str(int(self.tile_overlap))
         return params
 
 
@@ -200,11 +249,27 @@ class RequestTiming(Timing, TotalTiming):
     pass
 
 
+class TilingInfo(BaseModel):
+    """How a tiled image was cut (`tiling=auto` on an image large enough)."""
+
+    tiles: int = Field(description="Tiles segmented, each at full resolution.")
+    tile_size: int = Field(
+        description="Side of a tile in the image's pixels (tiles at an edge of a narrower image are cut to it)."
+    )
+    tile_overlap: int = Field(description="Least overlap between neighbouring tiles, in pixels.")
+    passes: int = Field(
+        description="Forward passes: the tiles and one of the whole image at the model's size."
+    )
+
+
 class ImageResult(BaseModel):
     file: str | None = Field(description="The upload's filename; null for a raw body.")
     height: int
     width: int
     instances: list[Instance] = Field(description="Best score first.")
+    tiling: TilingInfo | None = Field(
+        None, description="Present only when the image was tiled: the tiles used (`tiling=auto`)."
+    )
 
 
 class SegmentResponse(ImageResult):

@@ -33,6 +33,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: the sockets stay bound until all are chosen, so the kernel cannot hand
+    the same port out twice (as two calls of `free_port` can)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+
+
 def clean_environment(**settings: str) -> dict[str, str]:
     """The test process's environment without CENTERMASK_* variables, plus `settings`."""
     clean = {name: value for name, value in os.environ.items() if not name.startswith("CENTERMASK_")}
@@ -100,13 +110,13 @@ def live_server(
     """`command` (by default `centermask-serve`) on a free 127.0.0.1 port with these flags and environment
     `settings`, once /readyz answers 200; killed afterwards if still running. Output goes to `log`. Its gRPC
     server gets a free port too, unless `--grpc-port` or CENTERMASK_GRPC_PORT says otherwise."""
-    port = free_port()
+    port, spare_port = free_ports(2)
     grpc: list[str] = []
     grpc_port = int(settings.get("CENTERMASK_GRPC_PORT", 0))
     if "--grpc-port" in flags:
         grpc_port = int(flags[list(flags).index("--grpc-port") + 1])
     elif "CENTERMASK_GRPC_PORT" not in settings:
-        grpc_port = free_port()
+        grpc_port = spare_port
         grpc = ["--grpc-port", str(grpc_port)]
     with log.open("w") as log_file:
         process = subprocess.Popen(

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import io
+import json
 import signal
 import struct
 import subprocess
@@ -262,10 +263,17 @@ def infer_request(images: list[bytes], model: str = "centermask", **parameters: 
 
 
 async def post_then_disconnect(
-    app: FastAPI, path: str, body: bytes, disconnect: asyncio.Event, query: bytes = b""
+    app: FastAPI,
+    path: str,
+    body: bytes,
+    disconnect: asyncio.Event,
+    query: bytes = b"",
+    *,
+    partial: bool = False,
 ) -> list[Any]:
     """POST a PNG body to the app straight over ASGI; once `disconnect` is set, the client is gone (what an
-    HTTP client cannot do in-process). Returns the messages the app sent."""
+    HTTP client cannot do in-process). With `partial` it hangs up in the middle of sending the body. Returns
+    the messages the app sent."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -286,7 +294,7 @@ async def post_then_disconnect(
         nonlocal body_sent
         if not body_sent:
             body_sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": partial}
         await disconnect.wait()
         return {"type": "http.disconnect"}
 
@@ -297,3 +305,44 @@ async def post_then_disconnect(
 
     await app(scope, receive, send)
     return sent
+
+
+# Open Inference Protocol answers (tritonclient's InferResult, over HTTP or gRPC) against /segment's.
+
+
+def per_image(result: Any, count: int) -> list[list[dict]]:
+    """The protocol's concatenated outputs, split back into each image's instances."""
+    index = result.as_numpy("image_index")
+    boxes, scores = result.as_numpy("boxes"), result.as_numpy("scores")
+    class_ids, names = result.as_numpy("class_ids"), result.as_numpy("class_names")
+    mask_scores, masks = result.as_numpy("mask_scores"), result.as_numpy("masks")
+    assert boxes.dtype == np.float32 and boxes.shape == (len(index), 4) and class_ids.dtype == np.int64
+    assert (np.diff(index) >= 0).all(), "images come in input order"
+    return [
+        [
+            {
+                "box": boxes[i].tolist(),
+                "score": float(scores[i]),
+                "class_id": int(class_ids[i]),
+                "class_name": names[i].decode(),
+                "mask_score": float(mask_scores[i]),
+                "mask": json.loads(masks[i]),
+            }
+            for i in np.flatnonzero(index == image)
+        ]
+        for image in range(count)
+    ]
+
+
+def comparable(instances: list[dict]) -> list[dict]:
+    """/segment's instances with the fields the protocol carries, its floats as float32 (as tensors hold them)."""
+    keys = ("box", "score", "class_id", "class_name", "mask_score", "mask")
+    out = []
+    for instance in instances:
+        record = {key: instance[key] for key in keys}
+        record["box"] = np.float32(record["box"]).tolist()
+        record["score"], record["mask_score"] = (
+            float(np.float32(instance[k])) for k in ("score", "mask_score")
+        )
+        out.append(record)
+    return out

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -25,9 +24,11 @@ from tests.service.helpers import (
     TIMEOUT_S,
     ControlledPredictor,
     Served,
+    comparable,
     encode,
     infer_request,
     metric_value,
+    per_image,
     random_image,
     serve,
     tiny_settings,
@@ -79,43 +80,6 @@ def image_input(images: list[bytes]):
     tensor = tritonclient_grpc.InferInput("image", [len(images)], "BYTES")
     tensor.set_data_from_numpy(np.array(images, dtype=object))
     return tensor
-
-
-def per_image(result, count: int) -> list[list[dict]]:
-    """The concatenated outputs, split back into each image's instances, in /segment's fields."""
-    index = result.as_numpy("image_index")
-    boxes, scores = result.as_numpy("boxes"), result.as_numpy("scores")
-    class_ids, names = result.as_numpy("class_ids"), result.as_numpy("class_names")
-    mask_scores, masks = result.as_numpy("mask_scores"), result.as_numpy("masks")
-    assert boxes.dtype == np.float32 and boxes.shape == (len(index), 4) and class_ids.dtype == np.int64
-    return [
-        [
-            {
-                "box": boxes[i].tolist(),
-                "score": float(scores[i]),
-                "class_id": int(class_ids[i]),
-                "class_name": names[i].decode(),
-                "mask_score": float(mask_scores[i]),
-                "mask": json.loads(masks[i]),
-            }
-            for i in np.flatnonzero(index == image)
-        ]
-        for image in range(count)
-    ]
-
-
-def comparable(instances: list[dict]) -> list[dict]:
-    """/segment's instances with the fields the protocol carries, floats as float32 (as tensors hold them)."""
-    keys = ("box", "score", "class_id", "class_name", "mask_score", "mask")
-    out = []
-    for instance in instances:
-        record = {key: instance[key] for key in keys}
-        record["box"] = np.float32(record["box"]).tolist()
-        record["score"], record["mask_score"] = (
-            float(np.float32(instance[k])) for k in ("score", "mask_score")
-        )
-        out.append(record)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------

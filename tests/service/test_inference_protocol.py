@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import TINY_SERVER_KEY, LiveServer, metric_families
-from tests.service.helpers import TIMEOUT_S, encode, random_image
+from tests.service.helpers import TIMEOUT_S, comparable, encode, per_image, random_image
 
 tritonclient_http = pytest.importorskip(
     "tritonclient.http", reason="tritonclient[http] is not installed (pip install -e .[test])"
@@ -53,44 +53,6 @@ def triton_infer(client, images: list[bytes], parameters: dict | None = None, **
     image.set_data_from_numpy(np.array(images, dtype=object))
     # A copy: tritonclient adds its own headers to the dict it is given.
     return client.infer("centermask", [image], headers=dict(KEY), parameters=parameters, **options)
-
-
-def per_image(result, count: int) -> list[list[dict]]:
-    """The protocol's concatenated outputs, split back into each image's instances."""
-    index = result.as_numpy("image_index")
-    boxes, scores = result.as_numpy("boxes"), result.as_numpy("scores")
-    class_ids, names = result.as_numpy("class_ids"), result.as_numpy("class_names")
-    mask_scores, masks = result.as_numpy("mask_scores"), result.as_numpy("masks")
-    assert boxes.dtype == np.float32 and boxes.shape == (len(index), 4) and class_ids.dtype == np.int64
-    assert (np.diff(index) >= 0).all(), "images come in input order"
-    return [
-        [
-            {
-                "box": boxes[i].tolist(),
-                "score": float(scores[i]),
-                "class_id": int(class_ids[i]),
-                "class_name": names[i].decode(),
-                "mask_score": float(mask_scores[i]),
-                "mask": json.loads(masks[i]),
-            }
-            for i in np.flatnonzero(index == image)
-        ]
-        for image in range(count)
-    ]
-
-
-def comparable(instances: list[dict]) -> list[dict]:
-    """/segment's instances with the fields the protocol carries, its floats as float32 (as tensors hold them)."""
-    keys = ("box", "score", "class_id", "class_name", "mask_score", "mask")
-    out = []
-    for instance in instances:
-        record = {key: instance[key] for key in keys}
-        record["box"] = np.float32(record["box"]).tolist()
-        record["score"], record["mask_score"] = (
-            float(np.float32(instance[k])) for k in ("score", "mask_score")
-        )
-        out.append(record)
-    return out
 
 
 def test_server_metadata_health_and_readiness(client) -> None:

@@ -26,6 +26,7 @@ from tests.service.helpers import (
     encode,
     metric_value,
     png_body,
+    post_then_disconnect,
     random_image,
     serve,
     tiny_settings,
@@ -180,46 +181,6 @@ async def test_requests_past_their_deadline_get_504_and_are_not_computed(
         assert metric_value(served.app, "centermask_rejected_total", {"reason": "deadline"}) == 2
 
 
-async def post_then_disconnect(
-    app, body: bytes, disconnect: asyncio.Event, *, partial: bool = False
-) -> list[Any]:
-    """Drive the ASGI app like a server whose client hangs up once `disconnect` is set.
-
-    With `partial`, the client hangs up in the middle of sending the body.
-    """
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/segment",
-        "raw_path": b"/segment",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"service"), (b"content-type", b"image/png")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("service", 80),
-    }
-    body_sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal body_sent
-        if not body_sent:
-            body_sent = True
-            return {"type": "http.request", "body": body, "more_body": partial}
-        await disconnect.wait()
-        return {"type": "http.disconnect"}
-
-    sent: list[Any] = []
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent
-
-
 async def test_a_client_that_hangs_up_is_dropped_before_compute(tiny_weights: Path, controlled) -> None:
     load, predictor = controlled
     async with serve(tiny_settings(tiny_weights, max_batch_size=1), load) as served:
@@ -228,7 +189,7 @@ async def test_a_client_that_hangs_up_is_dropped_before_compute(tiny_weights: Pa
         await wait_until(predictor().entered.is_set)
         disconnect = asyncio.Event()
         gone = asyncio.ensure_future(
-            post_then_disconnect(served.app, encode(random_image(2, 210, 300)), disconnect)
+            post_then_disconnect(served.app, "/segment", encode(random_image(2, 210, 300)), disconnect)
         )
         await wait_until(lambda: queue_depth(served) == 1)
 
@@ -275,7 +236,7 @@ async def test_a_client_that_hangs_up_while_uploading(served: Served) -> None:
     before = gone()
     disconnect = asyncio.Event()
     disconnect.set()
-    sent = await post_then_disconnect(served.app, encode(IMAGE)[:1000], disconnect, partial=True)
+    sent = await post_then_disconnect(served.app, "/segment", encode(IMAGE)[:1000], disconnect, partial=True)
     assert sent[0]["status"] == 499
     assert gone() == before + 1
 

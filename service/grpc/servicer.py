@@ -26,14 +26,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service import tracing
 from service.deps import admin_key_is_valid, api_key_is_valid, offered_api_key
-from service.errors import AdminDisabled, InvalidRequest, ServiceError, Unauthorized
+from service.errors import AdminDisabled, InvalidRequest, NotReady, ServiceError, Unauthorized
 from service.grpc import codec
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
 from service.grpc.status import REQUEST_ID, Status, internal_error, status_of
 from service.logging import error_code, request_id
 from service.metrics import Metrics
-from service.registry import ModelState
 from service.runtime import Phase, Runtime
 from service.settings import Settings
 from service.tracing import Tracing
@@ -92,17 +91,13 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
         def ready() -> pb.ModelReadyResponse:
-            # An unknown model is NOT_FOUND; a known one not ready (loading, draining) is `ready: false`.
-            models = self._runtime.models
-            name = models.resolve_alias(request.name)
-            entries = [entry for entry in models.index() if entry.name == name]
-            entry = entries[0] if entries else None
-            if entry is None:
-                models.get(request.name, request.version)  # raises UnknownModel, naming what is served
-            serving = self._runtime.phase is Phase.READY
-            if not serving or entry is None or entry.state != ModelState.READY:
+            # An unknown model (or version) is NOT_FOUND; a known one not ready (loading, draining) is `ready: false`.
+            if self._runtime.phase is not Phase.READY:
                 return pb.ModelReadyResponse(ready=False)
-            models.get(request.name, request.version)  # another version: NOT_FOUND
+            try:
+                self._runtime.models.get(request.name, request.version)
+            except NotReady:
+                return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=True)
 
         return await self._call("ModelReady", context, ready, keyed=self._settings.protect_probes)

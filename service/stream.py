@@ -62,7 +62,7 @@ from service.errors import (
     WorkerFailed,
     describe_problems,
 )
-from service.metrics import Metrics
+from service.metrics import Metrics, Protocol
 from service.options import SegmentOptions, resolve_options
 from service.runtime import ImageFailed, Runtime
 from service.settings import Settings
@@ -301,7 +301,9 @@ class StreamSession:
         try:
             # The model is looked up per frame: a reload switches an open stream to the new version.
             with self._runtime.models.lease(self.model_name) as model:
-                [result] = await model.segment([Upload(None, waiting.data)], waiting.options)
+                [result] = await model.segment(
+                    [Upload(None, waiting.data)], waiting.options, protocol=Protocol.HTTP
+                )
         except ImageFailed as failed:
             error = failed.error
         except ServiceError as raised:  # refused before its image was queued, or past its deadline

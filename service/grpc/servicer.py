@@ -32,7 +32,7 @@ from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
 from service.grpc.status import REQUEST_ID, Status, internal_error, status_of
 from service.logging import error_code, request_id
-from service.metrics import Metrics
+from service.metrics import Metrics, Protocol
 from service.runtime import Phase, Runtime
 from service.settings import Settings
 from service.tracing import Tracing
@@ -191,6 +191,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                         self._uploads,
                         request.model_name,
                         parsed,
+                        protocol=Protocol.GRPC,
                         client_deadline_s=context.time_remaining(),
                     )
             with tracing.stage("encode"):
@@ -258,13 +259,13 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                 return await result if isinstance(result, Awaitable) else result
             except ServiceError as error:
                 if error.rejection is not None:
-                    self._metrics.rejected.labels(error.rejection).inc()
+                    self._metrics.rejected.labels(error.rejection, Protocol.GRPC).inc()
                 error_code.set(error.code)
                 failure = status_of(error)
             except asyncio.CancelledError:
                 # The client cancelled, or its deadline passed: gRPC has answered it already.
                 code = grpc.StatusCode.CANCELLED
-                self._metrics.rejected.labels("client_gone").inc()
+                self._metrics.rejected.labels("client_gone", Protocol.GRPC).inc()
                 raise
             except Exception:
                 logger.exception("unhandled error", extra={"method": method})

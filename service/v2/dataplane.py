@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import InvalidRequest, NotReady, WorkerFailed
+from service.metrics import Protocol
 from service.options import resolve_options
 from service.runtime import ImageFailed, Phase, Runtime, Segmented, ServedModel
 from service.settings import Settings
@@ -81,13 +82,15 @@ async def infer(
     model_name: str,
     parsed: ParsedRequest,
     *,
+    protocol: Protocol,
     until: Callable[[Awaitable[list[Segmented]]], Awaitable[list[Segmented]]] | None = None,
     client_deadline_s: float | None = None,
 ) -> InferAnswer:
     """Segment a parsed request's images (one batch) on an admitted, leased model; its answer's tensors.
 
-    `until` wraps the segmentation (HTTP cancels it when the client leaves); `client_deadline_s` is the
-    client's own deadline (gRPC's), which binds when shorter than the service's.
+    `protocol` is what carried it (it labels the metrics); `until` wraps the segmentation (HTTP cancels it
+    when the client leaves); `client_deadline_s` is the client's own deadline (gRPC's), which binds when
+    shorter than the service's.
     """
     options = resolve_options(settings, served.predictor, segment_parameters(parsed.parameters))
     outputs = parsed.outputs
@@ -97,7 +100,7 @@ async def infer(
     elif "masks" in outputs and options.mask_format == "none":
         raise InvalidRequest("the output 'masks' was asked for with mask_format none")
     images = uploads.images(parsed.images)
-    work = served.segment(images, options, client_deadline_s=client_deadline_s)
+    work = served.segment(images, options, protocol=protocol, client_deadline_s=client_deadline_s)
     try:
         results = await (until(work) if until is not None else work)
     except ImageFailed as failed:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from centermask_client import AsyncClient, NotFound
 from centermask_client.schemas import SegmentParameters
 from model.inference.options import PredictorOptions
+from service.metrics import Protocol
 from service.options import SegmentOptions, resolve_options
 from service.repository import RepositoryError, read_source
 from service.served import ServedModel
@@ -392,7 +393,7 @@ async def test_requests_holding_the_former_version_finish_on_it(
         response = await served.client.post("/v2/repository/models/shapes/load", headers=ADMIN)
         assert response.status_code == 200 and registry.get("shapes") is not held
         # The held version still serves whoever holds it: its batcher is not closed under it.
-        [result] = await held.segment([_upload()], _options(served, held))
+        [result] = await held.segment([_upload()], _options(served, held), protocol=Protocol.HTTP)
         assert result.record["instances"] is not None and held.leases == 1
     await registry.until_retired()
     assert before.leases == 0 and not before.is_running

@@ -256,7 +256,10 @@ def test_a_client_that_leaves_stops_the_decoding_and_frees_its_queue_slots(
         wait_for(lambda: metric_value(served.app, "centermask_queue_depth") == 2)
     # The connection is closed: the request ends, its queued frames are withdrawn.
     wait_for(lambda: served.runtime.in_flight == 0)
-    assert metrics.get_sample_value("centermask_rejected_total", {"reason": "client_gone"}) == 1
+    assert (
+        metrics.get_sample_value("centermask_rejected_total", {"reason": "client_gone", "protocol": "http"})
+        == 1
+    )
     predictor.release()
     wait_for(lambda: metric_value(served.app, "centermask_queue_depth") == 0)
     assert served.runtime.phase is Phase.READY

@@ -93,6 +93,8 @@ def test_each_frame_is_answered_in_order_as_segment_answers_that_frame(
             ).json()
             assert (line["height"], line["width"]) == (direct["height"], direct["width"]) == (120, 160)
             assert line["instances"] == direct["instances"]
+            # Each line names the model and version that ran it, as /segment's answer does.
+            assert (line["model"], line["model_version"]) == (direct["model"], direct["model_version"])
 
 
 @pytest.mark.parametrize("container", ["webm", "mkv", "mov"])

@@ -12,7 +12,7 @@ import shutil
 import signal
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from centermask_client import AsyncClient, NotFound
+from centermask_client import AsyncClient, Client, NotFound
 from centermask_client.schemas import SegmentParameters
 from model.inference.options import PredictorOptions
 from service.metrics import Protocol
@@ -32,7 +32,8 @@ from service.uploads import Upload
 from tests.conftest import TINY_CONFIG
 from tests.helpers import TIMEOUT_S, LiveServer, live_server
 from tests.rule_weights import write_rule_checkpoint
-from tests.service.helpers import Served, png_body, random_image, serve
+from tests.service.helpers import HttpServed, Served, png_body, random_image, serve, serve_http
+from training.data.clips import write_clip
 
 pytestmark = pytest.mark.anyio
 
@@ -89,6 +90,24 @@ def repository(tmp_path_factory: pytest.TempPathFactory, weights: dict[str, Path
 async def served(repository: Path) -> AsyncIterator[Served]:
     async with serve(repository_settings(repository)) as served:
         yield served
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, weights: dict[str, Path]) -> Iterator[HttpServed]:
+    """The two models behind real uvicorn (WebSockets, answers streamed line by line), from a folder of
+    their own: its tests reload them."""
+    directory = tmp_path_factory.mktemp("live-repository")
+    put_weights(directory / "people", weights["coco"])
+    put_weights(directory / "shapes", weights["three"])
+    with serve_http(repository_settings(directory)) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    write_clip(path, 2, 96, 128, fps=10)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -456,6 +475,48 @@ def _options(served: Served, model: ServedModel) -> SegmentOptions:
     return resolve_options(served.app.state.settings, model.predictor, SegmentParameters())
 
 
+def test_videos_and_streams_run_the_model_named_and_say_which_version_ran_each_frame(
+    live: HttpServed, weights: dict[str, Path], clip: Path
+) -> None:
+    three, coco = version_of(weights["three"]), version_of(weights["coco"])
+    frame = IMAGE["content"]
+    with Client(live.url) as client:
+        with client.segment_video(clip, model="shapes", score_threshold=0) as frames:
+            lines = list(frames)
+        assert [(line.frame, line.model, line.model_version) for line in lines] == [
+            (0, "shapes", three),
+            (1, "shapes", three),
+        ]
+        assert {i.class_id for line in lines for i in line.instances} <= {0, 1, 2}
+        with client.segment_video(clip, max_frames=1) as frames:
+            assert [(line.model, line.model_version) for line in frames] == [("people", coco)]
+        with pytest.raises(NotFound) as unknown:
+            client.segment_video(clip, model="yolo")
+        assert (unknown.value.status, unknown.value.code) == (404, "unknown_model")
+        assert "'people', 'shapes'" in unknown.value.message
+        with client.stream(model="shapes", mask_format="none") as stream:
+            stream.send(frame)
+            first = stream.receive(timeout_s=TIMEOUT_S)
+            # A reload between two frames: the next frame runs on, and names, the new version.
+            put_weights(live.app.state.settings.model_repository / "shapes", weights["coco"])
+            loaded = httpx.post(
+                f"{live.url}/v2/repository/models/shapes/load", headers=ADMIN, timeout=TIMEOUT_S
+            )
+            assert loaded.status_code == 200 and loaded.json()["version"] == coco
+            stream.send(frame)
+            second = stream.receive(timeout_s=TIMEOUT_S)
+        assert [(a.frame, a.model, a.model_version) for a in (first, second)] == [
+            (0, "shapes", three),
+            (1, "shapes", coco),
+        ]
+        with client.stream() as stream:
+            stream.send(frame)
+            assert stream.receive(timeout_s=TIMEOUT_S).model == "people", "the default model"
+        with client.stream(model="yolo") as stream, pytest.raises(NotFound) as refused:
+            stream.receive(timeout_s=TIMEOUT_S)
+        assert refused.value.code == "unknown_model" and "'people', 'shapes'" in refused.value.message
+
+
 async def test_without_a_repository_the_one_weights_file_reloads_when_it_changed(
     tmp_path: Path, weights: dict[str, Path]
 ) -> None:
@@ -485,7 +546,7 @@ async def test_without_a_repository_the_one_model_keeps_its_name(
     assert (await client.post("/v2/repository/index")).status_code == 403
 
 
-async def test_the_python_client_names_the_model(served: Served) -> None:
+async def test_the_python_client_names_the_model(served: Served, clip: Path) -> None:
     transport = httpx.ASGITransport(app=served.app)
     async with AsyncClient("http://service", transport=transport) as client:
         listing = await client.models()
@@ -497,6 +558,10 @@ async def test_the_python_client_names_the_model(served: Served) -> None:
         assert (result.model, result.model_version) == ("shapes", listing.models[1].model_version)
         batch = await client.segment_batch([IMAGE["content"]], model="shapes")
         assert batch.model == "shapes"
+        frames = await client.segment_video(clip.read_bytes(), model="shapes", max_frames=1)
+        assert [(frame.model, frame.model_version) async for frame in frames] == [
+            ("shapes", listing.models[1].model_version)
+        ]
         info = await client.model_info("shapes")
         assert (info.name, len(info.class_names)) == ("shapes", 3)
         assert (await client.model_info()).name == "people"

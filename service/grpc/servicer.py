@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service import tracing
 from service.deps import admin_key_is_valid, api_key_is_valid, offered_api_key
-from service.errors import AdminDisabled, InvalidRequest, NotReady, ServiceError, Unauthorized
+from service.errors import AdminDisabled, NotReady, ServiceError, Unauthorized
 from service.grpc import codec
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
@@ -158,8 +158,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
         async def load() -> pb.RepositoryModelLoadResponse:
-            _refuse_load_parameters(request.parameters)
-            await self._runtime.models.load(request.model_name)
+            config = dataplane.load_config(codec.parameter_values(request.parameters))
+            await self._runtime.models.load(request.model_name, config)
             return pb.RepositoryModelLoadResponse()
 
         return await self._call("RepositoryModelLoad", context, load, keyed=True, admin=True)
@@ -168,7 +168,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         async def unload() -> pb.RepositoryModelUnloadResponse:
-            _refuse_load_parameters(request.parameters, allowed=("unload_dependents",))
+            dataplane.check_unload_parameters(codec.parameter_values(request.parameters))
             await self._runtime.models.unload(request.model_name)
             return pb.RepositoryModelUnloadResponse()
 
@@ -354,18 +354,6 @@ def _checked(
         await context.abort(code, f"invalid_request: the message is not a valid {type_name}")
 
     return handle
-
-
-def _refuse_load_parameters(parameters: Any, *, allowed: tuple[str, ...] = ()) -> None:
-    """Triton's load parameters (a `config` override, `file:` contents) are not served: say so rather than
-    load something other than what was asked for (as over HTTP). `unload_dependents` means nothing here
-    (no ensembles) and is accepted, as tritonclient sends it."""
-    refused = sorted(name for name in parameters if name not in allowed)
-    if refused:
-        raise InvalidRequest(
-            f"load and unload parameters are not supported (got {', '.join(refused)[:200]}): the model's "
-            "folder (model.pth, config.json) is what a load reads"
-        )
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):

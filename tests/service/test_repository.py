@@ -30,7 +30,7 @@ from service.served import ServedModel
 from service.settings import Settings
 from service.uploads import Upload
 from tests.conftest import TINY_CONFIG
-from tests.helpers import TIMEOUT_S, LiveServer, live_server
+from tests.helpers import TIMEOUT_S, LiveServer, free_port, live_server
 from tests.rule_weights import write_rule_checkpoint
 from tests.service.helpers import HttpServed, Served, png_body, random_image, serve, serve_http
 from training.data.clips import write_clip
@@ -99,7 +99,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, weights: dict[str, Path]) -> 
     directory = tmp_path_factory.mktemp("live-repository")
     put_weights(directory / "people", weights["coco"])
     put_weights(directory / "shapes", weights["three"])
-    with serve_http(repository_settings(directory)) as served:
+    with serve_http(repository_settings(directory, grpc_port=free_port())) as served:
         yield served
 
 
@@ -338,9 +338,11 @@ async def test_index_unload_and_load(served: Served, repository: Path, weights: 
             assert loaded.status_code == 200 and loaded.json()["state"] == "READY"
             assert (await client.post("/segment", params={"model": name}, **IMAGE)).status_code == 200
         refused = await client.post(
-            "/v2/repository/models/extra/load", headers=ADMIN, json={"parameters": {"config": "{}"}}
+            "/v2/repository/models/extra/unload", headers=ADMIN, json={"parameters": {"config": "{}"}}
         )
-        assert refused.status_code == 400 and "unsupported parameter 'config'" in refused.json()["error"]
+        assert (
+            refused.status_code == 400 and "unsupported unload parameter 'config'" in refused.json()["error"]
+        )
         await client.post("/v2/repository/models/extra/unload", headers=ADMIN)
         assert (await client.post("/v2/repository/models/nothing/unload", headers=ADMIN)).status_code == 404
         assert (await client.post("/v2/repository/models/nothing/load", headers=ADMIN)).status_code == 400
@@ -350,6 +352,77 @@ async def test_index_unload_and_load(served: Served, repository: Path, weights: 
         "people",
         "shapes",
     ]
+
+
+async def test_a_load_may_bring_its_own_config_json(served: Served) -> None:
+    client, registry = served.client, served.runtime.models
+
+    async def load(parameters: dict[str, Any] | None = None) -> httpx.Response:
+        body = {"parameters": parameters} if parameters is not None else None
+        return await client.post("/v2/repository/models/shapes/load", headers=ADMIN, json=body)
+
+    assert registry.get("shapes").predictor.jpeg_draft, "the folder's config.json says so"
+    loaded = await load({"config": json.dumps({"precision": "fp32"})})
+    assert loaded.status_code == 200 and loaded.json()["state"] == "READY"
+    # In place of the folder's config.json, not on top of it: what it leaves unset is the server's.
+    assert not registry.get("shapes").predictor.jpeg_draft
+    assert "shapes" not in await served.runtime.reload_changed(), "SIGHUP keeps it while the folder is as was"
+    for config, says in [
+        ("{not json", "is not JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"precison": "bf16", "batch": 4}', "unknown options 'batch', 'precison'"),
+        ('{"precision": "fp64"}', "precision: "),
+        ('{"weights": "other.pth"}', "may not name weights"),
+    ]:
+        refused = await load({"config": config})
+        assert refused.status_code == 400, config
+        assert refused.json()["code"] == "invalid_request"
+        assert "model 'shapes': the load's config parameter" in refused.json()["error"]
+        assert says in refused.json()["error"], refused.json()["error"]
+    uploads = await load({"config": "{}", "file:1/model.pth": base64.b64encode(b"weights").decode()})
+    assert uploads.status_code == 400 and uploads.json()["code"] == "invalid_request"
+    assert "must be in its repository folder" in uploads.json()["error"]
+    typed = await load({"config": {"precision": "fp32"}})
+    assert typed.status_code == 400 and "must be a string" in typed.json()["error"]
+    other = await load({"priority": 1})
+    assert other.status_code == 400 and "unsupported load parameter 'priority'" in other.json()["error"]
+    # Refused requests leave the model as it was, and its index entry without a reason.
+    index = {
+        entry["name"]: entry for entry in (await client.post("/v2/repository/index", headers=ADMIN)).json()
+    }
+    assert (index["shapes"]["state"], index["shapes"]["reason"]) == ("READY", "")
+    assert not registry.get("shapes").predictor.jpeg_draft
+    # A load without one reads the folder's again.
+    assert (await load()).status_code == 200 and registry.get("shapes").predictor.jpeg_draft
+
+
+def test_tritonclient_grpc_loads_with_a_config(live: HttpServed) -> None:
+    grpc_client = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    registry = live.runtime.models
+    headers = {"x-api-key": ADMIN["X-API-Key"]}
+    client = grpc_client.InferenceServerClient(f"127.0.0.1:{live.app.state.grpc_server.port}")
+    try:
+        assert not registry.get("people").predictor.jpeg_draft
+        client.load_model("people", config=json.dumps({"jpeg_draft": True}), headers=headers)
+        assert registry.get("people").predictor.jpeg_draft and client.is_model_ready("people")
+        with pytest.raises(InferenceServerException) as unknown:
+            client.load_model("people", config='{"jpeg_drafts": true}', headers=headers)
+        assert unknown.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert unknown.value.message().startswith(
+            "invalid_request: model 'people': the load's config parameter"
+        )
+        assert "unknown option 'jpeg_drafts'" in unknown.value.message()
+        with pytest.raises(InferenceServerException) as files:
+            client.load_model("people", config="{}", files={"file:1/model.pth": b"weights"}, headers=headers)
+        assert files.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "must be in its repository folder" in files.value.message()
+        assert registry.get("people").predictor.jpeg_draft, "a refused load changes nothing"
+        client.load_model("people", headers=headers)
+        assert not registry.get("people").predictor.jpeg_draft
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -445,6 +518,8 @@ def test_sighup_reloads_the_changed_folders_of_a_live_server(
         assert "reloaded what changed" in server.log.read_text()
         # The repository extension as Triton's own client speaks it.
         httpclient = pytest.importorskip("tritonclient.http")
+        from tritonclient.utils import InferenceServerException
+
         client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
         index = client.get_model_repository_index(headers=ADMIN)
         assert [(entry["name"], entry["state"]) for entry in index] == [
@@ -453,8 +528,10 @@ def test_sighup_reloads_the_changed_folders_of_a_live_server(
         ]
         client.unload_model("shapes", headers=ADMIN)
         assert not client.is_model_ready("shapes") and client.is_server_ready()
-        client.load_model("shapes", headers=ADMIN)
+        client.load_model("shapes", headers=ADMIN, config=json.dumps({"jpeg_draft": True}))
         assert client.is_model_ready("shapes")
+        with pytest.raises(InferenceServerException, match="unknown option 'jpeg_drafts'"):
+            client.load_model("shapes", headers=ADMIN, config='{"jpeg_drafts": true}')
         assert server.process.poll() is None
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from service.grpc import status as grpc_status
+
 from .conftest import (
     ALERTS,
     DASHBOARDS,
@@ -101,15 +103,20 @@ def test_alerts_use_the_compose_and_kubernetes_job_name() -> None:
 
 
 def test_the_grpc_error_ratio_mirrors_the_http_one() -> None:
-    """Same threshold, window, duration and severity as the HTTP error-ratio alert; failures are every code
-    but OK and the two that are not the service's fault."""
+    """Same threshold, window, duration and severity as the HTTP error-ratio alert, over ModelInfer; failures
+    are exactly the codes service/grpc/status.py gives for what HTTP answers with 5xx."""
     rules = {r["alert"]: r for r in alert_rules(load_yaml(ALERTS)["groups"])}
     http, grpc = rules["CentermaskHighErrorRatio"], rules["CentermaskHighGrpcErrorRatio"]
     assert (grpc["for"], grpc["labels"]) == (http["for"], http["labels"])
     assert re.search(r">\s*0\.05\s*$", grpc["expr"]) and re.search(r">\s*0\.05\s*$", http["expr"])
     found = selectors(grpc["expr"])
     assert [name for name, _ in found] == ["centermask_grpc_requests_total"] * 2
-    assert found[0][1] == [("code", "!~", "OK|CANCELLED|NOT_FOUND")] and found[1][1] == []
+    assert found[1][1] == [("method", "=", "ModelInfer")]
+    assert found[0][1][0] == ("method", "=", "ModelInfer") and found[0][1][1][:2] == ("code", "=~")
+    counted = set(found[0][1][1][2].split("|"))
+    server_side = {code.name for status, code in grpc_status._BY_STATUS.items() if status >= 500}
+    server_side |= {code.name for code in grpc_status._BY_CODE.values()} - {"FAILED_PRECONDITION"}
+    assert server_side <= counted and not counted & {"OK", "CANCELLED", "NOT_FOUND", "INVALID_ARGUMENT"}
 
 
 def test_queue_saturation_threshold_matches_max_queue() -> None:

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from model.wire.records import error_body
 from service.logging import error_code, request_id
+from service.metrics import Protocol
 from service.responses import OrjsonResponse
 
 RETRY_AFTER_S = 1
@@ -275,7 +276,8 @@ def internal_error_response(path: str = "") -> Response:
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)  # registered for it (install_error_handlers)
     if exc.rejection is not None:
-        request.app.state.metrics.rejected.labels(exc.rejection).inc()
+        # Only HTTP errors are answered here: gRPC counts its rejections itself (service/grpc/servicer.py).
+        request.app.state.metrics.rejected.labels(exc.rejection, Protocol.HTTP).inc()
     return exc.to_response(request.url.path)
 
 

@@ -5,6 +5,7 @@ The names are a contract with the deployment's dashboards, alerts and autoscaler
 
 import contextlib
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 
 import torch
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
@@ -28,7 +29,15 @@ LOAD_OUTCOMES = ("loaded", "refused", "failed")
 # What went wrong in a failed forward pass (service/faults.py); "hung" is a pass past the watchdog.
 FAULT_KINDS = ("error", "out_of_memory", "fatal", "hung")
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics", "Protocol"]
+
+
+class Protocol(StrEnum):
+    """What carried a request: the `protocol` label of the metrics that count both. A video's or a
+    stream's frames came over HTTP (WebSockets included)."""
+
+    HTTP = "http"
+    GRPC = "grpc"
 
 
 class Metrics:
@@ -70,15 +79,15 @@ class Metrics:
         )
         self.images = Counter(
             "centermask_images_total",
-            "Images segmented, by model and version.",
-            ("model", "model_version"),
+            "Images segmented, by model, version and the protocol that carried them.",
+            ("model", "model_version", "protocol"),
             registry=registry,
         )
         self.tiles = Counter(
             "centermask_tiles_total",
-            "Tiles of tiled images segmented, by model and version (each one forward pass; its image counts "
-            "once in images_total).",
-            ("model", "model_version"),
+            "Tiles of tiled images segmented, by model, version and protocol (each one forward pass; its "
+            "image counts once in images_total).",
+            ("model", "model_version", "protocol"),
             registry=registry,
         )
         self.model_info = Gauge(
@@ -98,12 +107,13 @@ class Metrics:
             self.model_loads.labels(outcome)
         self.rejected = Counter(
             "centermask_rejected_total",
-            "Requests turned away unserved, by reason.",
-            ("reason",),
+            "Requests turned away unserved, by reason and protocol.",
+            ("reason", "protocol"),
             registry=registry,
         )
         for reason in REJECTION_REASONS:
-            self.rejected.labels(reason)
+            for protocol in Protocol:
+                self.rejected.labels(reason, protocol)
         self.inference_failures = Counter(
             "centermask_inference_failures_total",
             "Forward passes that raised or hung, by kind (a failed batch is retried in halves).",

@@ -147,8 +147,10 @@ VIDEO_ERRORS = (400, 401, 404, 413, 415, 422, 500, 501, 503)
 VIDEO_LINE_EXAMPLE = (
     '{"frame":0,"time_s":0.0,"height":480,"width":640,"instances":[{"box":[120.0,97.8,230.8,210.2],'
     '"score":0.84,"class_id":0,"category_id":1,"class_name":"circle","mask_score":0.88,'
-    '"mask":{"size":[480,640],"counts":"WYS1R1Y82N2L6J6L2N2N4I8K3jHlMo6U2PIlMo6U2RIj"}}]}\n'
-    '{"frame":1,"time_s":0.033333,"height":480,"width":640,"instances":[]}\n'
+    '"mask":{"size":[480,640],"counts":"WYS1R1Y82N2L6J6L2N2N4I8K3jHlMo6U2PIlMo6U2RIj"}}],'
+    '"model":"people","model_version":"5f0c3a2b9e71"}\n'
+    '{"frame":1,"time_s":0.033333,"height":480,"width":640,"instances":[],"model":"people",'
+    '"model_version":"5f0c3a2b9e71"}\n'
     '{"error":{"code":"invalid_video","message":"cannot decode the video after 2 frames: it is truncated or '
     'corrupt","index":2}}\n'
 )

@@ -13,7 +13,9 @@ Loads and unloads (`load`, `unload`, `reload_changed` for SIGHUP) run one at a t
 folder again, checks that the model fits in memory, loads and warms it up beside the version being
 served, then switches to it in one step (no await in between, so every request sees either version
 whole); the old version is retired in the background once the requests holding it are answered.
-A failed load leaves the served version as it was.
+A failed load leaves the served version as it was. A load given its own config.json text (`config`)
+serves those options until the model is loaded again: through the API, or by SIGHUP once its folder
+changed.
 """
 
 import asyncio
@@ -28,9 +30,17 @@ import torch
 
 from model.inference.load import check_options
 from model.weights import DEFAULT_WEIGHTS
-from service.errors import InsufficientMemory, InvalidModel, ModelLoadFailed, NotReady, UnknownModel
+from service.errors import (
+    InsufficientMemory,
+    InvalidModel,
+    InvalidRequest,
+    ModelLoadFailed,
+    NotReady,
+    UnknownModel,
+)
 from service.metrics import Metrics
 from service.repository import (
+    InvalidOptions,
     ModelSource,
     RepositoryError,
     available_bytes,
@@ -230,10 +240,17 @@ class ModelRegistry:
             for name in names:
                 await self._load(name)
 
-    async def load(self, name: str) -> ServedModel:
-        """Load the model from its folder, or reload it: the new version is served once warm."""
+    async def load(self, name: str, config: str | None = None) -> ServedModel:
+        """Load the model from its folder, or reload it: the new version is served once warm. `config`, a
+        config.json text, stands for the folder's config.json in this load (InvalidRequest when it is not
+        valid options, or the server has no repository)."""
+        if config is not None and self._directory is None:
+            raise InvalidRequest(
+                "a load's config needs a model repository (CENTERMASK_MODEL_REPOSITORY): this server's one "
+                "model takes its options from its settings"
+            )
         async with self._lock:
-            return await self._load(self._aliases.get(name, name))
+            return await self._load(self._aliases.get(name, name), config)
 
     async def unload(self, name: str) -> None:
         """Stop serving the model: later requests get 404; requests holding it are answered first."""
@@ -282,10 +299,10 @@ class ModelRegistry:
         for task in self._retiring:
             task.cancel()
 
-    def _source(self, name: str | None) -> ModelSource:
+    def _source(self, name: str | None, config: str | None = None) -> ModelSource:
         if self._directory is not None:
             assert name is not None
-            return read_source(self._directory, name, self._base)
+            return read_source(self._directory, name, self._base, config)
         weights = self._base.weights if self._base.weights is not None else DEFAULT_WEIGHTS
         try:
             stat = weights.stat()
@@ -294,16 +311,19 @@ class ModelRegistry:
             fingerprint = ""
         return ModelSource(name or "", weights.parent, self._base, fingerprint)
 
-    async def _load(self, name: str | None) -> ServedModel:
-        """Load `name` (None: the one model without a repository) and switch to it."""
+    async def _load(self, name: str | None, config: str | None = None) -> ServedModel:
+        """Load `name` (None: the one model without a repository) and switch to it; `config`: see `load`."""
         if self._directory is None and name is not None and name not in self._models:
             raise UnknownModel(self._unknown_message(name))
         try:
-            source = self._source(name)
+            source = self._source(name, config)
         except RepositoryError as error:
+            self._metrics.model_loads.labels("refused").inc()
+            if config is not None and isinstance(error, InvalidOptions):
+                # The request is wrong, not the folder: the model's index entry keeps its reason.
+                raise InvalidRequest(str(error)) from None
             if name is not None:
                 self._reasons[name] = str(error)
-            self._metrics.model_loads.labels("refused").inc()
             raise InvalidModel(str(error)) from None
         options = source.options
         try:

@@ -8,7 +8,9 @@ DIR/<name>/config.json    optional: predictor options, e.g. {"config": "centerma
 
 What a folder's `config.json` leaves unset takes the server's own setting (`CENTERMASK_DEVICE`, ...),
 except `weights` (always the folder's `model.pth`) and `config` (read from the checkpoint, as ours record
-it). A relative `onnx_model` is taken relative to the folder. Hidden folders (`.name`) are skipped.
+it). A relative `onnx_model` is taken relative to the folder. Hidden folders (`.name`) are skipped. A load
+may bring its own config.json text instead of the folder's (Triton's `config` load parameter): it is read
+the same way, and the folder's file only counts for the fingerprint.
 
 This module only reads folders; loading, serving and reloading are `service.registry`'s. It also holds the
 memory check made before a model is loaded (`check_memory`).
@@ -45,6 +47,10 @@ class RepositoryError(ValueError):
     """A folder that cannot be served as it is (no weights, a bad config.json, a bad name, no memory)."""
 
 
+class InvalidOptions(RepositoryError):
+    """A config.json text (the folder's, or a load's own) that is not valid predictor options."""
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """One model folder, read: its name, predictor options, and a fingerprint of its files."""
@@ -69,9 +75,10 @@ def model_names(directory: Path) -> list[str]:
     return [entry.name for entry in entries if entry.is_dir() and not entry.name.startswith(".")]
 
 
-def read_source(directory: Path, name: str, base: PredictorOptions) -> ModelSource:
+def read_source(directory: Path, name: str, base: PredictorOptions, config: str | None = None) -> ModelSource:
     """The folder `directory/name` as a model: its options are `base` (the server's), less weights and
-    config, updated by its config.json. RepositoryError says what is wrong with it."""
+    config, updated by its config.json, or by `config` in its place (a load's own config.json text).
+    RepositoryError says what is wrong with it; InvalidOptions, with the options."""
     if not NAME.fullmatch(name):
         raise RepositoryError(
             f"{name[:130]!r} is not a model name: a folder's name must be letters, digits, '_', '.' or '-' "
@@ -95,33 +102,39 @@ def read_source(directory: Path, name: str, base: PredictorOptions) -> ModelSour
         config_bytes = b""
     except OSError as error:
         raise RepositoryError(f"model {name!r}: cannot read {config_path}: {error.strerror}") from None
-    options = _options(name, config_path, config_bytes, folder, base)
+    if config is None:
+        options = _options(name, str(config_path), config_bytes, folder, base)
+    else:
+        options = _options(name, "the load's config parameter", config.encode(), folder, base)
+    # The folder's files, whatever this load was given: SIGHUP reloads a model when they change.
     digest = hashlib.sha256(config_bytes).hexdigest()[:16]
     return ModelSource(name, folder, options, f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{digest}")
 
 
 def _options(
-    name: str, path: Path, config_bytes: bytes, folder: Path, base: PredictorOptions
+    name: str, where: str, config_bytes: bytes, folder: Path, base: PredictorOptions
 ) -> PredictorOptions:
+    """The options of a folder's config.json text (`where` it comes from, for the errors): `base` less
+    weights and config, updated by it; InvalidOptions naming what is wrong."""
     values: dict[str, Any] = base.model_dump(exclude={"weights", "config"})
     if config_bytes:
         try:
             config = json.loads(config_bytes)
         except (UnicodeDecodeError, ValueError) as error:
-            raise RepositoryError(f"model {name!r}: {path} is not JSON: {error}") from None
+            raise InvalidOptions(f"model {name!r}: {where} is not JSON: {error}") from None
         if not isinstance(config, dict):
-            raise RepositoryError(
-                f"model {name!r}: {path} must hold a JSON object of predictor options, e.g. "
+            raise InvalidOptions(
+                f"model {name!r}: {where} must hold a JSON object of predictor options, e.g. "
                 '{"config": "centermask_lite_V_39_eSE_FPN_ms_4x", "precision": "bf16"}'
             )
         if "weights" in config:
-            raise RepositoryError(
-                f"model {name!r}: {path} may not name weights: a model's weights are its folder's {WEIGHTS_FILE}"
+            raise InvalidOptions(
+                f"model {name!r}: {where} may not name weights: a model's weights are its folder's {WEIGHTS_FILE}"
             )
         unknown = sorted(set(config) - set(PredictorOptions.model_fields))
         if unknown:
-            raise RepositoryError(
-                f"model {name!r}: {path}: unknown option{'s' if len(unknown) > 1 else ''} "
+            raise InvalidOptions(
+                f"model {name!r}: {where}: unknown option{'s' if len(unknown) > 1 else ''} "
                 f"{', '.join(map(repr, unknown))}; the options are {', '.join(PredictorOptions.model_fields)}"
             )
         if isinstance(config.get("onnx_model"), str):
@@ -130,7 +143,7 @@ def _options(
     try:
         return PredictorOptions(**(values | {"weights": folder / WEIGHTS_FILE}))
     except ValidationError as error:
-        raise RepositoryError(f"model {name!r}: {path}: {describe_problems(error.errors())}") from None
+        raise InvalidOptions(f"model {name!r}: {where}: {describe_problems(error.errors())}") from None
 
 
 def required_bytes(weights_bytes: int) -> int:

@@ -32,7 +32,7 @@ from model.wire.records import image_record, timing_ms
 from service import faults, tracing
 from service.batcher import Batcher, Inference
 from service.errors import DeadlineExceeded, ServiceError
-from service.metrics import Metrics
+from service.metrics import Metrics, Protocol
 from service.options import NO_TILING, SegmentOptions
 from service.settings import Settings
 from service.tiling import TiledImage, TiledOutcome, Tiler
@@ -298,9 +298,15 @@ class ServedModel:
     # Serving
 
     async def segment(
-        self, uploads: Sequence[Upload], options: SegmentOptions, *, client_deadline_s: float | None = None
+        self,
+        uploads: Sequence[Upload],
+        options: SegmentOptions,
+        *,
+        protocol: Protocol,
+        client_deadline_s: float | None = None,
     ) -> list[Segmented]:
-        """Segment the images of one request; all its images are queued together, so they batch.
+        """Segment the images of one request, which `protocol` carried (it labels the metrics); all its
+        images are queued together, so they batch.
 
         The request's deadline (`Settings.request_deadline_s`) starts now, counting each pass of a tiled
         image (service/tiling.py) as an image; `client_deadline_s`, the time the client itself still waits
@@ -333,7 +339,9 @@ class ServedModel:
                         zip(ordinary, self._batcher.submit(jobs, deadline=deadline), strict=True)
                     )
                     for i, image in tiled.items():
-                        pending[i] = self._tiler.segment(uploads[i].filename, image, options, deadline)
+                        pending[i] = self._tiler.segment(
+                            uploads[i].filename, image, options, deadline, protocol
+                        )
                     outcomes = await _each(pending[i] for i in range(len(uploads)))
                     records = await _each(
                         self._in_cpu_pool(self._postprocess, upload.filename, outcome, options)
@@ -356,7 +364,7 @@ class ServedModel:
                     f"{self.max_batch_size} images{counted}); raise CENTERMASK_REQUEST_TIMEOUT_S for slower "
                     "devices"
                 ) from None
-        self._metrics.images.labels(self.name, self.version).inc(len(uploads))
+        self._metrics.images.labels(self.name, self.version, protocol).inc(len(uploads))
         trace = tracing.current()
         ordinary_records = iter(records)
         results = []
@@ -405,7 +413,8 @@ class ServedModel:
                 raise DeadlineExceeded(
                     f"the frame took longer than its deadline of {deadline_s:g} s (CENTERMASK_REQUEST_TIMEOUT_S)"
                 ) from None
-        self._metrics.images.labels(self.name, self.version).inc()
+        # Videos come over HTTP only.
+        self._metrics.images.labels(self.name, self.version, Protocol.HTTP).inc()
         return Segmented(
             record, decode_s + prepare_s, inference.queue_s, inference.inference_s, postprocess_s
         )

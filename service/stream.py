@@ -62,7 +62,7 @@ from service.errors import (
     WorkerFailed,
     describe_problems,
 )
-from service.metrics import Metrics
+from service.metrics import Metrics, Protocol
 from service.options import SegmentOptions, resolve_options
 from service.runtime import ImageFailed, Runtime
 from service.settings import Settings
@@ -301,7 +301,11 @@ class StreamSession:
         try:
             # The model is looked up per frame: a reload switches an open stream to the new version.
             with self._runtime.models.lease(self.model_name) as model:
-                [result] = await model.segment([Upload(None, waiting.data)], waiting.options)
+                [result] = await model.segment(
+                    [Upload(None, waiting.data)], waiting.options, protocol=Protocol.HTTP
+                )
+                # The version that ran this frame (a reload meanwhile serves the next frame).
+                name, version = model.name, model.version
         except ImageFailed as failed:
             error = failed.error
         except ServiceError as raised:  # refused before its image was queued, or past its deadline
@@ -317,7 +321,15 @@ class StreamSession:
         record = self._tracked(result.record, waiting)
         total_s = time.perf_counter() - waiting.received_at
         await self.send(
-            stream_frame_message(waiting.index, self.dropped, record, result.timing_ms(), total_s * 1000)
+            stream_frame_message(
+                waiting.index,
+                self.dropped,
+                record,
+                result.timing_ms(),
+                total_s * 1000,
+                model=name,
+                model_version=version,
+            )
         )
         self.answered += 1
         self._metrics.stream_frames.labels("answered").inc()

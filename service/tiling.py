@@ -41,7 +41,7 @@ from model.wire.records import image_record
 from service.batcher import Inference
 from service.errors import DeadlineExceeded
 from service.images import decode_image, image_size
-from service.metrics import Metrics
+from service.metrics import Metrics, Protocol
 from service.options import SegmentOptions
 from service.settings import Settings
 
@@ -110,10 +110,15 @@ class Tiler:
         return TiledImage(decode_image(data, max_pixels=settings.max_tiled_pixels), plan)
 
     async def segment(
-        self, filename: str | None, tiled: TiledImage, options: SegmentOptions, deadline: float
+        self,
+        filename: str | None,
+        tiled: TiledImage,
+        options: SegmentOptions,
+        deadline: float,
+        protocol: Protocol,
     ) -> TiledOutcome:
-        """The record of a tiled image. Raises its ServiceError; DeadlineExceeded when its remaining passes
-        would end after `deadline` (loop time)."""
+        """The record of a tiled image, which `protocol` carried (it labels the tiles counted). Raises its
+        ServiceError; DeadlineExceeded when its remaining passes would end after `deadline` (loop time)."""
         plan, pixels = tiled.plan, tiled.image.pixels
         selection = options.tile_selection
         loop = asyncio.get_running_loop()
@@ -157,7 +162,7 @@ class Tiler:
                 whole.cancel()
             for reduction in reducing:
                 reduction.cancel()
-        self._metrics.tiles.labels(*self._labels).inc(len(plan.tiles))
+        self._metrics.tiles.labels(*self._labels, protocol).inc(len(plan.tiles))
         ended = loop.time()
         postprocess_started = time.perf_counter()
         record = await self._in_pool(

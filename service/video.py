@@ -169,7 +169,11 @@ async def frame_lines(
             if tracker is not None:
                 track_ids = tracker.update(record["instances"], frame.time_s)
                 record = {**record, "instances": with_track_ids(record["instances"], track_ids)}
-            yield _line(video_frame_line(frame.index, frame.time_s, record))
+            yield _line(
+                video_frame_line(
+                    frame.index, frame.time_s, record, model=model.name, model_version=model.version
+                )
+            )
             metrics.video_frames.inc()
             metrics.video_frame_latency.observe(time.perf_counter() - decoded_at)
         if last is not None:

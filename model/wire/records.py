@@ -157,28 +157,42 @@ def with_track_ids(
     ]
 
 
-def video_frame_line(frame: int, time_s: float, record: dict[str, Any]) -> dict[str, Any]:
-    """The `VideoFrameResult` of a video frame: its position and time, and its image record's instances."""
+def video_frame_line(
+    frame: int, time_s: float, record: dict[str, Any], *, model: str, model_version: str
+) -> dict[str, Any]:
+    """The `VideoFrameResult` of a video frame: its position and time, its image record's instances, and
+    the model and version that segmented it."""
     return {
         "frame": frame,
         "time_s": round(time_s, 6),
         "height": record["height"],
         "width": record["width"],
         "instances": record["instances"],
+        "model": model,
+        "model_version": model_version,
     }
 
 
 def stream_frame_message(
-    frame: int, dropped: int, record: dict[str, Any], timing: dict[str, float], total_ms: float
+    frame: int,
+    dropped: int,
+    record: dict[str, Any],
+    timing: dict[str, float],
+    total_ms: float,
+    *,
+    model: str,
+    model_version: str,
 ) -> dict[str, Any]:
     """The `StreamFrameResult` of a stream's frame: its message index, the frames dropped so far, its
-    instances and timing."""
+    instances, the model and version that segmented it, and timing."""
     return {
         "frame": frame,
         "dropped": dropped,
         "height": record["height"],
         "width": record["width"],
         "instances": record["instances"],
+        "model": model,
+        "model_version": model_version,
         "timing_ms": {**timing, "total": round(total_ms, 3)},
     }
 

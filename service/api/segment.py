@@ -23,6 +23,7 @@ from service.deps import (
 )
 from service.images import decode_image
 from service.logging import request_id
+from service.metrics import Protocol
 from service.responses import OrjsonResponse
 from service.runtime import ImageFailed
 
@@ -71,7 +72,9 @@ async def segment(
         with tracing.stage("receive"):
             upload = await uploads.read_image(request)
         try:
-            [result] = await unless_disconnected(request, model.segment([upload], options))
+            [result] = await unless_disconnected(
+                request, model.segment([upload], options, protocol=Protocol.HTTP)
+            )
         except ImageFailed as failed:
             raise failed.error from None
         if image_format is not None:
@@ -116,7 +119,9 @@ async def segment_batch(
         with tracing.stage("receive"):
             images = await uploads.read_images(request)
         try:
-            results = await unless_disconnected(request, model.segment(images, options))
+            results = await unless_disconnected(
+                request, model.segment(images, options, protocol=Protocol.HTTP)
+            )
         except ImageFailed as failed:
             raise failed.error.for_image(failed.index, images[failed.index].filename) from None
     with tracing.stage("encode"):

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from centermask_client.schemas import VideoParameters
 from service import openapi, tracking
 from service.deps import MetricsDep, ModelDep, RuntimeDep, SettingsDep, UploadsDep, require_api_key
+from service.metrics import Protocol
 from service.options import resolve_options
 from service.responses import NdjsonResponse
 from service.video import frame_lines, open_upload
@@ -63,7 +64,7 @@ async def segment_video(
 
     async def on_close(gone: bool) -> None:
         if gone:
-            metrics.rejected.labels("client_gone").inc()
+            metrics.rejected.labels("client_gone", Protocol.HTTP).inc()
         await admission.aclose()
 
     headers = {"X-Model": model.name, "X-Model-Version": model.version}

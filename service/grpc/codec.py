@@ -10,6 +10,7 @@ little-endian, each mask its JSON object's text).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from service.errors import InvalidRequest
@@ -43,13 +44,21 @@ def parse_infer_request(request: pb.ModelInferRequest) -> ParsedRequest:
                 f"contents.bytes_contents of {INPUT!r} holds {len(inline)} images, its shape says {count}"
             )
         images = list(inline)
-    parameters = {name: parameter_value(value) for name, value in request.parameters.items()}
+    parameters = parameter_values(request.parameters)
     outputs = requested_outputs([{"name": output.name} for output in request.outputs] or None, False)
     return ParsedRequest(request.id or None, images, parameters, outputs, binary_output=False)
 
 
-def parameter_value(parameter: pb.InferParameter) -> Any:
-    """An InferParameter's value, as the JSON encoding would carry it (None when unset)."""
+def parameter_values(
+    parameters: Mapping[str, pb.InferParameter] | Mapping[str, pb.ModelRepositoryParameter],
+) -> dict[str, Any]:
+    """Request parameters (an infer request's, or a load's or unload's) by name, each value as the JSON
+    encoding would carry it (None when unset)."""
+    return {name: parameter_value(value) for name, value in parameters.items()}
+
+
+def parameter_value(parameter: pb.InferParameter | pb.ModelRepositoryParameter) -> Any:
+    """A parameter's value, as the JSON encoding would carry it (None when unset)."""
     choice = parameter.WhichOneof("parameter_choice")
     return None if choice is None else getattr(parameter, choice)
 

@@ -26,13 +26,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service import tracing
 from service.deps import admin_key_is_valid, api_key_is_valid, offered_api_key
-from service.errors import AdminDisabled, InvalidRequest, NotReady, ServiceError, Unauthorized
+from service.errors import AdminDisabled, NotReady, ServiceError, Unauthorized
 from service.grpc import codec
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
 from service.grpc.status import REQUEST_ID, Status, internal_error, status_of
 from service.logging import error_code, request_id
-from service.metrics import Metrics
+from service.metrics import Metrics, Protocol
 from service.runtime import Phase, Runtime
 from service.settings import Settings
 from service.tracing import Tracing
@@ -158,8 +158,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
         async def load() -> pb.RepositoryModelLoadResponse:
-            _refuse_load_parameters(request.parameters)
-            await self._runtime.models.load(request.model_name)
+            config = dataplane.load_config(codec.parameter_values(request.parameters))
+            await self._runtime.models.load(request.model_name, config)
             return pb.RepositoryModelLoadResponse()
 
         return await self._call("RepositoryModelLoad", context, load, keyed=True, admin=True)
@@ -168,7 +168,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         async def unload() -> pb.RepositoryModelUnloadResponse:
-            _refuse_load_parameters(request.parameters, allowed=("unload_dependents",))
+            dataplane.check_unload_parameters(codec.parameter_values(request.parameters))
             await self._runtime.models.unload(request.model_name)
             return pb.RepositoryModelUnloadResponse()
 
@@ -191,6 +191,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                         self._uploads,
                         request.model_name,
                         parsed,
+                        protocol=Protocol.GRPC,
                         client_deadline_s=context.time_remaining(),
                     )
             with tracing.stage("encode"):
@@ -258,13 +259,13 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                 return await result if isinstance(result, Awaitable) else result
             except ServiceError as error:
                 if error.rejection is not None:
-                    self._metrics.rejected.labels(error.rejection).inc()
+                    self._metrics.rejected.labels(error.rejection, Protocol.GRPC).inc()
                 error_code.set(error.code)
                 failure = status_of(error)
             except asyncio.CancelledError:
                 # The client cancelled, or its deadline passed: gRPC has answered it already.
                 code = grpc.StatusCode.CANCELLED
-                self._metrics.rejected.labels("client_gone").inc()
+                self._metrics.rejected.labels("client_gone", Protocol.GRPC).inc()
                 raise
             except Exception:
                 logger.exception("unhandled error", extra={"method": method})
@@ -353,18 +354,6 @@ def _checked(
         await context.abort(code, f"invalid_request: the message is not a valid {type_name}")
 
     return handle
-
-
-def _refuse_load_parameters(parameters: Any, *, allowed: tuple[str, ...] = ()) -> None:
-    """Triton's load parameters (a `config` override, `file:` contents) are not served: say so rather than
-    load something other than what was asked for (as over HTTP). `unload_dependents` means nothing here
-    (no ensembles) and is accepted, as tritonclient sends it."""
-    refused = sorted(name for name in parameters if name not in allowed)
-    if refused:
-        raise InvalidRequest(
-            f"load and unload parameters are not supported (got {', '.join(refused)[:200]}): the model's "
-            "folder (model.pth, config.json) is what a load reads"
-        )
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):

@@ -1,5 +1,6 @@
 """The Open Inference Protocol's meaning, whatever carries it: which model a name resolves to, readiness,
-model metadata, and inference from a parsed request to output tensors.
+model metadata, inference from a parsed request to output tensors, and what the repository extension's
+load and unload parameters mean.
 
 HTTP (`service.v2.endpoints`, bodies by `service.v2.codec`) and gRPC (`service.grpc`, messages by
 `service.grpc.codec`) differ only in how requests and answers are encoded; both call what is here, so the
@@ -11,11 +12,12 @@ Models are found by name through the registry (`ModelRegistry.lease`, service/re
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from service.errors import InvalidRequest, NotReady, WorkerFailed
+from service.metrics import Protocol
 from service.options import resolve_options
 from service.runtime import ImageFailed, Phase, Runtime, Segmented, ServedModel
 from service.settings import Settings
@@ -81,13 +83,15 @@ async def infer(
     model_name: str,
     parsed: ParsedRequest,
     *,
+    protocol: Protocol,
     until: Callable[[Awaitable[list[Segmented]]], Awaitable[list[Segmented]]] | None = None,
     client_deadline_s: float | None = None,
 ) -> InferAnswer:
     """Segment a parsed request's images (one batch) on an admitted, leased model; its answer's tensors.
 
-    `until` wraps the segmentation (HTTP cancels it when the client leaves); `client_deadline_s` is the
-    client's own deadline (gRPC's), which binds when shorter than the service's.
+    `protocol` is what carried it (it labels the metrics); `until` wraps the segmentation (HTTP cancels it
+    when the client leaves); `client_deadline_s` is the client's own deadline (gRPC's), which binds when
+    shorter than the service's.
     """
     options = resolve_options(settings, served.predictor, segment_parameters(parsed.parameters))
     outputs = parsed.outputs
@@ -97,7 +101,7 @@ async def infer(
     elif "masks" in outputs and options.mask_format == "none":
         raise InvalidRequest("the output 'masks' was asked for with mask_format none")
     images = uploads.images(parsed.images)
-    work = served.segment(images, options, client_deadline_s=client_deadline_s)
+    work = served.segment(images, options, protocol=protocol, client_deadline_s=client_deadline_s)
     try:
         results = await (until(work) if until is not None else work)
     except ImageFailed as failed:
@@ -113,3 +117,45 @@ async def infer(
     return InferAnswer(
         header, tensors([result.record for result in results], list(outputs)), outputs, results
     )
+
+
+# Triton's load parameters: `config`, a model configuration (JSON text) for this load, and `file:<path>`,
+# the contents of a file of a model folder sent with the load. Unload's `unload_dependents` means nothing
+# here (no ensembles), and tritonclient sends it.
+LOAD_CONFIG = "config"
+LOAD_FILE_PREFIX = "file:"
+UNLOAD_PARAMETERS = ("unload_dependents",)
+
+
+def load_config(parameters: Mapping[str, Any]) -> str | None:
+    """The `config` of a load's parameters: the model's config.json text for this load (None without one).
+    InvalidRequest for files, a `config` that is not a string, or any other parameter."""
+    files = sorted(name for name in parameters if name.startswith(LOAD_FILE_PREFIX))
+    if files:
+        raise InvalidRequest(
+            f"a load cannot upload files (got {', '.join(files)[:200]}): a model's weights must be in its "
+            "repository folder, as DIR/NAME/model.pth; its options may come with the load as `config`"
+        )
+    unknown = sorted(set(parameters) - {LOAD_CONFIG})
+    if unknown:
+        raise InvalidRequest(
+            f"unsupported load parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))[:200]}: "
+            "a load takes `config`, the JSON text of the model's config.json for this load"
+        )
+    config = parameters.get(LOAD_CONFIG)
+    if config is not None and not isinstance(config, str):
+        raise InvalidRequest(
+            "the load parameter `config` must be a string: the JSON text of the model's config.json, e.g. "
+            '"{\\"precision\\": \\"bf16\\"}"'
+        )
+    return config
+
+
+def check_unload_parameters(parameters: Mapping[str, Any]) -> None:
+    """InvalidRequest for an unload parameter other than `unload_dependents` (which changes nothing here)."""
+    unknown = sorted(set(parameters) - set(UNLOAD_PARAMETERS))
+    if unknown:
+        raise InvalidRequest(
+            f"unsupported unload parameter{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))[:200]}: an unload takes only `unload_dependents`"
+        )

@@ -40,6 +40,7 @@ from service.deps import (
     unless_disconnected,
 )
 from service.errors import UnsupportedMediaType
+from service.metrics import Protocol
 from service.registry import MODEL_ALIAS, ModelRegistry
 from service.responses import OrjsonResponse
 from service.runtime import Runtime
@@ -273,6 +274,7 @@ async def _infer(
                 uploads,
                 model_name,
                 parsed,
+                protocol=Protocol.HTTP,
                 until=lambda work: unless_disconnected(request, work),
             )
     with tracing.stage("encode"):

@@ -143,10 +143,16 @@ class RepositoryIndexEntry(BaseModel):
 
 
 class RepositoryRequest(BaseModel):
-    """The body of a load or unload (optional): `parameters` is refused but for `unload_dependents`,
-    which changes nothing here (no model depends on another)."""
+    """The body of a load or unload (optional). A load's `parameters` may hold `config`: the JSON text of a
+    config.json for this load, in place of the folder's; Triton's `file:` uploads are refused (the weights
+    are the folder's). An unload's may hold `unload_dependents`, which changes nothing here (no model
+    depends on another)."""
 
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description='Load: `{"config": "<the JSON text of a config.json>"}`. Unload: `unload_dependents`.',
+        examples=[{"config": '{"precision": "bf16"}'}],
+    )
 
 
 class InferenceErrorBody(BaseModel):

@@ -4,8 +4,9 @@
   as `[{"name", "version", "state", "reason"}]`.
 * `POST /v2/repository/models/{name}/load`: load the model from its folder, or reload it: the new version
   is loaded and warmed up beside the one being served, then switched to; requests already holding the
-  former version finish on it (service/registry.py). Answers once the new version serves, with its index
-  entry.
+  former version finish on it (service/registry.py). `{"parameters": {"config": "<JSON text>"}}` loads it
+  with that config.json in place of the folder's (`service.v2.dataplane.load_config`). Answers once the new
+  version serves, with its index entry.
 * `POST /v2/repository/models/{name}/unload`: stop serving it; requests holding it finish first.
 
 Every one needs CENTERMASK_ADMIN_KEY (X-API-Key or Bearer); without one configured they answer 403.
@@ -23,6 +24,7 @@ from service.deps import ModelsDep, require_admin_key
 from service.errors import InvalidRequest, describe_problems
 from service.registry import IndexEntry
 from service.responses import OrjsonResponse
+from service.v2 import dataplane
 from service.v2.models import (
     InferenceErrorBody,
     RepositoryIndexEntry,
@@ -35,8 +37,10 @@ router = APIRouter(
 )
 
 _ERRORS = {
-    400: "A body that is not JSON; for a load, a folder that cannot be served as it is (no model.pth, a bad "
-    "config.json) or a failed load: the version served before, if any, still is.",
+    400: "A body that is not JSON, or parameters that are not taken (`invalid_request`: for a load, a "
+    "`config` that is not valid options, or `file:` uploads); for a load, a folder that cannot be served as "
+    "it is (`invalid_model`: no model.pth, a bad config.json) or a failed load (`load_failed`): the version "
+    "served before, if any, still is.",
     401: "An admin key is configured and the request lacks it or has another one.",
     403: "No admin key is configured (CENTERMASK_ADMIN_KEY): the repository endpoints are disabled.",
     404: "No model of that name in the repository.",
@@ -95,9 +99,14 @@ async def repository_index(request: Request, models: ModelsDep) -> Response:
 async def repository_load(request: Request, models: ModelsDep, model_name: ModelName) -> Response:
     """Load the model from its folder (`model.pth`, `config.json`), or reload it: the new version is loaded
     and warmed up beside the served one, then switched to at once; requests already on the former version
-    finish on it, and it is then freed. Answers when the new version serves (its index entry)."""
-    _check_parameters(await _body(request, RepositoryRequest), allowed=())
-    served = await models.load(model_name)
+    finish on it, and it is then freed. Answers when the new version serves (its index entry).
+
+    Parameter `config` (Triton's): the JSON text of a config.json, which this load reads instead of the
+    folder's (e.g. `{"parameters": {"config": "{\\"precision\\": \\"bf16\\"}"}}`); the weights are always the
+    folder's `model.pth`."""
+    body = await _body(request, RepositoryRequest)
+    config = dataplane.load_config(_parameters(body))
+    served = await models.load(model_name, config)
     [entry] = [entry for entry in models.index() if entry.name == served.name]
     return OrjsonResponse(_entry(entry))
 
@@ -113,7 +122,8 @@ async def repository_unload(request: Request, models: ModelsDep, model_name: Mod
     """Stop serving the model: new requests for it get 404, those already admitted finish first. Its
     folder stays; `load` serves it again. Parameter `unload_dependents` is accepted (no model here
     depends on another)."""
-    _check_parameters(await _body(request, RepositoryRequest), allowed=("unload_dependents",))
+    body = await _body(request, RepositoryRequest)
+    dataplane.check_unload_parameters(_parameters(body))
     await models.unload(model_name)
     name = models.resolve_alias(model_name)
     entries = [entry for entry in models.index() if entry.name == name]
@@ -139,10 +149,6 @@ async def _body(request: Request, model: type[BodyT]) -> BodyT | None:
         raise InvalidRequest(describe_problems(error.errors())) from None
 
 
-def _check_parameters(body: RepositoryRequest | None, *, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(body.parameters or {}) - set(allowed)) if body is not None else []
-    if unknown:
-        raise InvalidRequest(
-            f"unsupported parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: a model is "
-            "loaded from its folder in the repository (model.pth, config.json) and nothing else"
-        )
+def _parameters(body: RepositoryRequest | None) -> dict[str, Any]:
+    """A load's or unload's parameters; none without a body."""
+    return (body.parameters if body is not None else None) or {}

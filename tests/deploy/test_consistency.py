@@ -7,9 +7,9 @@ CENTERMASK_* environment variables, on 127.0.0.1) with the tiny test checkpoint 
   answers 200 without an API key, on the port the manifests use;
 * every CENTERMASK_* name in the ConfigMap, Deployment, compose file, Dockerfile and docs is a field
   of `service.settings.Settings`, and every configured value validates;
-* after one real POST /segment, every metric (and label value) used by the alerts, the
-  PrometheusRule, the Grafana dashboard, the prometheus-adapter rules and the HPA is exported by
-  GET /metrics;
+* after one real POST /segment and one gRPC ModelInfer, every metric (and label value) used by the
+  alerts, the PrometheusRule, the Grafana dashboard, the prometheus-adapter rules and the HPA is exported
+  by GET /metrics;
 * SIGTERM makes the server unready and exit within the drain timeout (what the grace periods assume).
 """
 
@@ -84,9 +84,10 @@ def settings_env_names() -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str, grpc_port: int, log: Path) -> None:
         self.process = process
         self.base_url = base_url
+        self.grpc_port = grpc_port
         self.log = log
         self.client = httpx.Client(base_url=base_url, timeout=60)
 
@@ -98,13 +99,13 @@ class Server:
 def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     settings_module()
     pytest.importorskip("service.app", reason="service/app.py is not there yet")
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = clean_environment(
         CENTERMASK_WEIGHTS=str(tiny_weights),
         CENTERMASK_DEVICE="cpu",
         CENTERMASK_HOST="127.0.0.1",
         CENTERMASK_PORT=str(port),
-        CENTERMASK_GRPC_PORT=str(free_port()),
+        CENTERMASK_GRPC_PORT=str(grpc_port),
         CENTERMASK_API_KEY=API_KEY,
         CENTERMASK_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S),
         CENTERMASK_LOG_LEVEL="warning",
@@ -120,7 +121,7 @@ def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    srv = Server(process, f"http://127.0.0.1:{port}", log)
+    srv = Server(process, f"http://127.0.0.1:{port}", grpc_port, log)
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -160,8 +161,12 @@ def png_bytes(seed: int = 0, size: tuple[int, int] = (320, 240)) -> bytes:
 
 @pytest.fixture(scope="module")
 def exported(server: Server) -> dict[str, list[dict[str, str]]]:
-    """{sample name: [labels]} of GET /metrics after one real POST /segment."""
+    """{sample name: [labels]} of GET /metrics after one real POST /segment and one gRPC ModelInfer."""
+    import grpc
     from prometheus_client.parser import text_string_to_metric_families
+
+    from service.grpc import grpc_predict_v2_pb2 as pb
+    from service.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
     response = server.client.post(
         "/segment",
@@ -169,6 +174,13 @@ def exported(server: Server) -> dict[str, list[dict[str, str]]]:
         headers={"X-API-Key": API_KEY},
     )
     assert response.status_code == 200, response.text
+    request = pb.ModelInferRequest(model_name="centermask")
+    request.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(png_bytes())
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        answer = GRPCInferenceServiceStub(channel).ModelInfer(
+            request, metadata=(("x-api-key", API_KEY),), timeout=60
+        )
+    assert answer.outputs
     metrics = server.client.get("/metrics")
     assert metrics.status_code == 200
     samples: dict[str, list[dict[str, str]]] = {}

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from service.grpc import status as grpc_status
+
 from .conftest import (
     ALERTS,
     DASHBOARDS,
@@ -73,6 +75,7 @@ REQUIRED_ALERTS = {
     "CentermaskTargetDown",
     "CentermaskHighP99Latency",
     "CentermaskHighErrorRatio",
+    "CentermaskHighGrpcErrorRatio",
     "CentermaskQueueSaturated",
 }
 
@@ -97,6 +100,23 @@ def test_alerts_use_the_compose_and_kubernetes_job_name() -> None:
         for name, matchers in selectors(rule["expr"]):
             if name == "up":
                 assert ("job", "=", "centermask-serve") in matchers
+
+
+def test_the_grpc_error_ratio_mirrors_the_http_one() -> None:
+    """Same threshold, window, duration and severity as the HTTP error-ratio alert, over ModelInfer; failures
+    are exactly the codes service/grpc/status.py gives for what HTTP answers with 5xx."""
+    rules = {r["alert"]: r for r in alert_rules(load_yaml(ALERTS)["groups"])}
+    http, grpc = rules["CentermaskHighErrorRatio"], rules["CentermaskHighGrpcErrorRatio"]
+    assert (grpc["for"], grpc["labels"]) == (http["for"], http["labels"])
+    assert re.search(r">\s*0\.05\s*$", grpc["expr"]) and re.search(r">\s*0\.05\s*$", http["expr"])
+    found = selectors(grpc["expr"])
+    assert [name for name, _ in found] == ["centermask_grpc_requests_total"] * 2
+    assert found[1][1] == [("method", "=", "ModelInfer")]
+    assert found[0][1][0] == ("method", "=", "ModelInfer") and found[0][1][1][:2] == ("code", "=~")
+    counted = set(found[0][1][1][2].split("|"))
+    server_side = {code.name for status, code in grpc_status._BY_STATUS.items() if status >= 500}
+    server_side |= {code.name for code in grpc_status._BY_CODE.values()} - {"FAILED_PRECONDITION"}
+    assert server_side <= counted and not counted & {"OK", "CANCELLED", "NOT_FOUND", "INVALID_ARGUMENT"}
 
 
 def test_queue_saturation_threshold_matches_max_queue() -> None:
@@ -214,5 +234,17 @@ def test_dashboard_covers_the_service(dashboard: dict[str, Any]) -> None:
     assert has(r"centermask_cuda_memory_allocated_bytes") and has(r"centermask_cuda_memory_reserved_bytes"), (
         "GPU memory"
     )
+    assert has(r"sum by \(method, code\) \(rate\(centermask_grpc_requests_total\{"), (
+        "gRPC calls by method and code"
+    )
+    for q in ("0.5", "0.99"):
+        assert has(
+            rf"histogram_quantile\({q}, sum by \(le\) \(rate\(centermask_grpc_request_duration_seconds_bucket"
+            rf'\{{[^}}]*method="ModelInfer"[^}}]*\}}\[5m\]\)\)\)'
+        ), f"gRPC ModelInfer p{q[2:]} latency"
+    # Metrics that count both protocols are summed over `protocol` or split by it, never left to one series.
+    for name in ("centermask_images_total", "centermask_rejected_total"):
+        for expr in (e for e in exprs if name in e):
+            assert re.search(rf"sum( by \([^)]*\))? \(rate\({name}\{{", expr), expr
     heatmaps = [p for p in all_panels(dashboard["panels"]) if p["type"] == "heatmap"]
     assert any(t.get("format") == "heatmap" for p in heatmaps for t in p["targets"])

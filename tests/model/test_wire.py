@@ -156,13 +156,14 @@ def test_every_envelope_is_its_schema_exactly() -> None:
     )
     batch = batch_response([(record, timing), (record, timing)], model="m", request_id="r", total_ms=70)
     assert_body_of(BatchResponse, batch)
-    assert_body_of(VideoFrameResult, video_frame_line(3, 0.1, record))
-    assert_body_of(StreamFrameResult, stream_frame_message(5, 2, record, timing, total_ms=70.1))
+    model = {"model": "m", "model_version": "0123456789ab"}
+    assert_body_of(VideoFrameResult, video_frame_line(3, 0.1, record, **model))
+    assert_body_of(StreamFrameResult, stream_frame_message(5, 2, record, timing, total_ms=70.1, **model))
     # Tracked (track=true): each instance has its track_id, an int or null.
     track_ids = [7, None, *range(len(record["instances"]) - 2)]
     tracked = {**record, "instances": with_track_ids(record["instances"], track_ids)}
-    assert_body_of(VideoFrameResult, video_frame_line(3, 0.1, tracked))
-    assert_body_of(StreamFrameResult, stream_frame_message(5, 2, tracked, timing, total_ms=70.1))
+    assert_body_of(VideoFrameResult, video_frame_line(3, 0.1, tracked, **model))
+    assert_body_of(StreamFrameResult, stream_frame_message(5, 2, tracked, timing, total_ms=70.1, **model))
     assert_body_of(ErrorBody, error_body("invalid_image", "cannot identify the image"))
     assert_body_of(ErrorBody, error_body("invalid_image", "cannot identify the image", index=2))
 

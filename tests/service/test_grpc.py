@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from service.grpc.server import max_message_bytes
+from service.runtime import Phase
 from tests.helpers import TINY_SERVER_KEY, LiveServer, free_port, live_server
 from tests.service.helpers import (
     TIMEOUT_S,
@@ -308,7 +309,44 @@ async def test_a_full_queue_is_resource_exhausted_with_retry_after(gated) -> Non
         assert rich.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and rich.details[0].Unpack(retry)
         assert retry.retry_delay.seconds == 1
         assert len((await running).outputs) == 7 and len((await queued).outputs) == 7
-    assert metric_value(served.app, "centermask_rejected_total", {"reason": "queue_full"}) >= 1
+    assert (
+        metric_value(served.app, "centermask_rejected_total", {"reason": "queue_full", "protocol": "grpc"})
+        >= 1
+    )
+
+
+@pytest.mark.anyio
+async def test_images_and_rejections_are_counted_by_protocol(gated) -> None:
+    served, _, address = gated
+    model = served.runtime.models.get()
+
+    def images(protocol: str) -> float:
+        labels = {"model": model.name, "model_version": model.version, "protocol": protocol}
+        return metric_value(served.app, "centermask_images_total", labels)
+
+    def rejected(protocol: str) -> float:
+        labels = {"reason": "not_ready", "protocol": protocol}
+        return metric_value(served.app, "centermask_rejected_total", labels)
+
+    before = images("grpc"), images("http")
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        await stub.ModelInfer(infer_request(IMAGES[1:]), timeout=TIMEOUT_S)
+        assert (images("grpc"), images("http")) == (before[0] + 1, before[1])
+        answer = await served.client.post(
+            "/segment", content=IMAGES[0], headers={"Content-Type": "image/png"}
+        )
+        assert answer.status_code == 200
+        assert (images("grpc"), images("http")) == (before[0] + 1, before[1] + 1)
+        refusals = rejected("grpc"), rejected("http")
+        served.runtime.phase = Phase.DRAINING  # what SIGTERM does first: new calls are turned away
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ModelInfer(infer_request(IMAGES[:1]), timeout=TIMEOUT_S)
+        finally:
+            served.runtime.phase = Phase.READY
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert (rejected("grpc"), rejected("http")) == (refusals[0] + 1, refusals[1])
 
 
 @pytest.mark.anyio

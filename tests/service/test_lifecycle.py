@@ -57,7 +57,12 @@ async def test_ready_only_once_the_model_is_loaded_and_warm(tiny_weights: Path) 
             assert not_ready.status_code == 503 and not_ready.json()["error"]["code"] == "not_ready"
             refused = await client.post("/segment", **png_body(IMAGE))
             assert refused.status_code == 503 and "Retry-After" in refused.headers
-            assert metric_value(served.app, "centermask_rejected_total", {"reason": "not_ready"}) == 1
+            assert (
+                metric_value(
+                    served.app, "centermask_rejected_total", {"reason": "not_ready", "protocol": "http"}
+                )
+                == 1
+            )
             assert (await client.get("/v1/model")).status_code == 503
             assert metric_value(served.app, "centermask_model_loaded") == 0
 
@@ -150,7 +155,12 @@ async def test_a_full_queue_answers_503_at_once(tiny_weights: Path, controlled) 
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "overloaded"
         assert int(refused.headers["Retry-After"]) >= 1
-        assert metric_value(served.app, "centermask_rejected_total", {"reason": "queue_full"}) == 1
+        assert (
+            metric_value(
+                served.app, "centermask_rejected_total", {"reason": "queue_full", "protocol": "http"}
+            )
+            == 1
+        )
 
         predictor().release()
         assert [(await r).status_code for r in (running, queued)] == [200, 200]
@@ -178,7 +188,10 @@ async def test_requests_past_their_deadline_get_504_and_are_not_computed(
         assert after.status_code == 200
         # The request that timed out in the queue never reached the network.
         assert predictor().batches == [[(200, 300)], [(220, 300)]]
-        assert metric_value(served.app, "centermask_rejected_total", {"reason": "deadline"}) == 2
+        assert (
+            metric_value(served.app, "centermask_rejected_total", {"reason": "deadline", "protocol": "http"})
+            == 2
+        )
 
 
 async def test_a_client_that_hangs_up_is_dropped_before_compute(tiny_weights: Path, controlled) -> None:
@@ -201,7 +214,12 @@ async def test_a_client_that_hangs_up_is_dropped_before_compute(tiny_weights: Pa
         after = await served.client.post("/segment", **png_body(random_image(3, 220, 300)))
         assert after.status_code == 200
         assert predictor().batches == [[(200, 300)], [(220, 300)]]
-        assert metric_value(served.app, "centermask_rejected_total", {"reason": "client_gone"}) == 1
+        assert (
+            metric_value(
+                served.app, "centermask_rejected_total", {"reason": "client_gone", "protocol": "http"}
+            )
+            == 1
+        )
 
 
 async def test_a_failing_batch_fails_only_the_poisoned_request(tiny_weights: Path, controlled) -> None:
@@ -231,7 +249,9 @@ async def test_a_failing_batch_fails_only_the_poisoned_request(tiny_weights: Pat
 
 async def test_a_client_that_hangs_up_while_uploading(served: Served) -> None:
     def gone() -> float:
-        return metric_value(served.app, "centermask_rejected_total", {"reason": "client_gone"})
+        return metric_value(
+            served.app, "centermask_rejected_total", {"reason": "client_gone", "protocol": "http"}
+        )
 
     before = gone()
     disconnect = asyncio.Event()

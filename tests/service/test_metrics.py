@@ -55,16 +55,25 @@ async def test_every_metric_is_exposed(served: Served) -> None:
     assert samples[("centermask_model_ready", ())] == 1
     assert samples[("centermask_cuda_memory_allocated_bytes", ())] == 0
     assert samples[("centermask_requests_total", (("endpoint", "/segment"), ("status_code", "200")))] >= 1
+    # Every reason of either protocol is there before the first rejection (rate() needs the zeros).
     assert {labels for name, labels in samples if name == "centermask_rejected_total"} == {
-        (("reason", reason),) for reason in REJECTION_REASONS
+        (("protocol", protocol), ("reason", reason))
+        for reason in REJECTION_REASONS
+        for protocol in ("http", "grpc")
     }
     assert {labels for name, labels in samples if name == "centermask_inference_failures_total"} == {
         (("kind", kind),) for kind in ("error", "out_of_memory", "fatal", "hung")
     }
     images = {labels: value for (name, labels), value in samples.items() if name == "centermask_images_total"}
     [(labels, count)] = images.items()
-    assert count >= 1 and dict(labels)["model"] == served.runtime.models.get().name
-    assert samples[("centermask_model_info", labels)] == 1, "the same model and version labels"
+    model = served.runtime.models.get()
+    assert count >= 1 and dict(labels) == {
+        "model": model.name,
+        "model_version": model.version,
+        "protocol": "http",
+    }
+    info = (("model", model.name), ("model_version", model.version))
+    assert samples[("centermask_model_info", info)] == 1, "the same model and version labels"
     assert samples[("centermask_model_loads_total", (("outcome", "loaded"),))] == 1
 
 

@@ -12,7 +12,7 @@ import shutil
 import signal
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,20 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from centermask_client import AsyncClient, NotFound
+from centermask_client import AsyncClient, Client, NotFound
 from centermask_client.schemas import SegmentParameters
 from model.inference.options import PredictorOptions
+from service.metrics import Protocol
 from service.options import SegmentOptions, resolve_options
 from service.repository import RepositoryError, read_source
 from service.served import ServedModel
 from service.settings import Settings
 from service.uploads import Upload
 from tests.conftest import TINY_CONFIG
-from tests.helpers import TIMEOUT_S, LiveServer, live_server
+from tests.helpers import TIMEOUT_S, LiveServer, free_port, live_server
 from tests.rule_weights import write_rule_checkpoint
-from tests.service.helpers import Served, png_body, random_image, serve
+from tests.service.helpers import HttpServed, Served, png_body, random_image, serve, serve_http
+from training.data.clips import write_clip
 
 pytestmark = pytest.mark.anyio
 
@@ -88,6 +90,24 @@ def repository(tmp_path_factory: pytest.TempPathFactory, weights: dict[str, Path
 async def served(repository: Path) -> AsyncIterator[Served]:
     async with serve(repository_settings(repository)) as served:
         yield served
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, weights: dict[str, Path]) -> Iterator[HttpServed]:
+    """The two models behind real uvicorn (WebSockets, answers streamed line by line), from a folder of
+    their own: its tests reload them."""
+    directory = tmp_path_factory.mktemp("live-repository")
+    put_weights(directory / "people", weights["coco"])
+    put_weights(directory / "shapes", weights["three"])
+    with serve_http(repository_settings(directory, grpc_port=free_port())) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    write_clip(path, 2, 96, 128, fps=10)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,9 +338,11 @@ async def test_index_unload_and_load(served: Served, repository: Path, weights: 
             assert loaded.status_code == 200 and loaded.json()["state"] == "READY"
             assert (await client.post("/segment", params={"model": name}, **IMAGE)).status_code == 200
         refused = await client.post(
-            "/v2/repository/models/extra/load", headers=ADMIN, json={"parameters": {"config": "{}"}}
+            "/v2/repository/models/extra/unload", headers=ADMIN, json={"parameters": {"config": "{}"}}
         )
-        assert refused.status_code == 400 and "unsupported parameter 'config'" in refused.json()["error"]
+        assert (
+            refused.status_code == 400 and "unsupported unload parameter 'config'" in refused.json()["error"]
+        )
         await client.post("/v2/repository/models/extra/unload", headers=ADMIN)
         assert (await client.post("/v2/repository/models/nothing/unload", headers=ADMIN)).status_code == 404
         assert (await client.post("/v2/repository/models/nothing/load", headers=ADMIN)).status_code == 400
@@ -330,6 +352,77 @@ async def test_index_unload_and_load(served: Served, repository: Path, weights: 
         "people",
         "shapes",
     ]
+
+
+async def test_a_load_may_bring_its_own_config_json(served: Served) -> None:
+    client, registry = served.client, served.runtime.models
+
+    async def load(parameters: dict[str, Any] | None = None) -> httpx.Response:
+        body = {"parameters": parameters} if parameters is not None else None
+        return await client.post("/v2/repository/models/shapes/load", headers=ADMIN, json=body)
+
+    assert registry.get("shapes").predictor.jpeg_draft, "the folder's config.json says so"
+    loaded = await load({"config": json.dumps({"precision": "fp32"})})
+    assert loaded.status_code == 200 and loaded.json()["state"] == "READY"
+    # In place of the folder's config.json, not on top of it: what it leaves unset is the server's.
+    assert not registry.get("shapes").predictor.jpeg_draft
+    assert "shapes" not in await served.runtime.reload_changed(), "SIGHUP keeps it while the folder is as was"
+    for config, says in [
+        ("{not json", "is not JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"precison": "bf16", "batch": 4}', "unknown options 'batch', 'precison'"),
+        ('{"precision": "fp64"}', "precision: "),
+        ('{"weights": "other.pth"}', "may not name weights"),
+    ]:
+        refused = await load({"config": config})
+        assert refused.status_code == 400, config
+        assert refused.json()["code"] == "invalid_request"
+        assert "model 'shapes': the load's config parameter" in refused.json()["error"]
+        assert says in refused.json()["error"], refused.json()["error"]
+    uploads = await load({"config": "{}", "file:1/model.pth": base64.b64encode(b"weights").decode()})
+    assert uploads.status_code == 400 and uploads.json()["code"] == "invalid_request"
+    assert "must be in its repository folder" in uploads.json()["error"]
+    typed = await load({"config": {"precision": "fp32"}})
+    assert typed.status_code == 400 and "must be a string" in typed.json()["error"]
+    other = await load({"priority": 1})
+    assert other.status_code == 400 and "unsupported load parameter 'priority'" in other.json()["error"]
+    # Refused requests leave the model as it was, and its index entry without a reason.
+    index = {
+        entry["name"]: entry for entry in (await client.post("/v2/repository/index", headers=ADMIN)).json()
+    }
+    assert (index["shapes"]["state"], index["shapes"]["reason"]) == ("READY", "")
+    assert not registry.get("shapes").predictor.jpeg_draft
+    # A load without one reads the folder's again.
+    assert (await load()).status_code == 200 and registry.get("shapes").predictor.jpeg_draft
+
+
+def test_tritonclient_grpc_loads_with_a_config(live: HttpServed) -> None:
+    grpc_client = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    registry = live.runtime.models
+    headers = {"x-api-key": ADMIN["X-API-Key"]}
+    client = grpc_client.InferenceServerClient(f"127.0.0.1:{live.app.state.grpc_server.port}")
+    try:
+        assert not registry.get("people").predictor.jpeg_draft
+        client.load_model("people", config=json.dumps({"jpeg_draft": True}), headers=headers)
+        assert registry.get("people").predictor.jpeg_draft and client.is_model_ready("people")
+        with pytest.raises(InferenceServerException) as unknown:
+            client.load_model("people", config='{"jpeg_drafts": true}', headers=headers)
+        assert unknown.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert unknown.value.message().startswith(
+            "invalid_request: model 'people': the load's config parameter"
+        )
+        assert "unknown option 'jpeg_drafts'" in unknown.value.message()
+        with pytest.raises(InferenceServerException) as files:
+            client.load_model("people", config="{}", files={"file:1/model.pth": b"weights"}, headers=headers)
+        assert files.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "must be in its repository folder" in files.value.message()
+        assert registry.get("people").predictor.jpeg_draft, "a refused load changes nothing"
+        client.load_model("people", headers=headers)
+        assert not registry.get("people").predictor.jpeg_draft
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,7 +485,7 @@ async def test_requests_holding_the_former_version_finish_on_it(
         response = await served.client.post("/v2/repository/models/shapes/load", headers=ADMIN)
         assert response.status_code == 200 and registry.get("shapes") is not held
         # The held version still serves whoever holds it: its batcher is not closed under it.
-        [result] = await held.segment([_upload()], _options(served, held))
+        [result] = await held.segment([_upload()], _options(served, held), protocol=Protocol.HTTP)
         assert result.record["instances"] is not None and held.leases == 1
     await registry.until_retired()
     assert before.leases == 0 and not before.is_running
@@ -425,6 +518,8 @@ def test_sighup_reloads_the_changed_folders_of_a_live_server(
         assert "reloaded what changed" in server.log.read_text()
         # The repository extension as Triton's own client speaks it.
         httpclient = pytest.importorskip("tritonclient.http")
+        from tritonclient.utils import InferenceServerException
+
         client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
         index = client.get_model_repository_index(headers=ADMIN)
         assert [(entry["name"], entry["state"]) for entry in index] == [
@@ -433,8 +528,10 @@ def test_sighup_reloads_the_changed_folders_of_a_live_server(
         ]
         client.unload_model("shapes", headers=ADMIN)
         assert not client.is_model_ready("shapes") and client.is_server_ready()
-        client.load_model("shapes", headers=ADMIN)
+        client.load_model("shapes", headers=ADMIN, config=json.dumps({"jpeg_draft": True}))
         assert client.is_model_ready("shapes")
+        with pytest.raises(InferenceServerException, match="unknown option 'jpeg_drafts'"):
+            client.load_model("shapes", headers=ADMIN, config='{"jpeg_drafts": true}')
         assert server.process.poll() is None
 
 
@@ -453,6 +550,48 @@ def _upload() -> Upload:
 
 def _options(served: Served, model: ServedModel) -> SegmentOptions:
     return resolve_options(served.app.state.settings, model.predictor, SegmentParameters())
+
+
+def test_videos_and_streams_run_the_model_named_and_say_which_version_ran_each_frame(
+    live: HttpServed, weights: dict[str, Path], clip: Path
+) -> None:
+    three, coco = version_of(weights["three"]), version_of(weights["coco"])
+    frame = IMAGE["content"]
+    with Client(live.url) as client:
+        with client.segment_video(clip, model="shapes", score_threshold=0) as frames:
+            lines = list(frames)
+        assert [(line.frame, line.model, line.model_version) for line in lines] == [
+            (0, "shapes", three),
+            (1, "shapes", three),
+        ]
+        assert {i.class_id for line in lines for i in line.instances} <= {0, 1, 2}
+        with client.segment_video(clip, max_frames=1) as frames:
+            assert [(line.model, line.model_version) for line in frames] == [("people", coco)]
+        with pytest.raises(NotFound) as unknown:
+            client.segment_video(clip, model="yolo")
+        assert (unknown.value.status, unknown.value.code) == (404, "unknown_model")
+        assert "'people', 'shapes'" in unknown.value.message
+        with client.stream(model="shapes", mask_format="none") as stream:
+            stream.send(frame)
+            first = stream.receive(timeout_s=TIMEOUT_S)
+            # A reload between two frames: the next frame runs on, and names, the new version.
+            put_weights(live.app.state.settings.model_repository / "shapes", weights["coco"])
+            loaded = httpx.post(
+                f"{live.url}/v2/repository/models/shapes/load", headers=ADMIN, timeout=TIMEOUT_S
+            )
+            assert loaded.status_code == 200 and loaded.json()["version"] == coco
+            stream.send(frame)
+            second = stream.receive(timeout_s=TIMEOUT_S)
+        assert [(a.frame, a.model, a.model_version) for a in (first, second)] == [
+            (0, "shapes", three),
+            (1, "shapes", coco),
+        ]
+        with client.stream() as stream:
+            stream.send(frame)
+            assert stream.receive(timeout_s=TIMEOUT_S).model == "people", "the default model"
+        with client.stream(model="yolo") as stream, pytest.raises(NotFound) as refused:
+            stream.receive(timeout_s=TIMEOUT_S)
+        assert refused.value.code == "unknown_model" and "'people', 'shapes'" in refused.value.message
 
 
 async def test_without_a_repository_the_one_weights_file_reloads_when_it_changed(
@@ -484,7 +623,7 @@ async def test_without_a_repository_the_one_model_keeps_its_name(
     assert (await client.post("/v2/repository/index")).status_code == 403
 
 
-async def test_the_python_client_names_the_model(served: Served) -> None:
+async def test_the_python_client_names_the_model(served: Served, clip: Path) -> None:
     transport = httpx.ASGITransport(app=served.app)
     async with AsyncClient("http://service", transport=transport) as client:
         listing = await client.models()
@@ -496,6 +635,10 @@ async def test_the_python_client_names_the_model(served: Served) -> None:
         assert (result.model, result.model_version) == ("shapes", listing.models[1].model_version)
         batch = await client.segment_batch([IMAGE["content"]], model="shapes")
         assert batch.model == "shapes"
+        frames = await client.segment_video(clip.read_bytes(), model="shapes", max_frames=1)
+        assert [(frame.model, frame.model_version) async for frame in frames] == [
+            ("shapes", listing.models[1].model_version)
+        ]
         info = await client.model_info("shapes")
         assert (info.name, len(info.class_names)) == ("shapes", 3)
         assert (await client.model_info()).name == "people"

@@ -126,7 +126,7 @@ def test_bodies_received_at_once_are_bounded(server: LiveServer) -> None:
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "overloaded"
         assert int(refused.headers["Retry-After"]) >= 1
-        assert server.metric("centermask_rejected_total", {"reason": "uploads_full"}) >= 1
+        assert server.metric("centermask_rejected_total", {"reason": "uploads_full", "protocol": "http"}) >= 1
         # The stalled ones time out and free their slots...
         for sock in stalled:
             assert read_response(sock)[0] == 408

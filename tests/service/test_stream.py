@@ -81,6 +81,8 @@ def test_each_frame_is_answered_as_segment_answers_it(served: HttpServed) -> Non
                 direct["width"],
                 direct["instances"],
             )
+            # Each answer names the model and version that ran its frame, as /segment's answer does.
+            assert (answer["model"], answer["model_version"]) == (direct["model"], direct["model_version"])
             assert answer["timing_ms"]["total"] >= answer["timing_ms"]["inference"] > 0
     assert sum(len(a["instances"]) for a in answers) > 0
     wait_for(lambda: metric_value(served.app, "centermask_streams_open") == 0)

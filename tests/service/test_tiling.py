@@ -49,10 +49,10 @@ async def tiled(small_weights: Path):
         yield served
 
 
-def tiles_counted(served: Served) -> float:
-    """centermask_tiles_total of the served model (labelled by its name and version)."""
+def tiles_counted(served: Served, protocol: str = "http") -> float:
+    """centermask_tiles_total of the served model (labelled by its name and version), over `protocol`."""
     model = served.runtime.models.get()
-    labels = {"model": model.name, "model_version": model.version}
+    labels = {"model": model.name, "model_version": model.version, "protocol": protocol}
     return metric_value(served.app, "centermask_tiles_total", labels)
 
 
@@ -141,8 +141,10 @@ async def test_grpc_takes_the_tiling_parameters_and_answers_the_tiles(tiled: Ser
     async with grpc.aio.insecure_channel(address) as channel:
         stub = GRPCInferenceServiceStub(channel)
         small = encode(random_image(6, 200, 300))
+        before = tiles_counted(tiled, "grpc"), tiles_counted(tiled, "http")
         answer = await stub.ModelInfer(infer_request([TILED_PNG, small], tiling="auto"), timeout=TIMEOUT_S)
         assert answer.parameters["tiles"].string_param == "24,0"
+        assert (tiles_counted(tiled, "grpc"), tiles_counted(tiled, "http")) == (before[0] + 24, before[1])
         plain = await stub.ModelInfer(infer_request([small]), timeout=TIMEOUT_S)
         assert "tiles" not in plain.parameters
         with pytest.raises(grpc.aio.AioRpcError) as off:

@@ -93,6 +93,8 @@ def test_each_frame_is_answered_in_order_as_segment_answers_that_frame(
             ).json()
             assert (line["height"], line["width"]) == (direct["height"], direct["width"]) == (120, 160)
             assert line["instances"] == direct["instances"]
+            # Each line names the model and version that ran it, as /segment's answer does.
+            assert (line["model"], line["model_version"]) == (direct["model"], direct["model_version"])
 
 
 @pytest.mark.parametrize("container", ["webm", "mkv", "mov"])
@@ -256,7 +258,10 @@ def test_a_client_that_leaves_stops_the_decoding_and_frees_its_queue_slots(
         wait_for(lambda: metric_value(served.app, "centermask_queue_depth") == 2)
     # The connection is closed: the request ends, its queued frames are withdrawn.
     wait_for(lambda: served.runtime.in_flight == 0)
-    assert metrics.get_sample_value("centermask_rejected_total", {"reason": "client_gone"}) == 1
+    assert (
+        metrics.get_sample_value("centermask_rejected_total", {"reason": "client_gone", "protocol": "http"})
+        == 1
+    )
     predictor.release()
     wait_for(lambda: metric_value(served.app, "centermask_queue_depth") == 0)
     assert served.runtime.phase is Phase.READY

@@ -114,10 +114,10 @@ class _Api:
             "POST", f"{self.url}/segment/video", params=params, content=data, headers=headers
         )
 
-    def stream_options(self, parameters: SegmentParameters, timeout_s: float) -> dict[str, Any]:
-        """The WebSocket connection's URL and options (for websockets' `connect`)."""
+    def stream_options(self, query: dict[str, str], timeout_s: float) -> dict[str, Any]:
+        """The WebSocket connection's URL (with `query`) and options (for websockets' `connect`)."""
         return {
-            "uri": stream_url(self.url, parameters),
+            "uri": stream_url(self.url, query),
             "additional_headers": self.headers,
             "max_size": MAX_ANSWER_BYTES,
             "open_timeout": timeout_s,
@@ -303,17 +303,19 @@ class Client:
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
         track: bool = False,
+        model: str | None = None,
     ) -> VideoFrames:
         """Segment the frames of a video (MP4, MOV, MKV, WebM: a path, bytes or a binary file); iterate the
         result for each frame's `VideoFrameResult`, in frame order, as the service answers them.
 
         fps: at most this many frames per second of video; max_frames: at most this many frames. track:
         give each instance a `track_id`, the same for one object across the video's frames (None where the
-        tracker has not confirmed it; the service needs its `track` extra). What is wrong with the file
-        raises here; a failure later raises while iterating, after the frames before it.
+        tracker has not confirmed it; the service needs its `track` extra). model: a model's name on a
+        server with several (`models()`); unset, its default model. What is wrong with the file (or an
+        unknown model) raises here; a failure later raises while iterating, after the frames before it.
         """
         parameters = _parameters(score_threshold, max_detections, classes, mask_format)
-        query = _video_parameters(parameters, fps, max_frames, track).query()
+        query = _with_model(_video_parameters(parameters, fps, max_frames, track).query(), model)
         upload = video_bytes(video)
         response = self._send(lambda: self._api.video_request(self._http, upload, query), stream=True)
         if not response.is_success:
@@ -330,18 +332,21 @@ class Client:
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
         track: bool = False,
+        model: str | None = None,
     ) -> FrameStream:
         """Open a `/segment/stream` WebSocket: `send` frames, `receive` answers (latest-frame-wins). Needs
         the `stream` extra (websockets). track: each answer's instances get a `track_id`, the same for
-        one object across the connection's answered frames."""
+        one object across the connection's answered frames. model: a model's name on a server with
+        several; unset, its default model (an unknown one: the first `receive` raises NotFound)."""
         websockets = import_websockets()
         from websockets.sync.client import connect
 
         parameters = sequence_parameters(
             _parameters(score_threshold, max_detections, classes, mask_format), track
         )
+        query = _with_model(parameters.query(), model)
         try:
-            connection = connect(**self._api.stream_options(parameters, self._timeout_s))
+            connection = connect(**self._api.stream_options(query, self._timeout_s))
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
             raise self._api.connection_failed(exc) from exc
         return FrameStream(connection)
@@ -486,9 +491,10 @@ class AsyncClient:
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
         track: bool = False,
+        model: str | None = None,
     ) -> AsyncVideoFrames:
         parameters = _parameters(score_threshold, max_detections, classes, mask_format)
-        query = _video_parameters(parameters, fps, max_frames, track).query()
+        query = _with_model(_video_parameters(parameters, fps, max_frames, track).query(), model)
         upload = video_bytes(video)
         response = await self._send(lambda: self._api.video_request(self._http, upload, query), stream=True)
         if not response.is_success:
@@ -505,6 +511,7 @@ class AsyncClient:
         classes: Sequence[str] | None = None,
         mask_format: MaskFormat = "rle",
         track: bool = False,
+        model: str | None = None,
     ) -> AsyncFrameStream:
         websockets = import_websockets()
         from websockets.asyncio.client import connect
@@ -512,8 +519,9 @@ class AsyncClient:
         parameters = sequence_parameters(
             _parameters(score_threshold, max_detections, classes, mask_format), track
         )
+        query = _with_model(parameters.query(), model)
         try:
-            connection = await connect(**self._api.stream_options(parameters, self._timeout_s))
+            connection = await connect(**self._api.stream_options(query, self._timeout_s))
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
             raise self._api.connection_failed(exc) from exc
         return AsyncFrameStream(connection)

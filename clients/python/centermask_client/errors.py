@@ -124,6 +124,7 @@ STATUS_OF_CODE = {
     "invalid_video": 400,
     "invalid_request": 400,
     "unauthorized": 401,
+    "unknown_model": 404,
     "image_too_large": 413,
     "video_too_large": 413,
     "too_many_pixels": 413,

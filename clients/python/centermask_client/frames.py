@@ -17,7 +17,7 @@ answers (a video's last line, a stream's error message) raises the typed error o
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -167,11 +167,12 @@ def import_websockets() -> Any:
     return websockets
 
 
-def stream_url(base_url: str, parameters: SegmentParameters) -> str:
-    """The WebSocket URL of `/segment/stream` on a service at `base_url`, with the parameters' query."""
+def stream_url(base_url: str, query: Mapping[str, str]) -> str:
+    """The WebSocket URL of `/segment/stream` on a service at `base_url`, with this query string (the
+    parameters', and the model's name)."""
     scheme, separator, rest = base_url.partition("://")
     ws_scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme)
-    return f"{ws_scheme}{separator}{rest}/segment/stream?{httpx.QueryParams(parameters.query())}"
+    return f"{ws_scheme}{separator}{rest}/segment/stream?{httpx.QueryParams(query)}"
 
 
 def _closed(error: Exception) -> StreamClosed:

@@ -308,6 +308,18 @@ class FrameResult(BaseModel):
     height: int
     width: int
     instances: list[Instance] = Field(description="Best score first.")
+    # Optional, so that answers of servers from before these fields still parse.
+    model: str | None = Field(
+        None,
+        description="The model that segmented this frame: its folder's name in a model repository, else the "
+        "served config's name (as `/segment`'s `model`).",
+    )
+    model_version: str | None = Field(
+        None,
+        description="The version that segmented this frame: the first 12 hex digits of its weights' SHA-256. "
+        "A video's frames all have the one its request started on; a stream's frames may change version "
+        "when the model is reloaded mid-stream, each saying the one that ran it.",
+    )
 
 
 class VideoFrameResult(FrameResult):

@@ -223,6 +223,9 @@ MODEL_INFO_EXAMPLE = {
     "config_name": "centermask_lite_V_19_slim_eSE_FPN_ms_4x",
     "class_names": ["circle", "rectangle", "triangle", "star", "ring"],
     "category_ids": [1, 2, 3, 4, 5],
+    "description": "The bundled demo model: it knows 5 synthetic shapes drawn by code (circle, rectangle, "
+    "triangle, star, ring) and nothing else. ...",
+    "bundled": True,
     "device": "cuda:0",
     "precision": "fp16",
     "backend": "torch",

@@ -4,6 +4,7 @@ the default model) in detail (config, classes, device, precision, speed options,
 from fastapi import APIRouter, Depends
 
 from centermask_client.schemas import ModelInfo, ModelList, ModelSummary
+from model.weights.description import describe
 from service import openapi
 from service.deps import ModelDep, ModelsDep, SettingsDep, require_api_key
 
@@ -20,15 +21,18 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
     summary="A served model",
 )
 async def model_info(model: ModelDep, settings: SettingsDep) -> ModelInfo:
-    """The model's name and version, config, classes (names and category ids, index = class_id), device,
-    speed options in force and batching settings."""
+    """The model's name and version, config, classes (names and category ids, index = class_id), what it
+    knows in a sentence, device, speed options in force and batching settings."""
     predictor = model.predictor
+    description = describe(predictor.class_names, predictor.weights_sha256)
     return ModelInfo(
         name=model.name,
         model_version=model.version,
         config_name=predictor.config_name,
         class_names=predictor.class_names,
         category_ids=predictor.category_ids,
+        description=description.text,
+        bundled=description.bundled,
         device=str(predictor.device),
         precision=str(predictor.precision),
         backend=str(predictor.backend),
@@ -71,11 +75,14 @@ async def models(registry: ModelsDep) -> ModelList:
         )
         if served is not None:
             predictor = served.predictor
+            description = describe(predictor.class_names, predictor.weights_sha256)
             summary = summary.model_copy(
                 update={
                     "config_name": predictor.config_name,
                     "class_names": predictor.class_names,
                     "category_ids": predictor.category_ids,
+                    "description": description.text,
+                    "bundled": description.bundled,
                     "device": str(predictor.device),
                     "precision": str(predictor.precision),
                     "backend": str(predictor.backend),

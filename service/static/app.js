@@ -334,6 +334,11 @@
       }
       state.info = body;
       line.textContent = `${body.config_name} on ${body.device} · ${body.class_names.length} classes: ${body.class_names.slice(0, 8).join(", ")}${body.class_names.length > 8 ? ", …" : ""}`;
+      // What the model knows, said before anyone drops a photo on a model of drawn shapes.
+      const knows = $("knows");
+      knows.textContent = body.description || "";
+      knows.hidden = !body.description;
+      knows.classList.toggle("demo", Boolean(body.bundled));
       if (!state.result) {
         $("score").value = String(body.score_threshold);
         $("score-value").textContent = body.score_threshold.toFixed(2);

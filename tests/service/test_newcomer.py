@@ -88,6 +88,14 @@ async def test_the_model_info_names_the_backend(served: Served) -> None:
     assert info["backend"] == "torch"
 
 
+async def test_the_model_info_says_what_the_model_knows(served: Served) -> None:
+    info = (await served.client.get("/v1/model")).json()
+    assert info["bundled"] is False  # the tests' small checkpoint has COCO's classes
+    assert info["description"].startswith("The 80 COCO object classes")
+    (summary,) = (await served.client.get("/v1/models")).json()["models"]
+    assert (summary["description"], summary["bundled"]) == (info["description"], False)
+
+
 async def test_a_raw_upload_of_any_declared_type_is_read_for_what_it_is(served: Served) -> None:
     raw = {"content": encode(IMAGE), "headers": {"Content-Type": "application/octet-stream"}}
     assert (await served.client.post("/segment", **raw)).status_code == 200

@@ -162,6 +162,10 @@ def test_upload_draws_every_listed_instance_and_the_slider_filters(
     page.wait_for_function("() => document.getElementById('model').textContent.includes(' on cpu')")
     threshold = float(page.input_value("#score"))
     assert threshold == 0.3  # the service's default score_threshold, from /v1/model
+    # Before anything is dropped on it, the page says this is the demo model and how to serve a COCO one.
+    assert page.is_visible("#knows.demo")
+    knows = page.text_content("#knows")
+    assert "bundled demo model" in knows and "CENTERMASK_WEIGHTS=" in knows
 
     page.set_input_files("#file", str(path))
     page.wait_for_selector("body[data-state=done]")

@@ -376,6 +376,14 @@ class ModelInfo(BaseModel):
     config_name: str
     class_names: list[str] = Field(description="Index = class_id.")
     category_ids: list[int] = Field(description="The category_id of each class, index = class_id.")
+    description: str = Field(
+        "",
+        description="What the model knows, for people: for the bundled demo model, that it knows five synthetic "
+        "shapes and nothing else, and the command that serves a COCO checkpoint instead.",
+    )
+    bundled: bool = Field(
+        False, description="Whether this is the bundled demo model (recognised by its weights' SHA-256)."
+    )
     device: str
     precision: str = Field(description="fp32 (exact to the official outputs), bf16, fp16 or int8.")
     backend: str = Field(
@@ -410,6 +418,8 @@ class ModelSummary(BaseModel):
     config_name: str | None = None
     class_names: list[str] = Field(default_factory=list, description="Index = class_id.")
     category_ids: list[int] = Field(default_factory=list)
+    description: str = Field("", description="What the model knows, for people (as in `GET /v1/model`).")
+    bundled: bool = Field(False, description="Whether this is the bundled demo model.")
     device: str | None = None
     precision: str | None = None
     backend: str | None = None

@@ -64,7 +64,7 @@ from service.errors import (
 )
 from service.metrics import Metrics, Protocol
 from service.options import SegmentOptions, resolve_options
-from service.runtime import ImageFailed, Runtime
+from service.runtime import ImageFailed, Phase, Runtime
 from service.settings import Settings
 from service.uploads import Upload
 
@@ -130,6 +130,11 @@ def query_parameters(websocket: WebSocket) -> SequenceParameters:
         return SequenceParameters.model_validate(values)
     except ValidationError as error:
         raise InvalidParameter(describe_problems(error.errors())) from None
+
+
+def _draining() -> Closing:
+    """How a stream closes when the service drains: 1001, saying why."""
+    return Closing(CloseCode.GOING_AWAY, NotReady("the service is shutting down; reconnect"))
 
 
 class StreamSession:
@@ -215,7 +220,7 @@ class StreamSession:
             self._drop_waiting()
             self._frame_arrived.set()  # wakes an idle worker, which then finds no frame and stops
             await asyncio.wait({worker})
-            return Closing(CloseCode.GOING_AWAY, NotReady("the service is shutting down; reconnect"))
+            return _draining()
         finally:
             for task in (reader, worker, draining):
                 task.cancel()
@@ -290,6 +295,11 @@ class StreamSession:
         while True:
             await self._frame_arrived.wait()
             self._frame_arrived.clear()
+            if self._runtime.phase is Phase.DRAINING:
+                # SIGTERM has begun the drain and streams are told a moment later (`close_streams`): the
+                # waiting frame is the drain's to drop, not one to start.
+                self._drop_waiting()
+                return _draining()
             waiting, self._waiting = self._waiting, None
             if waiting is None:  # woken to stop (draining)
                 return None

@@ -217,6 +217,12 @@ class TooManyUploads(Overloaded):
     rejection = "uploads_full"
 
 
+class TooManyStreams(Overloaded):
+    """A new `/segment/stream` connection while `CENTERMASK_MAX_STREAMS` are open."""
+
+    rejection = "streams_full"
+
+
 class OutOfMemory(ServiceError):
     """The device ran out of memory for this image even alone; other requests carry on."""
 

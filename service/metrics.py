@@ -18,7 +18,8 @@ SECONDS_BUCKETS = (
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 REJECTION_REASONS = (
-    "queue_full", "uploads_full", "deadline", "client_gone", "body_timeout", "not_ready", "worker_failed",
+    "queue_full", "uploads_full", "streams_full", "deadline", "client_gone", "body_timeout", "not_ready",
+    "worker_failed",
 )  # fmt: skip
 # What became of a frame sent over /segment/stream: answered, dropped (replaced while waiting by a newer
 # one, or left waiting when the connection closed) or failed (its error sent instead).

@@ -56,8 +56,8 @@ from service.errors import (
     InvalidRequest,
     NotImplementedHere,
     NotReady,
-    Overloaded,
     ServiceError,
+    TooManyStreams,
     Unauthorized,
     WorkerFailed,
     describe_problems,
@@ -390,6 +390,6 @@ def refusal(websocket: WebSocket, settings: Settings, open_streams: int) -> Clos
     if open_streams >= settings.max_streams:
         return Closing(
             CloseCode.TRY_AGAIN_LATER,
-            Overloaded(f"{open_streams} streams are already open (CENTERMASK_MAX_STREAMS); retry later"),
+            TooManyStreams(f"{open_streams} streams are already open (CENTERMASK_MAX_STREAMS); retry later"),
         )
     return None

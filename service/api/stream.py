@@ -6,7 +6,7 @@ import logging
 from fastapi import APIRouter, WebSocket
 
 from service.errors import InternalError, InvalidParameter, NotImplementedHere, ServiceError, UnknownModel
-from service.metrics import Metrics
+from service.metrics import Metrics, Protocol
 from service.runtime import Runtime
 from service.settings import Settings
 from service.stream import CloseCode, Closing, StreamSession, close, query_parameters, refusal
@@ -28,6 +28,7 @@ async def segment_stream(websocket: WebSocket) -> None:
     await websocket.accept()
     session = StreamSession(websocket, runtime, settings, metrics)
     closing: Closing | None = None
+    started = False
     try:
         closing = refusal(websocket, settings, state.open_streams) or await session.authenticate()
         if closing is None:
@@ -37,6 +38,7 @@ async def segment_stream(websocket: WebSocket) -> None:
                 parameters = session.first_parameters or query_parameters(websocket)
                 await session.set_parameters(parameters)
                 state.open_streams += 1
+                started = True
                 try:
                     closing = await session.run()
                 finally:
@@ -51,6 +53,10 @@ async def segment_stream(websocket: WebSocket) -> None:
         logger.exception("a stream failed")
         closing = Closing(CloseCode.INTERNAL_ERROR, InternalError("internal error; reconnect"))
     finally:
+        error = closing.error if closing else None
+        if not started and error is not None and error.rejection is not None:
+            # Turned away at the door (too many streams, not ready, a failed worker), as /segment counts its own.
+            metrics.rejected.labels(error.rejection, Protocol.HTTP).inc()
         logger.info(
             "stream closed",
             extra={

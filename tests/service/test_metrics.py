@@ -7,7 +7,8 @@ from tests.helpers import REPO, metric_families
 from tests.service.helpers import Served, png_body, random_image
 
 REJECTION_REASONS = (
-    "queue_full", "uploads_full", "deadline", "client_gone", "body_timeout", "not_ready", "worker_failed",
+    "queue_full", "uploads_full", "streams_full", "deadline", "client_gone", "body_timeout", "not_ready",
+    "worker_failed",
 )  # fmt: skip
 
 pytestmark = pytest.mark.anyio

@@ -175,6 +175,8 @@ def test_invalid_parameters_in_the_url_close_with_1007(served: HttpServed) -> No
 
 
 def test_connections_beyond_the_limit_are_told_to_come_back(served: HttpServed) -> None:
+    turned_away = {"reason": "streams_full", "protocol": "http"}
+    before = metric_value(served.app, "centermask_rejected_total", turned_away)
     with open_stream(served) as first, open_stream(served) as second:
         for stream in (first, second):  # both served, so both counted
             stream.send(FRAMES[0])
@@ -182,6 +184,8 @@ def test_connections_beyond_the_limit_are_told_to_come_back(served: HttpServed) 
         with open_stream(served) as third:
             assert receive(third)["error"]["code"] == "overloaded"
             assert closed_with(third)[0] == 1013
+    # Counted before the error is sent, as /segment counts its own rejections.
+    assert metric_value(served.app, "centermask_rejected_total", turned_away) == before + 1
 
 
 @pytest.fixture

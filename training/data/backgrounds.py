@@ -802,6 +802,124 @@ def _cylinder(rng: np.random.Generator, canvas: np.ndarray) -> None:
     _composite(canvas, *_place(rng, height, width, size), patch, alpha)
 
 
+# What a vessel may hold: a colour family and whether its surface is textured (food) rather than smooth.
+CONTENTS = (
+    ("earth", False),
+    ("earth", False),
+    ("grey", False),
+    ("sky", False),
+    ("any", False),
+    ("earth", True),
+    ("foliage", True),
+)
+
+
+def _ellipse_alpha(
+    u: np.ndarray, v: np.ndarray, cu: float, cv: float, radius: float, soft: float
+) -> np.ndarray:
+    """Alpha (h, w) of a disc of ``radius`` centred at (cu, cv) in `_local_grid` coordinates, edge ``soft``."""
+    return _soft_step(radius - np.hypot(u - cu, v - cv), soft)
+
+
+def _vessel(rng: np.random.Generator, canvas: np.ndarray) -> None:
+    """A cup, bowl or plate seen from above at an angle, a cup often on a saucer: nested ellipses whose insides
+    differ from what surrounds them (a glazed inner wall, a drink, food), a glossy lip, a shaded body below the
+    rim and a handle on cups. Tables in photographs are full of such round rims; the ring class must not
+    claim them."""
+    height, width = canvas.shape[:2]
+    size = _object_size(rng, height, width, 0.2, 1.0)
+    angle = rng.normal(0.0, 0.2) if rng.random() < 0.8 else rng.uniform(0, math.pi)
+    u, v = _local_grid(size, angle, _uniform(rng, (1.0, 2.2)))  # aspect: how obliquely it is seen
+    soft = _uniform(rng, (0.5, 2.0)) / (size / 2.0)
+    light = rng.uniform(-0.8, 0.8)
+    along = (u * math.cos(light) + v * math.sin(light)).astype(np.float32)  # lit side positive
+    kind = _pick(rng, ("cup", "cup", "bowl", "plate"))
+    saucer = kind == "plate" or (kind == "cup" and rng.random() < 0.7)
+    rim = _uniform(rng, (0.4, 0.58)) if saucer and kind == "cup" else _uniform(rng, (0.6, 0.85))
+    depth = _uniform(rng, (0.05, 0.45)) if kind != "plate" else 0.0
+    cv0 = -depth / 2.0  # the rim's centre: the body hangs below it, the whole stays in the patch
+    layers: list[tuple[np.ndarray, np.ndarray]] = []  # (colour (h, w, 3), alpha (h, w)), back to front
+
+    if saucer:
+        colour = palette(rng, 1, _pick(rng, ("grey", "any", "earth")))[0]
+        r = np.hypot(u, v)
+        raised = np.clip(1.0 - np.abs(r - 0.86) / 0.08, 0.0, 1.0)  # the saucer's rim catches the light
+        shade = 0.75 + 0.2 * along + 0.25 * raised - 0.15 * (r < 0.7)
+        layers.append((colour * shade[..., None], _ellipse_alpha(u, v, 0.0, 0.0, 0.95, soft)))
+    body_colour = palette(rng, 1)[0]
+    if kind != "plate":
+        x = u / rim
+        taper = 1.0 - (0.35 if kind == "bowl" else 0.1) * np.clip((v - cv0) / (depth + rim), 0.0, 1.0)
+        inside = (np.abs(x) < taper) & (v > cv0) & (v < cv0 + depth + rim * np.sqrt(np.clip(1 - x * x, 0, 1)))
+        round_shade = np.sqrt(np.clip(1 - (x / taper) ** 2, 0, 1)) * (
+            0.7 + 0.3 * np.cos(np.arcsin(np.clip(x / taper, -1, 1)) - light)
+        )
+        shade = 0.3 + 0.7 * round_shade + np.exp(-(((x - light) / 0.15) ** 2)) * _uniform(rng, (0.0, 0.6))
+        if kind == "cup" and rng.random() < 0.8:  # a handle: a thick loop on one side, behind the body's edge
+            side = 1.0 if rng.random() < 0.5 else -1.0
+            hu, hv = side * rim * _uniform(rng, (0.95, 1.15)), cv0 + depth * 0.5 + rim * 0.2
+            outer = rim * _uniform(rng, (0.3, 0.45))
+            loop = _ellipse_alpha(u, v, hu, hv, outer, soft) * (
+                1.0 - _ellipse_alpha(u, v, hu, hv, outer * _uniform(rng, (0.45, 0.7)), soft)
+            )
+            handle_shade = 0.55 + 0.35 * along
+            layers.append((body_colour * handle_shade[..., None], loop))
+        body_alpha = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), max(0.5, soft * size / 2.0))
+        layers.append((body_colour * shade[..., None], body_alpha))
+        glazed = rng.random() < 0.6  # a white inner wall, else the body's colour
+        wall = palette(rng, 1, "grey")[0] * 0.3 + 170.0 if glazed else body_colour * 1.1
+        far = np.clip((cv0 - v) / rim, -1.0, 1.0)  # the far wall faces the camera: lighter
+        wall_shade = 0.7 + 0.2 * far + 0.15 * along
+        layers.append((wall * wall_shade[..., None], _ellipse_alpha(u, v, 0.0, cv0, rim, soft)))
+        lip = np.clip(
+            1.0 - np.abs(np.hypot(u, v - cv0) - rim * 0.985) / (rim * _uniform(rng, (0.01, 0.04))), 0, 1
+        )
+        layers.append((np.full((size, size, 3), 235.0, np.float32), lip * _uniform(rng, (0.0, 0.8))))
+        contents = rim * _uniform(rng, (0.6, 0.92))
+        ccv = cv0 + (rim - contents) * _uniform(
+            rng, (0.3, 0.9)
+        )  # shifted to the near side: the far wall shows
+    else:
+        contents = _uniform(rng, (0.3, 0.7))
+        ccv = 0.0
+    if kind != "plate" or rng.random() < 0.7:  # what it holds; some plates are empty
+        family, textured = CONTENTS[int(rng.integers(len(CONTENTS)))]
+        stops = palette(rng, 3, family)
+        t = np.clip(0.5 + 0.35 * along + 0.2 * (v - ccv), 0.0, 1.0)
+        if textured or rng.random() < 0.5:  # food, or foam on a drink
+            t = 0.5 * t + 0.5 * fbm(rng, size, size, _uniform(rng, (3.0, 14.0)), 4)
+        colour = gradient_map(t, stops)
+        if rng.random() < 0.6:  # a reflection of the light on the surface
+            spot = np.exp(
+                -(
+                    (
+                        np.hypot(u - contents * 0.4 * math.cos(light), v - ccv + contents * 0.3)
+                        / (contents * 0.15)
+                    )
+                    ** 2
+                )
+            )
+            colour = colour + spot[..., None] * (245.0 - colour)
+        if kind == "plate":
+            outline = _ellipse_alpha(u * _uniform(rng, (0.8, 1.2)), v, 0.0, ccv, contents, soft)
+            ragged = np.clip((fbm(rng, size, size, 6.0, 3) - 0.25) * 4.0, 0.0, 1.0)  # food is not a disc
+            layers.append((colour, outline * ragged))
+        else:
+            layers.append((colour, _ellipse_alpha(u, v, 0.0, ccv, contents, soft)))
+    x0, y0 = _place(rng, height, width, size)
+    footprint = np.maximum.reduce([alpha for _, alpha in layers])
+    shadow = cv2.GaussianBlur(footprint, (0, 0), max(1.0, size * 0.04)) * _uniform(rng, (0.2, 0.5))
+    _composite(
+        canvas,
+        x0 + int(size * rng.uniform(-0.05, 0.05)),
+        y0 + int(size * 0.05),
+        np.zeros((size, size, 3), np.float32),
+        shadow,
+    )
+    for colour, alpha in layers:
+        _composite(canvas, x0, y0, np.clip(colour, 0, 255).astype(np.float32), alpha)
+
+
 def _lines(rng: np.random.Generator, canvas: np.ndarray) -> None:
     """Crisp straight structure: one or two families of lines converging on vanishing points (beams, frames,
     cables, a gantry), each line its own width, running across the frame or ending at random."""
@@ -870,6 +988,7 @@ CLUTTER_MAKERS: dict[str, Callable[[np.random.Generator, np.ndarray], None]] = {
     "lines": _lines,
     "coins": _coins,
     "glints": _glints,
+    "vessel": _vessel,
 }
 
 
@@ -914,13 +1033,19 @@ def camera_effects(
 
 
 def photo_like(
-    rng: np.random.Generator, height: int, width: int, camera: bool = True, hard: bool = False
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    camera: bool = True,
+    hard: bool = False,
+    vessels: bool = False,
 ) -> np.ndarray:
     """A photo-like image (height, width, 3) uint8 RGB with no shape of the five classes in it.
 
     ``camera=False`` leaves out `camera_effects` (for a background that shapes are drawn on before the
     camera is applied to the whole image). ``hard``: a studio or plain scene with more clutter, of the kinds
-    that look most like the classes (`HARD_CLUTTER`)."""
+    that look most like the classes (`HARD_CLUTTER`). ``vessels``: one to three cups, bowls or plates seen from
+    above (`_vessel`) drawn over the rest."""
     layout = _pick(rng, HARD_LAYOUTS if hard else LAYOUTS)
     canvas = LAYOUT_MAKERS[layout](rng, height, width).astype(np.float32)
     low, high = CLUTTER_COUNTS[layout]
@@ -928,6 +1053,9 @@ def photo_like(
         low, high = low + 2, high + 4
     for _ in range(int(rng.integers(low, high + 1))):
         CLUTTER_MAKERS[_pick(rng, HARD_CLUTTER if hard else CLUTTER)](rng, canvas)
+    if vessels:  # drawn last, so that nothing hides them; one to three
+        for _ in range(int(rng.integers(1, 4))):
+            _vessel(rng, canvas)
     if camera:
         return camera_effects(rng, canvas)
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)

@@ -6,7 +6,8 @@ Each image ``i`` of a seed is, by a draw from its own generator (``training.data
 - ``negative`` (share ``--negatives``): `training.data.backgrounds.photo_like`, no annotations. Train on them with
   ``python -m training.train --keep-empty-images`` (images without annotations are skipped by default). A
   share ``--hard`` of them are ``hard_negative``: `photo_like(hard=True)`, round, shiny and man-made clutter
-  and faces on plain scenes;
+  and faces on plain scenes, and a share ``--vessels`` of those are ``vessels``: `photo_like(hard=True,
+  vessels=True)`, cups, bowls and plates seen from above over the clutter;
 - ``photo_shapes`` (share ``--photo-shapes``): the `TRAINING` preset's shapes drawn over a photo-like
   background (`PHOTO_SHAPES`, the ``photo`` background kind), then the same camera effects as the negatives
   (milder defocus; greyscale only where every shape stays distinct from its surroundings in grey);
@@ -18,7 +19,7 @@ says. The image records carry their ``kind``. Nothing here comes from a photogra
 CLI::
 
     python -m training.data.negatives OUT_DIR --images N --seed S [--negatives 0.35] [--photo-shapes 0.3]
-        [--hard 0] [--workers W]
+        [--hard 0] [--vessels 0] [--workers W]
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from training.data.coco_writer import instance_annotation, write_dataset
 from training.data.shapes import SHAPE_CLASSES, TRAINING, image_rng, render_image, render_scene
 
 PHOTO_SHAPES = dataclasses.replace(TRAINING, name="photo_shapes", backgrounds=("photo",))
-KINDS = ("negative", "hard_negative", "photo_shapes", "shapes")
+KINDS = ("negative", "hard_negative", "vessels", "photo_shapes", "shapes")
 PHOTO_JPEG_FRACTION = 0.8
 PHOTO_JPEG_QUALITY = (40, 95)
 # A shape must differ from the pixels around it by this much grey level for its image to turn grey.
@@ -61,16 +62,20 @@ def distinct_in_grey(image: np.ndarray, masks: Sequence[np.ndarray]) -> bool:
 
 
 def render_sample(
-    rng: np.random.Generator, negatives: float, photo_shapes: float, hard: float = 0.0
+    rng: np.random.Generator, negatives: float, photo_shapes: float, hard: float = 0.0, vessels: float = 0.0
 ) -> tuple[str, np.ndarray, list[tuple[int, np.ndarray]]]:
     """One image of the mix: its kind, uint8 (H, W, 3) RGB and, per object, (class id, visible mask).
 
-    ``hard``: the share of negatives that are hard ones (`photo_like(hard=True)`)."""
+    ``hard``: the share of negatives that are hard ones (`photo_like(hard=True)`); ``vessels``: the share of
+    the hard ones with vessels seen from above. A share of 0 draws no number, so that datasets made before
+    the option existed come out the same."""
     draw = rng.random()
     if draw < negatives:
         low, high = TRAINING.image_side
         height, width = (int(rng.integers(low, high + 1)) for _ in range(2))
         if hard > 0.0 and rng.random() < hard:
+            if vessels > 0.0 and rng.random() < vessels:
+                return "vessels", photo_like(rng, height, width, hard=True, vessels=True), []
             return "hard_negative", photo_like(rng, height, width, hard=True), []
         return "negative", photo_like(rng, height, width), []
     if draw < negatives + photo_shapes:
@@ -84,10 +89,16 @@ def render_sample(
 
 
 def _generate_one(
-    index: int, seed: int, images_dir: Path, negatives: float, photo_shapes: float, hard: float = 0.0
+    index: int,
+    seed: int,
+    images_dir: Path,
+    negatives: float,
+    photo_shapes: float,
+    hard: float = 0.0,
+    vessels: float = 0.0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     rng = image_rng(seed, index)
-    kind, image, objects = render_sample(rng, negatives, photo_shapes, hard)
+    kind, image, objects = render_sample(rng, negatives, photo_shapes, hard, vessels)
     photo = kind != "shapes"
     fraction, qualities = (
         (PHOTO_JPEG_FRACTION, PHOTO_JPEG_QUALITY)
@@ -115,11 +126,13 @@ def generate(
     photo_shapes: float = 0.3,
     workers: int = 1,
     hard: float = 0.0,
+    vessels: float = 0.0,
 ) -> Path:
     """Write the mixed dataset (``OUT/images``, ``OUT/annotations.json``); return the JSON path. COCO ids as in
     `training.data.shapes.generate`; the output depends only on the arguments other than ``workers``."""
-    if not 0.0 <= hard <= 1.0:
-        raise ValueError(f"the hard share of the negatives is a probability, got {hard}")
+    for name, share in (("hard", hard), ("vessels", vessels)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"the {name} share is a probability, got {share}")
     if min(negatives, photo_shapes) < 0.0 or negatives + photo_shapes > 1.0:
         raise ValueError(f"shares must be ≥ 0 and sum to at most 1, got {negatives} and {photo_shapes}")
     info = {
@@ -129,6 +142,7 @@ def generate(
         "negatives": negatives,
         "photo_shapes": photo_shapes,
         "hard": hard,
+        "vessels": vessels,
         "settings": dataclasses.asdict(TRAINING),
     }
     job = partial(
@@ -138,6 +152,7 @@ def generate(
         negatives=negatives,
         photo_shapes=photo_shapes,
         hard=hard,
+        vessels=vessels,
     )
     return write_dataset(out_dir, num_images, job, SHAPE_CLASSES, info, workers)
 
@@ -154,10 +169,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--hard", type=float, default=0.0, help="share of the negatives that are hard ones (default 0)"
     )
+    parser.add_argument(
+        "--vessels", type=float, default=0.0, help="share of the hard negatives with vessels (default 0)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes; the output does not depend on it")
     args = parser.parse_args(argv)
     json_path = generate(
-        args.out_dir, args.images, args.seed, args.negatives, args.photo_shapes, args.workers, args.hard
+        args.out_dir,
+        args.images,
+        args.seed,
+        args.negatives,
+        args.photo_shapes,
+        args.workers,
+        args.hard,
+        args.vessels,
     )
     print(f"wrote {args.images} images and {json_path}")
 

@@ -76,7 +76,10 @@ def test_negatives_carry_no_annotations_and_the_rest_do(mixed: Path) -> None:
     kinds = {image["id"]: image["kind"] for image in coco["images"]}
     assert set(kinds.values()) <= set(negatives.KINDS) and "negative" in kinds.values()
     for image_id, kind in kinds.items():
-        assert (image_id in annotated) == (kind not in ("negative", "hard_negative")), (image_id, kind)
+        assert (image_id in annotated) == (kind not in ("negative", "hard_negative", "vessels")), (
+            image_id,
+            kind,
+        )
     assert [c["name"] for c in coco["categories"]] == ["circle", "rectangle", "triangle", "star", "ring"]
 
 
@@ -106,6 +109,31 @@ def test_hard_negatives_carry_no_annotations(tmp_path: Path) -> None:
     assert [image["kind"] for image in coco["images"]] == ["hard_negative"] * 3 and not coco["annotations"]
 
 
+def test_vessel_scenes_carry_no_annotations_and_differ_from_other_hard_negatives(tmp_path: Path) -> None:
+    negatives.generate(tmp_path, num_images=3, seed=1, negatives=1.0, photo_shapes=0.0, hard=1.0, vessels=1.0)
+    coco = json.loads((tmp_path / "annotations.json").read_text())
+    assert [image["kind"] for image in coco["images"]] == ["vessels"] * 3 and not coco["annotations"]
+    plain = backgrounds.photo_like(image_rng(6, 0), 160, 200, hard=True)
+    with_vessels = backgrounds.photo_like(image_rng(6, 0), 160, 200, hard=True, vessels=True)
+    assert not np.array_equal(plain, with_vessels)
+
+
+def test_the_vessels_share_changes_only_hard_negatives() -> None:
+    """Datasets made before the option existed come out the same: every other image draws the same numbers."""
+    changed = set()
+    for index in range(24):
+        without = negatives.render_sample(image_rng(8, index), 0.5, 0.2, hard=0.5)
+        with_ = negatives.render_sample(image_rng(8, index), 0.5, 0.2, hard=0.5, vessels=1.0)
+        if with_[0] == "vessels":
+            assert without[0] == "hard_negative"
+            changed.add(index)
+        else:
+            assert without[0] == with_[0] and np.array_equal(without[1], with_[1]), index
+    assert changed  # the seeds above do reach the hard branch
+
+
 def test_shares_must_fit() -> None:
+    with pytest.raises(ValueError, match="vessels share"):
+        negatives.generate("unused", num_images=1, seed=0, hard=0.5, vessels=1.5)
     with pytest.raises(ValueError, match="shares"):
         negatives.generate("unused", num_images=1, seed=0, negatives=0.7, photo_shapes=0.5)

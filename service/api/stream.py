@@ -53,10 +53,10 @@ async def segment_stream(websocket: WebSocket) -> None:
         logger.exception("a stream failed")
         closing = Closing(CloseCode.INTERNAL_ERROR, InternalError("internal error; reconnect"))
     finally:
-        error = closing.error if closing else None
-        if not started and error is not None and error.rejection is not None:
+        refused = closing.error if closing is not None and not started else None
+        if refused is not None and refused.rejection is not None:
             # Turned away at the door (too many streams, not ready, a failed worker), as /segment counts its own.
-            metrics.rejected.labels(error.rejection, Protocol.HTTP).inc()
+            metrics.rejected.labels(refused.rejection, Protocol.HTTP).inc()
         logger.info(
             "stream closed",
             extra={

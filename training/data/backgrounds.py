@@ -876,9 +876,8 @@ def _vessel(rng: np.random.Generator, canvas: np.ndarray) -> None:
         )
         layers.append((np.full((size, size, 3), 235.0, np.float32), lip * _uniform(rng, (0.0, 0.8))))
         contents = rim * _uniform(rng, (0.6, 0.92))
-        ccv = cv0 + (rim - contents) * _uniform(
-            rng, (0.3, 0.9)
-        )  # shifted to the near side: the far wall shows
+        near = _uniform(rng, (0.3, 0.9))  # the surface sits towards the near side: the far wall shows
+        ccv = cv0 + (rim - contents) * near
     else:
         contents = _uniform(rng, (0.3, 0.7))
         ccv = 0.0
@@ -890,16 +889,10 @@ def _vessel(rng: np.random.Generator, canvas: np.ndarray) -> None:
             t = 0.5 * t + 0.5 * fbm(rng, size, size, _uniform(rng, (3.0, 14.0)), 4)
         colour = gradient_map(t, stops)
         if rng.random() < 0.6:  # a reflection of the light on the surface
-            spot = np.exp(
-                -(
-                    (
-                        np.hypot(u - contents * 0.4 * math.cos(light), v - ccv + contents * 0.3)
-                        / (contents * 0.15)
-                    )
-                    ** 2
-                )
+            glint = np.hypot(u - contents * 0.4 * math.cos(light), v - ccv + contents * 0.3) / (
+                contents * 0.15
             )
-            colour = colour + spot[..., None] * (245.0 - colour)
+            colour = colour + np.exp(-(glint**2))[..., None] * (245.0 - colour)
         if kind == "plate":
             outline = _ellipse_alpha(u * _uniform(rng, (0.8, 1.2)), v, 0.0, ccv, contents, soft)
             ragged = np.clip((fbm(rng, size, size, 6.0, 3) - 0.25) * 4.0, 0.0, 1.0)  # food is not a disc

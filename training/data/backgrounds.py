@@ -821,13 +821,21 @@ def _ellipse_alpha(
     return _soft_step(radius - np.hypot(u - cu, v - cv), soft)
 
 
-def _vessel(rng: np.random.Generator, canvas: np.ndarray) -> None:
+def _vessel(
+    rng: np.random.Generator,
+    canvas: np.ndarray,
+    size: int | None = None,
+    corner: tuple[int, int] | None = None,
+) -> None:
     """A cup, bowl or plate seen from above at an angle, a cup often on a saucer: nested ellipses whose insides
     differ from what surrounds them (a glazed inner wall, a drink, food), a glossy lip, a shaded body below the
     rim and a handle on cups. Tables in photographs are full of such round rims; the ring class must not
-    claim them."""
+    claim them. What tells a rim from a drawn ring is perspective: the surface of a drink lies below the rim
+    and towards the viewer, so the inner wall shows as a crescent, broad on the far side and next to nothing
+    on the near one, where a ring's band is equally wide all round; food sits off the plate's centre.
+    ``size`` (px) and ``corner`` (the patch's top-left x, y) place it; random when None."""
     height, width = canvas.shape[:2]
-    size = _object_size(rng, height, width, 0.2, 1.0)
+    size = size or _object_size(rng, height, width, 0.2, 1.0)
     angle = rng.normal(0.0, 0.2) if rng.random() < 0.8 else rng.uniform(0, math.pi)
     u, v = _local_grid(size, angle, _uniform(rng, (1.0, 2.2)))  # aspect: how obliquely it is seen
     soft = _uniform(rng, (0.5, 2.0)) / (size / 2.0)
@@ -876,11 +884,11 @@ def _vessel(rng: np.random.Generator, canvas: np.ndarray) -> None:
         )
         layers.append((np.full((size, size, 3), 235.0, np.float32), lip * _uniform(rng, (0.0, 0.8))))
         contents = rim * _uniform(rng, (0.6, 0.92))
-        near = _uniform(rng, (0.3, 0.9))  # the surface sits towards the near side: the far wall shows
-        ccv = cv0 + (rim - contents) * near
+        near = _uniform(rng, (0.65, 1.0))  # the surface sits towards the near side: the far wall shows
+        ccu, ccv = 0.0, cv0 + (rim - contents) * near
     else:
         contents = _uniform(rng, (0.3, 0.7))
-        ccv = 0.0
+        ccu, ccv = rng.uniform(-0.25, 0.25, size=2)  # served off-centre: not a disc in a ring
     if kind != "plate" or rng.random() < 0.7:  # what it holds; some plates are empty
         family, textured = CONTENTS[int(rng.integers(len(CONTENTS)))]
         stops = palette(rng, 3, family)
@@ -889,17 +897,17 @@ def _vessel(rng: np.random.Generator, canvas: np.ndarray) -> None:
             t = 0.5 * t + 0.5 * fbm(rng, size, size, _uniform(rng, (3.0, 14.0)), 4)
         colour = gradient_map(t, stops)
         if rng.random() < 0.6:  # a reflection of the light on the surface
-            glint = np.hypot(u - contents * 0.4 * math.cos(light), v - ccv + contents * 0.3) / (
+            glint = np.hypot(u - ccu - contents * 0.4 * math.cos(light), v - ccv + contents * 0.3) / (
                 contents * 0.15
             )
             colour = colour + np.exp(-(glint**2))[..., None] * (245.0 - colour)
         if kind == "plate":
-            outline = _ellipse_alpha(u * _uniform(rng, (0.8, 1.2)), v, 0.0, ccv, contents, soft)
+            outline = _ellipse_alpha(u * _uniform(rng, (0.8, 1.2)), v, ccu, ccv, contents, soft)
             ragged = np.clip((fbm(rng, size, size, 6.0, 3) - 0.25) * 4.0, 0.0, 1.0)  # food is not a disc
             layers.append((colour, outline * ragged))
         else:
-            layers.append((colour, _ellipse_alpha(u, v, 0.0, ccv, contents, soft)))
-    x0, y0 = _place(rng, height, width, size)
+            layers.append((colour, _ellipse_alpha(u, v, ccu, ccv, contents, soft)))
+    x0, y0 = corner or _place(rng, height, width, size)
     footprint = np.maximum.reduce([alpha for _, alpha in layers])
     shadow = cv2.GaussianBlur(footprint, (0, 0), max(1.0, size * 0.04)) * _uniform(rng, (0.2, 0.5))
     _composite(
@@ -1025,6 +1033,26 @@ def camera_effects(
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+# Table tops a close-up of a cup stands on: mostly wood, whose brown is that of coffee and tea.
+TABLES = ("wood", "wood", "wood", "cloth", "marble", "wall")
+
+
+def _table_top(rng: np.random.Generator, height: int, width: int, camera: bool) -> np.ndarray:
+    """`photo_like`'s close-up: a table texture, up to two pieces of clutter, one vessel of 0.6-1.1 times the
+    short side centred in the middle half of the frame, and at most one more of any size."""
+    canvas = texture(rng, height, width, _pick(rng, TABLES))
+    for _ in range(int(rng.integers(0, 3))):
+        CLUTTER_MAKERS[_pick(rng, HARD_CLUTTER)](rng, canvas)
+    size = max(8, int(_uniform(rng, (0.6, 1.1)) * min(height, width)))
+    centre = rng.uniform(0.25, 0.75) * width, rng.uniform(0.25, 0.75) * height
+    _vessel(rng, canvas, size, (int(centre[0] - size / 2), int(centre[1] - size / 2)))
+    if rng.random() < 0.4:
+        _vessel(rng, canvas)
+    if camera:
+        return camera_effects(rng, canvas)
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
 def photo_like(
     rng: np.random.Generator,
     height: int,
@@ -1038,7 +1066,10 @@ def photo_like(
     ``camera=False`` leaves out `camera_effects` (for a background that shapes are drawn on before the
     camera is applied to the whole image). ``hard``: a studio or plain scene with more clutter, of the kinds
     that look most like the classes (`HARD_CLUTTER`). ``vessels``: one to three cups, bowls or plates seen from
-    above (`_vessel`) drawn over the rest."""
+    above (`_vessel`) drawn over the rest; in half of these images, a table top instead (`TABLES`, little
+    clutter) with one vessel filling most of the frame near its centre, as a photograph of a cup is taken."""
+    if vessels and rng.random() < 0.5:
+        return _table_top(rng, height, width, camera)
     layout = _pick(rng, HARD_LAYOUTS if hard else LAYOUTS)
     canvas = LAYOUT_MAKERS[layout](rng, height, width).astype(np.float32)
     low, high = CLUTTER_COUNTS[layout]

@@ -7,7 +7,8 @@ Each image ``i`` of a seed is, by a draw from its own generator (``training.data
   ``python -m training.train --keep-empty-images`` (images without annotations are skipped by default). A
   share ``--hard`` of them are ``hard_negative``: `photo_like(hard=True)`, round, shiny and man-made clutter
   and faces on plain scenes, and a share ``--vessels`` of those are ``vessels``: `photo_like(hard=True,
-  vessels=True)`, cups, bowls and plates seen from above over the clutter;
+  vessels=True)`, cups, bowls and plates seen from above, over the clutter or, in half of them, as a
+  close-up on a table top;
 - ``photo_shapes`` (share ``--photo-shapes``): the `TRAINING` preset's shapes drawn over a photo-like
   background (`PHOTO_SHAPES`, the ``photo`` background kind), then the same camera effects as the negatives
   (milder defocus; greyscale only where every shape stays distinct from its surroundings in grey);

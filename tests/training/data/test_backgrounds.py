@@ -118,6 +118,18 @@ def test_vessel_scenes_carry_no_annotations_and_differ_from_other_hard_negatives
     assert not np.array_equal(plain, with_vessels)
 
 
+def test_a_vessel_stays_in_the_patch_it_is_given() -> None:
+    """The table-top close-up places its vessel by ``size`` and ``corner``; only the cast shadow (shifted by
+    at most 5 % of the size) may reach past the patch."""
+    for seed in range(6):
+        canvas = np.full((300, 320, 3), 128.0, np.float32)
+        backgrounds._vessel(np.random.default_rng(seed), canvas, 100, (150, 140))
+        changed = np.abs(canvas - 128.0).max(axis=2) > 0.5
+        rows, cols = np.nonzero(changed)
+        assert changed[140:240, 150:250].mean() > 0.2, seed
+        assert rows.min() >= 140 and rows.max() < 246 and cols.min() >= 145 and cols.max() < 256, seed
+
+
 def test_the_vessels_share_changes_only_hard_negatives() -> None:
     """Datasets made before the option existed come out the same: every other image draws the same numbers."""
     changed = set()

@@ -79,6 +79,18 @@ def test_the_bundled_model_finds_every_shape_of_the_examples(bundled_server: Liv
 REPO = Path(__file__).resolve().parents[2]
 
 
+def test_the_sample_answers_in_the_docs_name_the_bundled_model_version(bundled_server: LiveServer) -> None:
+    """README and api.md show `/segment` answers of the bundled model; a retrained model changes its version."""
+    import httpx
+
+    version = httpx.get(f"{bundled_server.url}/v1/model").json()["model_version"]
+    for page in (REPO / "README.md", REPO / "docs" / "api.md"):
+        shown = set(
+            re.findall(r'"model": "centermask_lite[^"]*",\s*"model_version": "([0-9a-f]+)"', page.read_text())
+        )
+        assert shown == {version}, f"{page.name} shows model_version {shown}, the bundled model is {version}"
+
+
 def test_every_setting_is_documented() -> None:
     page = (REPO / "docs" / "settings.md").read_text()
     for name in Settings.model_fields:

@@ -1037,9 +1037,9 @@ def camera_effects(
 TABLES = ("wood", "wood", "wood", "cloth", "marble", "wall")
 
 
-def _table_top(rng: np.random.Generator, height: int, width: int, camera: bool) -> np.ndarray:
-    """`photo_like`'s close-up: a table texture, up to two pieces of clutter, one vessel of 0.6-1.1 times the
-    short side centred in the middle half of the frame, and at most one more of any size."""
+def _table_top(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """`photo_like`'s close-up (height, width, 3) float32: a table texture, up to two pieces of clutter, one
+    vessel of 0.6-1.1 times the short side centred in the middle half of the frame, at most one more."""
     canvas = texture(rng, height, width, _pick(rng, TABLES))
     for _ in range(int(rng.integers(0, 3))):
         CLUTTER_MAKERS[_pick(rng, HARD_CLUTTER)](rng, canvas)
@@ -1048,9 +1048,7 @@ def _table_top(rng: np.random.Generator, height: int, width: int, camera: bool) 
     _vessel(rng, canvas, size, (int(centre[0] - size / 2), int(centre[1] - size / 2)))
     if rng.random() < 0.4:
         _vessel(rng, canvas)
-    if camera:
-        return camera_effects(rng, canvas)
-    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    return canvas
 
 
 def photo_like(
@@ -1069,17 +1067,18 @@ def photo_like(
     above (`_vessel`) drawn over the rest; in half of these images, a table top instead (`TABLES`, little
     clutter) with one vessel filling most of the frame near its centre, as a photograph of a cup is taken."""
     if vessels and rng.random() < 0.5:
-        return _table_top(rng, height, width, camera)
-    layout = _pick(rng, HARD_LAYOUTS if hard else LAYOUTS)
-    canvas = LAYOUT_MAKERS[layout](rng, height, width).astype(np.float32)
-    low, high = CLUTTER_COUNTS[layout]
-    if hard:
-        low, high = low + 2, high + 4
-    for _ in range(int(rng.integers(low, high + 1))):
-        CLUTTER_MAKERS[_pick(rng, HARD_CLUTTER if hard else CLUTTER)](rng, canvas)
-    if vessels:  # drawn last, so that nothing hides them; one to three
-        for _ in range(int(rng.integers(1, 4))):
-            _vessel(rng, canvas)
+        canvas = _table_top(rng, height, width)
+    else:
+        layout = _pick(rng, HARD_LAYOUTS if hard else LAYOUTS)
+        canvas = LAYOUT_MAKERS[layout](rng, height, width).astype(np.float32)
+        low, high = CLUTTER_COUNTS[layout]
+        if hard:
+            low, high = low + 2, high + 4
+        for _ in range(int(rng.integers(low, high + 1))):
+            CLUTTER_MAKERS[_pick(rng, HARD_CLUTTER if hard else CLUTTER)](rng, canvas)
+        if vessels:  # drawn last, so that nothing hides them; one to three
+            for _ in range(int(rng.integers(1, 4))):
+                _vessel(rng, canvas)
     if camera:
         return camera_effects(rng, canvas)
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)

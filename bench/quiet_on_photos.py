@@ -9,8 +9,9 @@ gravel); `--extra` adds six other kinds of imagery (moon, Hubble deep field, ret
 a scanned page, text on a sign), reported separately; `--also` adds your own photographs (files, or folders
 of them), reported in a section of their own with their own averages. Each file is decoded as the service
 decodes uploads (`model.inference.images.load_rgb`: greyscale becomes RGB), then predicted as the service
-does by default: detections scoring ≥ 0.3 (at most 100), class-agnostic NMS at IoU 0.7. Prints, per weights file and photo, the count
-of detections ≥ 0.3 and ≥ 0.7 and their classes, then the averages over the eleven photographs.
+does by default: detections scoring ≥ 0.3 (at most 100), class-agnostic NMS at IoU 0.7. Prints, per
+weights file and photo, the count of detections ≥ 0.3 and ≥ 0.7 and their classes, then the averages over
+the eleven photographs.
 `--record NAME` stores the counts in each checkpoint's metadata under ``evaluations[NAME]``, as
 `training.evaluate --record` stores AP.
 """
